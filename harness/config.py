@@ -1,0 +1,237 @@
+"""The experiment as validated pydantic models: the only configuration object below the CLI.
+
+A YAML preset (harness/presets/*.yaml or a user file) plus CLI overrides becomes one `Experiment`.
+Every choice the ProFuser paper leaves open is a field here with a documented default.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import HarnessError
+
+SCHEDULES = ("progressive", "simultaneous", "reversed", "linear", "cosine")
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo in a preset must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ModelSpec(_Strict):
+    """One model. `path` is a spec: `sandbox:<name>`, `hf:<hub id>`, a local folder, or `gguf:<folder>#<file>`."""
+
+    name: str = Field(min_length=1, description="Short label used in tables and file names.")
+    path: str = Field(min_length=1)
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template overriding the tokenizer's own (None: use the tokenizer's)."
+    )
+    trust_remote_code: bool = Field(default=False, description="Only when the user asks for it explicitly.")
+
+
+class CorpusSpec(_Strict):
+    """The fusion corpus: prompts with reference answers."""
+
+    source: Literal["sandbox", "jsonl"] = "sandbox"
+    path: str | None = Field(default=None, description="JSONL with `prompt` and `reference` (and optional `id`).")
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N examples.")
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self) -> CorpusSpec:
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("corpus.source 'jsonl' needs corpus.path")
+        return self
+
+
+class SandboxSpec(_Strict):
+    """The embedded sandbox world (see harness/sandbox)."""
+
+    size: Literal["micro", "default"] = "default"
+    seed: int = 0
+
+
+class ScheduleSpec(_Strict):
+    """How the weights of the inference-mode and training-mode terms move over training (methods/schedules.py).
+
+    progressive (paper default): (w_inf, w_train) = stage1 before `switch` (a fraction of total steps), stage2 after.
+    reversed: training mode first, i.e. stage1 and stage2 with their two weights swapped.
+    simultaneous: both terms at weight 1 for the whole run.
+    linear / cosine: move from stage1 to stage2 smoothly over the whole run.
+    """
+
+    name: Literal["progressive", "simultaneous", "reversed", "linear", "cosine"] = "progressive"
+    switch: float = Field(default=0.5, ge=0.0, le=1.0, description="Fraction of steps spent in stage 1.")
+    stage1: tuple[float, float] = Field(default=(1.0, 0.0), description="(w_inf, w_train) in stage 1.")
+    stage2: tuple[float, float] = Field(default=(0.1, 1.0), description="(w_inf, w_train) in stage 2.")
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> ScheduleSpec:
+        for w in (*self.stage1, *self.stage2):
+            if w < 0:
+                raise ValueError("schedule weights must be >= 0")
+        return self
+
+
+class MethodSpec(_Strict):
+    """The fusion method and its hyper-parameters (defaults follow FuseLLM / ProFuser)."""
+
+    name: str = "profuser"
+    lam: float = Field(default=0.9, ge=0.0, le=1.0, description="λ: weight of plain CE; 1-λ weights the fusion term.")
+    beta: float = Field(default=1.0, ge=0.0, description="β: weight of the KL term in the inference-mode loss.")
+    temperature: float = Field(default=1.0, gt=0.0, description="Temperature applied when renormalising top-k teachers.")
+    kl_direction: Literal["forward", "reverse"] = Field(
+        default="forward", description="forward: KL(P_S || P_T) (FuseLLM's CE form); reverse: KL(P_T || P_S) over the top-k."
+    )
+    target_is_candidate: bool = Field(
+        default=True, description="Whether the target's own signals compete in MinCE / judge selection (paper: yes)."
+    )
+    schedule: ScheduleSpec = ScheduleSpec()
+
+
+class SignalSpec(_Strict):
+    """Signal extraction: top-k distributions, generation settings for inference mode, sharding."""
+
+    top_k: int = Field(default=10, ge=1, le=256)
+    max_length: int = Field(default=256, ge=8, description="Max tokens of prompt + response in teacher-forced passes.")
+    max_new_tokens: int = Field(default=64, ge=1)
+    do_sample: bool = False
+    gen_temperature: float = Field(default=1.0, gt=0.0)
+    stop: list[str] = Field(default_factory=list, description="Stop strings for generation.")
+    batch_size: int = Field(default=16, ge=1)
+    shard_size: int = Field(default=256, ge=1, description="Examples per stored shard (unit of resume).")
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+
+
+class JudgeSpec(_Strict):
+    """Judges of inference mode: the reference scorer, or reward models that vote."""
+
+    kind: Literal["reference", "reward-models"] = "reference"
+    models: list[str] = Field(default_factory=list, description="Reward-model specs when kind is reward-models.")
+
+    @model_validator(mode="after")
+    def _models_for_rm(self) -> JudgeSpec:
+        if self.kind == "reward-models" and not self.models:
+            raise ValueError("judges.kind 'reward-models' needs judges.models")
+        return self
+
+
+class TrainSpec(_Strict):
+    """The shared training loop (harness/train.py)."""
+
+    epochs: float = Field(default=1.0, gt=0.0)
+    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=2e-5, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    warmup_ratio: float = Field(default=0.03, ge=0.0, le=1.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    max_length: int = Field(default=256, ge=8)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints (0: only at the end).")
+    log_every: int = Field(default=1, ge=1)
+
+
+class EvalSpec(_Strict):
+    """Evaluation through lm-eval."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["sandbox"])
+    limit: int | None = Field(default=None, ge=0, description="Documents per task; 0 or None lifts the cap.")
+    num_fewshot: int | None = Field(default=None, ge=0)
+    batch_size: int = Field(default=16, ge=1)
+    max_gen_toks: int = Field(default=128, ge=1)
+    backend: Literal["hf", "vllm"] = "hf"
+    compare_sources: bool = Field(default=True, description="Also evaluate each source (rows of the comparison table).")
+
+
+class Experiment(_Strict):
+    """Everything that determines a run."""
+
+    name: str = "experiment"
+    preset: str = "sandbox"
+    seed: int = 0
+    sandbox: SandboxSpec | None = None
+    target: ModelSpec
+    sources: list[ModelSpec] = Field(min_length=1)
+    corpus: CorpusSpec = CorpusSpec()
+    method: MethodSpec = MethodSpec()
+    signals: SignalSpec = SignalSpec()
+    judges: JudgeSpec = JudgeSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    data_dir: str | None = Field(default=None, description="Local benchmark data (laid out as shared/data).")
+    cache_dir: str | None = Field(default=None, description="Content-addressed cache (default: ~/.cache/fusion-harness).")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("harness.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_preset(name_or_file: str) -> tuple[str, dict[str, Any]]:
+    path = Path(name_or_file)
+    if name_or_file.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise HarnessError(f"preset file '{name_or_file}' does not exist", "config")
+        text, label = path.read_bytes(), path.stem
+    else:
+        res = resources.files("harness.presets").joinpath(f"{name_or_file}.yaml")
+        if not res.is_file():
+            raise HarnessError(
+                f"unknown preset '{name_or_file}'; choose one of {', '.join(preset_names())} or give a .yaml file", "config"
+            )
+        text, label = res.read_bytes(), name_or_file
+    try:
+        data = yaml.safe_load(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HarnessError(f"preset '{name_or_file}' is not UTF-8 text", "config") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise HarnessError(f"preset '{name_or_file}' is not valid YAML{at}", "config") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"preset '{name_or_file}' must be a YAML mapping of experiment fields", "config")
+    return label, data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """The first problem of a pydantic error as `field.path: message`, one line."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling against `harness run --help` and the presets)"
+    extra = f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing") and "input" in err else ""
+    more = len(exc.errors()) - 1
+    tail = f"; and {more} more problem(s)" if more else ""
+    return f"{loc}: {msg}{extra}{tail}" if loc else f"{msg}{tail}"
+
+
+def load_experiment(preset: str = "sandbox", overrides: dict[str, Any] | None = None) -> Experiment:
+    """Preset (name or YAML file) + dotted-key overrides -> validated Experiment, or a one-line HarnessError."""
+    label, data = _read_preset(preset)
+    data.setdefault("preset", label)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as exc:
+        raise HarnessError(format_validation_error(exc), "config") from None

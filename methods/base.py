@@ -1,0 +1,94 @@
+"""The contract between fusion methods and the shared backend.
+
+A method declares which signals it needs, how it turns the per-example signals of several sources into
+one sparse teacher distribution (`combine`), and its loss for a batch at a step (`loss`). It never sees
+the optimizer, the device placement or the launcher: harness/train.py owns those.
+
+Token conventions (shared with harness/signals.py and harness/train.py):
+- `input_ids[b, i]` is token i of prompt + response in the *target's* tokenization.
+- `labels[b, i]` is that token where it belongs to the response, else -100 (prompt and padding).
+- `topk_ids[b, i, :]` / `topk_logp[b, i, :]` are the teacher's top-k distribution over the target vocabulary
+  *for token i*, i.e. predicted from position i-1 (next-token convention, never the current token).
+  Entries that do not exist (fewer than k after vocabulary mapping, padding) have logp = -inf.
+- Losses shift once: student logits at positions [:-1] are scored against labels and teachers at [1:].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+import torch
+
+from harness.config import MethodSpec
+
+
+class Signal(str, Enum):
+    """Training mode: sources teacher-forced on the reference. Inference mode: the judged best generated response."""
+
+    TRAINING = "training"
+    INFERENCE = "inference"
+
+
+@dataclass
+class SourceTargets:
+    """One source's signal for one example, already aligned to the target's tokens and vocabulary."""
+
+    source: str
+    ce: float  # length-normalised cross-entropy of the source on the response (its own tokenization)
+    topk_ids: torch.Tensor  # [T, k] long, target vocabulary ids
+    topk_logp: torch.Tensor  # [T, k] float, log-probabilities (-inf where absent)
+
+
+@dataclass
+class SeqBatch:
+    """One view of a batch: a padded sequence of target tokens and the sparse teacher for each token."""
+
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long
+    labels: torch.Tensor  # [B, T] long, -100 outside the response
+    topk_ids: torch.Tensor  # [B, T, k] long
+    topk_logp: torch.Tensor  # [B, T, k] float
+
+    def to(self, device: torch.device | str) -> SeqBatch:
+        return SeqBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.topk_ids, self.topk_logp)))
+
+
+@dataclass
+class FusionBatch:
+    """The views a method needs: TRAINING is (prompt, reference), INFERENCE is (prompt, best generated response)."""
+
+    views: dict[Signal, SeqBatch]
+
+    def to(self, device: torch.device | str) -> FusionBatch:
+        return FusionBatch({k: v.to(device) for k, v in self.views.items()})
+
+
+@dataclass
+class LossParts:
+    """The weighted total that is optimised, and every component and weight, logged separately."""
+
+    total: torch.Tensor
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+class FusionMethod(ABC):
+    """Base of every fusion method plugin. Subclasses set the class attributes and write `loss`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs: ClassVar[frozenset[Signal]]
+
+    def __init__(self, spec: MethodSpec) -> None:
+        self.spec = spec
+
+    def combine(self, candidates: list[SourceTargets]) -> SourceTargets:
+        """Training mode: one teacher per example from all sources' signals. Default: MinCE (FuseLLM)."""
+        return min(candidates, key=lambda c: c.ce)
+
+    @abstractmethod
+    def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
+        """The method's loss; `student_logits[view]` is [B, T, V] for each view in `needs`."""

@@ -1,0 +1,1 @@
+"""Benchmarks: figures, not timed tests (`nox -s bench` -> results/bench.json)."""

@@ -1,0 +1,433 @@
+"""The `harness` command line: short verbs, examples in every --help, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from harness.config import SCHEDULES, load_experiment, preset_names
+from harness.errors import HarnessError
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise HarnessError("expected a comma-separated list, got an empty one", "cli")
+    return items
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`--set train.lr=1e-4` style overrides; values are parsed as YAML scalars (numbers, booleans, lists)."""
+    import yaml
+
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise HarnessError(f"--set expects KEY=VALUE, got '{pair}'", "cli")
+        key, raw = pair.split("=", 1)
+        try:
+            found[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise HarnessError(f"--set {key}: value '{raw}' does not parse", "cli") from None
+    return found
+
+
+def _experiment_overrides(
+    method: str | None,
+    schedule: str | None,
+    tasks: str | None,
+    seed: int | None,
+    limit: int | None,
+    data_dir: str | None,
+    sets: tuple[str, ...],
+) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "method.name": method,
+        "method.schedule.name": schedule,
+        "eval.tasks": _csv(tasks),
+        "seed": seed,
+        "data_dir": data_dir or os.environ.get("HARNESS_DATA_DIR") or None,
+    }
+    if seed is not None:
+        overrides["sandbox.seed"] = None  # the world stays the preset's; --seed controls training and evaluation
+    if limit is not None:
+        overrides["eval.limit"] = limit
+    overrides.update(_parse_sets(sets))
+    return overrides
+
+
+class HarnessGroup(click.Group):
+    """Turns every user error (ours and click's) into one line on stderr and exit code 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except HarnessError as exc:
+            console.print(exc.one_line(), markup=False, highlight=False)
+            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            sys.exit(0)
+        except click.UsageError as exc:
+            cmd = exc.ctx.command_path if exc.ctx else "harness"
+            console.print(f"harness: {cmd}: {exc.format_message()} (see `{cmd} --help`)", markup=False, highlight=False)
+            sys.exit(2)
+        except click.Abort:
+            console.print("harness: aborted", markup=False)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            console.print("harness: interrupted; finished stages are cached, run the same command to resume", markup=False)
+            sys.exit(130)
+
+
+@click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fusion-harness")
+def main() -> None:
+    """fusion-harness: fuse LLMs (ProFuser and baselines), evaluate with lm-eval, report with significance.
+
+    \b
+    Examples:
+      harness run --method profuser --tasks mmlu,gsm8k,truthfulqa
+      harness run --method fusellm --tasks sandbox --limit 0
+      harness ablate --method profuser --schedule progressive,simultaneous,reversed --tasks sandbox
+      harness report results/*/ --format latex
+    """
+
+
+_run_options = [
+    click.option("--method", "-m", default=None, help="Fusion method (see `harness methods`). Default: the preset's."),
+    click.option("--tasks", "-t", default=None, help="Comma-separated tasks or groups (see `harness tasks`)."),
+    click.option("--preset", "-p", default="sandbox", show_default=True, help="Preset name or a YAML file."),
+    click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="ProFuser schedule."),
+    click.option("--seed", type=int, default=None, help="Seed of training and evaluation."),
+    click.option("--limit", type=click.IntRange(min=0), default=None, help="Documents per task (0: all)."),
+    click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True, help="Results folder."),
+    click.option("--data-dir", type=click.Path(), default=None, help="Local benchmark data (or HARNESS_DATA_DIR)."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field, e.g. train.lr=1e-4."),
+]
+
+
+def _apply(options: list[Any]) -> Any:
+    def wrap(fn: Any) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+@main.command()
+@_apply(_run_options)
+@click.option("--dry-run", is_flag=True, help="Validate the experiment and print the plan; download and write nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run(
+    method: str | None,
+    tasks: str | None,
+    preset: str,
+    schedule: str | None,
+    seed: int | None,
+    limit: int | None,
+    out: str,
+    data_dir: str | None,
+    sets: tuple[str, ...],
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """Fuse the preset's sources into its target with METHOD, evaluate, and compare.
+
+    \b
+    Examples:
+      harness run --method profuser --tasks mmlu,gsm8k,truthfulqa
+      HARNESS_DATA_DIR=../shared/data harness run -m fusellm -t mmlu,gsm8k --limit 30
+      harness run -m profuser --schedule linear -t sandbox --set train.epochs=3
+      harness run --preset paper --dry-run
+    """
+    from harness import pipeline
+
+    exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets))
+    plan = pipeline.plan(exp)
+    if dry_run:
+        pipeline.print_plan(plan, out)
+        return
+    run_dir = pipeline.run(exp, Path(out), progress=not quiet, validated=plan)
+    click.echo(f"run directory: {run_dir}")
+
+
+@main.command()
+@_apply(_run_options)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def ablate(
+    method: str | None,
+    tasks: str | None,
+    preset: str,
+    schedule: str | None,
+    seed: int | None,
+    limit: int | None,
+    out: str,
+    data_dir: str | None,
+    sets: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Run one method under several schedules (reusing cached signals), then write the ablation table and plot.
+
+    \b
+    Example:
+      harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
+    """
+    from harness import pipeline
+
+    names = _csv(schedule) if schedule else list(SCHEDULES)
+    for name in names or []:
+        if name not in SCHEDULES:
+            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULES)}", "cli")
+    exps = [
+        load_experiment(preset, _experiment_overrides(method or "profuser", name, tasks, seed, limit, data_dir, sets))
+        for name in names or []
+    ]
+    run_dirs = pipeline.ablate(exps, Path(out), progress=not quiet)
+    click.echo("ablation runs: " + " ".join(str(d) for d in run_dirs))
+
+
+# `--schedule` of ablate takes a list, so it is redefined as a plain string option.
+for param in ablate.params:
+    if param.name == "schedule":
+        param.type = click.STRING
+        param.help = "Comma-separated schedules (default: all five)."
+
+
+@main.command()
+def methods() -> None:
+    """List the registered fusion methods (built-in and plugins of the `harness.methods` entry point group).
+
+    \b
+    Example:
+      harness methods
+    """
+    from harness.registry import available_methods
+
+    table = Table("method", "needs", "description", title="fusion methods")
+    for name, cls in available_methods().items():
+        table.add_row(name, ", ".join(sorted(s.value for s in cls.needs)), cls.description)
+    stdout.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def tasks(as_json: bool) -> None:
+    """List the evaluation tasks and groups, their categories, metrics and few-shot settings.
+
+    \b
+    Example:
+      harness tasks
+    """
+    from harness.task_catalog import describe_tasks
+
+    rows = describe_tasks()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(*rows[0].keys(), title="tasks") if rows else Table("task")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    stdout.print(table)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
+def report(run_dirs: tuple[str, ...], fmt: str, out_file: str | None) -> None:
+    """Compare runs in one table: rows are models and methods, columns tasks, with significance markers.
+
+    \b
+    Examples:
+      harness report results/*/
+      harness report results/run-a results/run-b --format latex --out table.tex
+    """
+    from harness.report import build_table, render
+
+    text = render(build_table([Path(d) for d in run_dirs]), fmt)
+    if out_file:
+        from harness.store import atomic_write_text
+
+        atomic_write_text(Path(out_file), text)
+        click.echo(f"wrote {out_file}")
+    else:
+        click.echo(text)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder (default: first run's plots/).")
+def plot(run_dirs: tuple[str, ...], out_dir: str | None) -> None:
+    """Paper-ready figures (PDF + PNG): per-task bars with 95% CIs, radar, losses and schedule weights, selection.
+
+    \b
+    Example:
+      harness plot results/20261128-120000-profuser-0
+    """
+    from harness.plots import make_plots
+
+    dirs = [Path(d) for d in run_dirs]
+    paths = make_plots(dirs, Path(out_dir) if out_dir else dirs[0] / "plots")
+    for p in paths:
+        click.echo(str(p))
+
+
+@main.command(name="eval")
+@click.option("--model", "model_spec", required=True, help="hf:ID, a folder, gguf:FOLDER#FILE, or an alias.")
+@click.option("--tasks", "-t", required=True, help="Comma-separated tasks or groups.")
+@click.option("--label", default=None, help="Row label in tables (default: derived from the model).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Documents per task (0: all).")
+@click.option("--num-fewshot", type=click.IntRange(min=0), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option("--data-dir", type=click.Path(), default=None, help="Local benchmark data (or HARNESS_DATA_DIR).")
+@click.option("--quiet", "-q", is_flag=True)
+def eval_cmd(
+    model_spec: str,
+    tasks: str,
+    label: str | None,
+    limit: int | None,
+    num_fewshot: int | None,
+    batch_size: int,
+    out: str,
+    data_dir: str | None,
+    quiet: bool,
+) -> None:
+    """Evaluate any model (no fusion) with the same tasks, per-sample files and tables as fusion runs.
+
+    \b
+    Examples:
+      HARNESS_DATA_DIR=../shared/data harness eval --model smollm2-135m-instruct --tasks hellaswag --limit 200
+      harness eval --model hf:lmsys/vicuna-7b-v1.5 --tasks leaderboard
+    """
+    from harness import pipeline
+
+    run_dir = pipeline.evaluate_only(
+        model_spec,
+        _csv(tasks) or [],
+        label=label,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        out=Path(out),
+        data_dir=data_dir or os.environ.get("HARNESS_DATA_DIR"),
+        progress=not quiet,
+    )
+    click.echo(f"run directory: {run_dir}")
+
+
+@main.group()
+def sandbox() -> None:
+    """The embedded sandbox world: three tiny specialists with known strengths.
+
+    \b
+    Examples:
+      harness sandbox build --size micro
+      harness sandbox show --json
+    """
+
+
+@sandbox.command("build")
+@click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if cached.")
+def sandbox_build(size: str, seed: int, force: bool) -> None:
+    """Build (or load from the cache) the sandbox world and print each source's score per skill.
+
+    \b
+    Example:
+      harness sandbox build --size default --seed 0
+    """
+    from harness.sandbox.build import build_world
+
+    world = build_world(size=size, seed=seed, force=force)
+    _print_world(world, as_json=False)
+
+
+@sandbox.command("show")
+@click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='Print {"sources": {name: {skill: score}}}.')
+def sandbox_show(size: str, seed: int, as_json: bool) -> None:
+    """Print each sandbox source's score on each skill (builds the world first if it is not cached).
+
+    \b
+    Example:
+      harness sandbox show --json
+    """
+    from harness.sandbox.build import build_world
+
+    _print_world(build_world(size=size, seed=seed, progress=not as_json), as_json=as_json)
+
+
+def _print_world(world: Any, as_json: bool) -> None:
+    from harness.sandbox.build import world_summary
+
+    summary = world_summary(world)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    skills = sorted({s for scores in summary["sources"].values() for s in scores})
+    table = Table("source", *skills, title=f"sandbox world ({world.size}, seed {world.seed}) at {world.root}")
+    for name, scores in summary["sources"].items():
+        label = f"{name} (target)" if name == world.target else name
+        table.add_row(label, *(f"{scores[s]:.3f}" for s in skills))
+    stdout.print(table)
+
+
+@main.group()
+def signals() -> None:
+    """Fusion signals: which source wins where.
+
+    \b
+    Example:
+      harness signals inspect results/20261128-120000-profuser-0
+    """
+
+
+@signals.command("inspect")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def signals_inspect(run_dir: str, as_json: bool) -> None:
+    """How often each source is selected by MinCE (training mode) and by the judges (inference mode), with a plot.
+
+    \b
+    Example:
+      harness signals inspect results/20261128-120000-profuser-0
+    """
+    path = Path(run_dir) / "signals" / "selection.json"
+    if not path.is_file():
+        raise HarnessError(f"'{run_dir}' has no signals/selection.json (is it a fusion run directory?)", "signals")
+    stats = json.loads(path.read_text())
+    if as_json:
+        click.echo(json.dumps(stats, indent=2))
+        return
+    sources = sorted({s for mode in ("training", "inference") for s in stats.get(mode, {})})
+    table = Table("source", "training mode (MinCE)", "inference mode (judge)", title="source selection")
+    for s in sources:
+        cells = [f"{stats[m][s]:.1%}" if s in stats.get(m, {}) else "-" for m in ("training", "inference")]
+        table.add_row(s, *cells)
+    stdout.print(table)
+    from harness.plots import plot_selection
+
+    for p in plot_selection(Path(run_dir), Path(run_dir) / "plots"):
+        click.echo(str(p))
+
+
+if __name__ == "__main__":
+    main()

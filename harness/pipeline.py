@@ -1,0 +1,393 @@
+"""`harness run`: the stages of one experiment, each cached by a key of everything that determines it.
+
+prepare -> signals -> fuse (dataset) -> train -> evaluate -> report. A run directory is new every time, but the
+expensive stages live in the content-addressed cache (signals shards, training checkpoints, evaluation results),
+so running the same command after a crash resumes where it stopped and a second method reuses the first one's
+signals. Everything the user can get wrong is validated in `plan` before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from harness.config import Experiment
+from harness.errors import HarnessError
+from harness.models import ResolvedModel, resolve
+from harness.store import Manifest, atomic_write_json, atomic_write_text, default_cache_dir, locked, new_run_dir, stable_hash
+
+console = Console(stderr=True)
+
+TRAIN_CODE_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """What a run will do, validated: the thing `--dry-run` prints."""
+
+    exp: Experiment
+    method_cls: Any
+    tasks: list[str]
+    cache_dir: Path
+    data_dir: Path | None
+    stages: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_data_dir(exp: Experiment) -> Path | None:
+    if not exp.data_dir:
+        return None
+    path = Path(exp.data_dir).expanduser()
+    if not path.is_dir():
+        raise HarnessError(f"data dir '{exp.data_dir}' does not exist (expected a folder laid out as shared/data)", "data")
+    return path.resolve()
+
+
+def _check_model_spec(spec: str, where: str, exp: Experiment) -> None:
+    if spec.startswith("sandbox:"):
+        from harness.sandbox.build import SOURCE_NAMES
+
+        if exp.sandbox is None:
+            raise HarnessError(f"'{spec}' needs a `sandbox:` section in the experiment", where)
+        if spec.split(":", 1)[1] not in SOURCE_NAMES:
+            raise HarnessError(f"'{spec}' is not a sandbox model (known: {', '.join(SOURCE_NAMES)})", where)
+        return
+    resolve(spec, where=where)
+
+
+def plan(exp: Experiment) -> Plan:
+    """Validate the experiment end to end (method, tasks, models, corpus, data dir) without heavy work."""
+    from harness.evaluate import expand_tasks
+    from harness.registry import get_method
+
+    method_cls = get_method(exp.method.name)
+    tasks = expand_tasks(exp.eval.tasks)
+    data_dir = _check_data_dir(exp)
+    _check_model_spec(exp.target.path, "config: target.path", exp)
+    for i, src in enumerate(exp.sources):
+        _check_model_spec(src.path, f"config: sources[{i}].path", exp)
+    names = [exp.target.name] + [s.name for s in exp.sources]
+    if len(set(names)) != len(names):
+        raise HarnessError(f"model names must be unique, got {names}", "config")
+    if exp.corpus.source == "jsonl" and not Path(exp.corpus.path or "").is_file():
+        raise HarnessError(f"corpus.path '{exp.corpus.path}' does not exist", "config")
+    if exp.corpus.source == "sandbox" and exp.sandbox is None:
+        raise HarnessError("corpus.source 'sandbox' needs a `sandbox:` section in the experiment", "config")
+    cache_dir = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
+    p = Plan(exp, method_cls, tasks, cache_dir, data_dir)
+    if exp.sandbox:
+        p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}), built once and cached")
+    for mode in sorted(s.value for s in method_cls.needs):
+        what = "teacher-forced top-k" if mode == "training" else f"generation + {exp.judges.kind} judge + top-k"
+        p.stages.append(f"signals ({mode} mode): {what}, k={exp.signals.top_k}, for {len(names)} candidate models")
+    p.stages.append(f"train: {exp.method.name} (schedule {exp.method.schedule.name}) into '{exp.target.name}'")
+    labels = ["target-base", *([s.name for s in exp.sources] if exp.eval.compare_sources else []), exp.method.name]
+    p.stages.append(f"evaluate: {', '.join(tasks)} for {', '.join(labels)}")
+    p.stages.append("report: paired tests against target-base with Holm correction, tables and plots")
+    if exp.eval.limit:
+        p.notes.append(f"evaluating at most {exp.eval.limit} documents per task (the preset's cap); --limit 0 lifts it")
+    return p
+
+
+def print_plan(p: Plan, out: str) -> None:
+    exp = p.exp
+    console.print(f"[bold]experiment[/bold] {exp.name} (preset {exp.preset}, seed {exp.seed})")
+    console.print(f"  target: {exp.target.name} <- {exp.target.path}")
+    for s in exp.sources:
+        console.print(f"  source: {s.name} <- {s.path}")
+    for i, stage in enumerate(p.stages, 1):
+        console.print(f"  {i}. {stage}")
+    console.print(f"  storage estimate: {_storage_estimate(p)}")
+    console.print(f"  cache: {p.cache_dir}   results: {out}/<run-id>/")
+    for note in p.notes:
+        console.print(f"  note: {note}")
+    console.print("dry run: nothing downloaded or written")
+
+
+def _storage_estimate(p: Plan) -> str:
+    """Signal bytes: examples x response tokens x candidates x modes x ~(k ids as uint16/32 + k float16 logps)."""
+    n_examples = p.exp.corpus.limit or (1500 if p.exp.corpus.source == "sandbox" else 100_000)
+    tokens = p.exp.signals.max_length // 2
+    candidates = len(p.exp.sources) + (1 if p.exp.method.target_is_candidate else 0)
+    per_token = p.exp.signals.top_k * (4 + 2) * 0.8  # ids + logps after zstd; measured by `nox -s bench`
+    modes = len(p.method_cls.needs)
+    total = n_examples * tokens * candidates * modes * per_token
+    return f"~{total / 1e9:.2f} GB of signals for ~{n_examples} examples (corpus.limit to change)"
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+@dataclass
+class Prepared:
+    models: dict[str, ResolvedModel]  # name -> resolved (target first)
+    corpus: list[Any]
+    sandbox_root: Path | None
+
+
+def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
+    from harness.signals import load_corpus
+
+    sandbox_models: dict[str, Path] | None = None
+    sandbox_root = None
+    corpus_path = Path(exp.corpus.path) if exp.corpus.path else None
+    if exp.sandbox is not None:
+        from harness.sandbox.build import build_world
+
+        world = build_world(size=exp.sandbox.size, seed=exp.sandbox.seed, cache_dir=cache_dir, progress=progress)
+        sandbox_models, sandbox_root = world.models, world.root
+        if exp.corpus.source == "sandbox":
+            corpus_path = world.corpus_path
+    models = {exp.target.name: resolve(exp.target.path, sandbox_models, "config: target.path")}
+    for i, s in enumerate(exp.sources):
+        models[s.name] = resolve(s.path, sandbox_models, f"config: sources[{i}].path")
+    assert corpus_path is not None
+    corpus = load_corpus(corpus_path, limit=exp.corpus.limit)
+    return Prepared(models, corpus, sandbox_root)
+
+
+def _handles(exp: Experiment, prepared: Prepared) -> tuple[Any, list[Any]]:
+    from harness.signals import ModelHandle
+
+    specs = {exp.target.name: exp.target, **{s.name: s for s in exp.sources}}
+
+    def handle(name: str) -> Any:
+        spec = specs[name]
+        return ModelHandle(name, prepared.models[name], spec.chat_template, spec.trust_remote_code)
+
+    target = handle(exp.target.name)
+    candidates = ([target] if exp.method.target_is_candidate else []) + [handle(s.name) for s in exp.sources]
+    return target, candidates
+
+
+def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, manifest: Manifest, progress: bool) -> dict[Any, Any]:
+    from harness.signals import extract_signals, selection_stats
+
+    target, candidates = _handles(exp, prepared)
+    sets = {}
+    for mode in sorted(plan_.method_cls.needs, key=lambda m: m.value):
+        with manifest.timed("signals"):
+            sets[mode] = extract_signals(
+                mode, target, candidates, prepared.corpus, exp.signals, exp.judges, plan_.cache_dir, progress=progress
+            )
+        manifest.record_cache_key(f"signals.{mode.value}", sets[mode].key)
+    stats = selection_stats(sets, prepared.corpus)
+    atomic_write_json(run_dir / "signals" / "selection.json", stats)
+    atomic_write_json(run_dir / "signals" / "sources.json", {m.value: str(s.path) for m, s in sets.items()})
+    return sets
+
+
+def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any], run_dir: Path, manifest: Manifest, progress: bool) -> Path:
+    """Train (or resume, or reuse) the fused target in the cache; returns the folder of the final model."""
+    from harness.fusion_data import build_fusion_dataset, collate
+    from harness.models import load_model, load_tokenizer
+    from harness.train import train
+
+    target = prepared.models[exp.target.name]
+    key = stable_hash(
+        {
+            "v": TRAIN_CODE_VERSION,
+            "target": exp.target.model_dump(),
+            "target_weights": _weights_identity(target),
+            "signals": {m.value: s.key for m, s in sets.items()},
+            "method": exp.method.model_dump(),
+            "train": exp.train.model_dump(),
+            "seed": exp.seed,
+        }
+    )
+    manifest.record_cache_key("train", key)
+    work = plan_.cache_dir / "train" / key
+    final = work / "final"
+    with locked(work):
+        if not (final / "config.json").is_file():
+            method = plan_.method_cls(exp.method)
+            dataset = build_fusion_dataset(sets, method)
+            tok = load_tokenizer(target, exp.target.trust_remote_code)
+            model = load_model(target, "float32", "cpu", exp.target.trust_remote_code)
+            with manifest.timed("train"):
+                result = train(model, tok, dataset, collate, method, exp.train, work, seed=exp.seed, resume=True, progress=progress)
+            tmp = work / "final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            result.model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            os.replace(tmp, final)
+        else:
+            console.print(f"train: reusing the trained model from the cache ({key})")
+    log = work / "train_log.jsonl"
+    if log.is_file():
+        shutil.copyfile(log, run_dir / "train_log.jsonl")
+    return final
+
+
+def _weights_identity(model: ResolvedModel) -> dict[str, Any]:
+    """Names, sizes and mtimes of weight files: cheap and changes whenever the weights do."""
+    folder = Path(model.pretrained)
+    if not folder.is_dir():
+        return {"hub": model.pretrained, "gguf": model.gguf_file}
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json"))
+    return {p.name: [p.stat().st_size, int(p.stat().st_mtime)] for p in files}
+
+
+def _evaluate(
+    exp: Experiment, plan_: Plan, models: dict[str, ResolvedModel], sandbox_root: Path | None, run_dir: Path,
+    manifest: Manifest, progress: bool,
+) -> dict[str, dict[str, Any]]:
+    from harness.evaluate import evaluate_model
+
+    results: dict[str, dict[str, Any]] = {}
+    for label, model in models.items():
+        console.print(f"evaluate: {label} on {', '.join(plan_.tasks)}")
+        with manifest.timed("evaluate"):
+            results[label] = evaluate_model(
+                model, label, plan_.tasks, out_dir=run_dir / "eval", limit=exp.eval.limit or None,
+                num_fewshot=exp.eval.num_fewshot, batch_size=exp.eval.batch_size, max_gen_toks=exp.eval.max_gen_toks,
+                data_dir=plan_.data_dir, sandbox_root=sandbox_root, backend=exp.eval.backend,
+                cache_dir=plan_.cache_dir, progress=progress,
+            )
+    return results
+
+
+def _score_dict(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        t: {"metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n, "category": s.category, "binary": s.binary}
+        for t, s in scores.items()
+    }
+
+
+def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]], label: str, manifest: Manifest) -> dict[str, Any]:
+    from harness.stats import compare_runs
+
+    summary: dict[str, Any] = {
+        "run_id": run_dir.name,
+        "method": exp.method.name,
+        "schedule": exp.method.schedule.name,
+        "preset": exp.preset,
+        "seed": exp.seed,
+        "models": {"target": exp.target.name, "sources": [s.name for s in exp.sources]},
+        "tasks": _score_dict(results[label]),
+        "baseline": _score_dict(results["target-base"]),
+        "sources": {s.name: _score_dict(results[s.name]) for s in exp.sources if s.name in results},
+    }
+    summary["comparisons"] = compare_runs(run_dir, label, "target-base", summary["tasks"], seed=exp.seed)
+    summary["timings_s"] = manifest.data["timings_s"]
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _report(run_dir: Path, progress: bool) -> None:
+    from harness.plots import make_plots
+    from harness.report import build_table, render, write_tables
+
+    write_tables([run_dir], run_dir / "tables")
+    Console().print(render(build_table([run_dir]), "md"))
+    try:
+        make_plots([run_dir], run_dir / "plots")
+    except Exception as exc:  # a figure must never cost the numbers; say so and go on
+        console.print(f"[yellow]plots skipped: {exc}[/yellow]")
+
+
+def _seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _start_run(exp: Experiment, out: Path) -> tuple[Path, Manifest]:
+    run_dir = new_run_dir(out, exp.method.name)
+    atomic_write_text(run_dir / "config.yaml", exp.to_yaml())
+    return run_dir, Manifest(run_dir, exp.seed)
+
+
+def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | None = None) -> Path:
+    """One fusion experiment end to end; returns the run directory."""
+    plan_ = validated or plan(exp)
+    for note in plan_.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    _seed_everything(exp.seed)
+    started = time.perf_counter()
+    with manifest_ctx(exp, out) as (run_dir, manifest):
+        with manifest.timed("prepare"):
+            prepared = _prepare(exp, plan_.cache_dir, progress)
+        sets = _signals(exp, plan_, prepared, run_dir, manifest, progress)
+        fused = _train(exp, plan_, prepared, sets, run_dir, manifest, progress)
+        models = {"target-base": prepared.models[exp.target.name]}
+        if exp.eval.compare_sources:
+            models.update({s.name: prepared.models[s.name] for s in exp.sources})
+        models[exp.method.name] = ResolvedModel(str(fused))
+        results = _evaluate(exp, plan_, models, prepared.sandbox_root, run_dir, manifest, progress)
+        _summary(exp, run_dir, results, exp.method.name, manifest)
+        _report(run_dir, progress)
+    console.print(f"done in {time.perf_counter() - started:.0f} s")
+    return run_dir
+
+
+class manifest_ctx:
+    """Creates the run directory only once everything was validated; marks it failed if a stage raises."""
+
+    def __init__(self, exp: Experiment, out: Path) -> None:
+        self.exp, self.out = exp, out
+
+    def __enter__(self) -> tuple[Path, Manifest]:
+        self.run_dir, self.manifest = _start_run(self.exp, self.out)
+        return self.run_dir, self.manifest
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.manifest.data["status"] = "failed" if exc_type else "finished"
+        if exc_type:
+            self.manifest.data["error"] = f"{exc_type.__name__}: {exc}"
+        self.manifest.save()
+
+
+def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Path]:
+    """Run the variants one after another (signals come from the cache after the first), then the ablation outputs."""
+    plans = [plan(e) for e in exps]  # validate all before running any
+    run_dirs = [run(e, out, progress, p) for e, p in zip(exps, plans, strict=True)]
+    from harness.plots import make_plots
+    from harness.report import build_ablation_table, render
+
+    text = render(build_ablation_table(run_dirs), "md")
+    ablation_dir = run_dirs[-1].parent / f"ablation-{run_dirs[0].name}"
+    ablation_dir.mkdir(exist_ok=True)
+    atomic_write_text(ablation_dir / "ablation.md", text)
+    atomic_write_json(ablation_dir / "runs.json", [str(d) for d in run_dirs])
+    Console().print(text)
+    make_plots(run_dirs, ablation_dir / "plots")
+    return run_dirs
+
+
+def evaluate_only(
+    model_spec: str, tasks: list[str], *, label: str | None, limit: int | None, num_fewshot: int | None,
+    batch_size: int, out: Path, data_dir: str | None, progress: bool = True,
+) -> Path:
+    """`harness eval`: one model, no fusion, same per-sample files, cache and tables as fusion runs."""
+    from harness.evaluate import evaluate_model, expand_tasks
+
+    names = expand_tasks(tasks)
+    model = resolve(model_spec, where="model")
+    data = Path(data_dir).resolve() if data_dir else None
+    if data is not None and not data.is_dir():
+        raise HarnessError(f"data dir '{data_dir}' does not exist (expected a folder laid out as shared/data)", "data")
+    label = label or Path(model_spec.split("#")[-1]).stem.replace(":", "-") or "model"
+    run_dir = new_run_dir(out, "eval")
+    manifest = Manifest(run_dir, 0)
+    atomic_write_text(run_dir / "config.yaml", json.dumps({"model": model_spec, "tasks": names, "limit": limit}) + "\n")
+    with manifest.timed("evaluate"):
+        scores = evaluate_model(
+            model, label, names, out_dir=run_dir / "eval", limit=limit or None, num_fewshot=num_fewshot,
+            batch_size=batch_size, data_dir=data, cache_dir=default_cache_dir(), progress=progress,
+        )
+    summary = {
+        "run_id": run_dir.name, "method": None, "preset": None, "models": {"target": label, "sources": []},
+        "tasks": _score_dict(scores), "baseline": {}, "sources": {}, "comparisons": [],
+        "timings_s": manifest.data["timings_s"], "label": label, "model": model_spec,
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    _report(run_dir, progress)
+    return run_dir

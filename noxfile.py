@@ -1,0 +1,74 @@
+"""Developer sessions. Every session installs through constraints.txt, which pins the CPU build of torch."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+INSTALL = ("-c", "constraints.txt", "-e", ".[dev,smol]")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _env() -> dict[str, str]:
+    env = dict(OFFLINE)
+    if "HARNESS_DATA_DIR" not in os.environ and os.path.isdir("../shared/data"):
+        env["HARNESS_DATA_DIR"] = os.path.abspath("../shared/data")
+    return env
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The fast default suite (slow tests excluded), including one end-to-end pipeline run on the micro world."""
+    session.install(*INSTALL)
+    session.run("pytest", "-q", *session.posargs, env=_env())
+
+
+@nox.session
+def tests_slow(session: nox.Session) -> None:
+    """Only the slow tests: multi-process runs, real-model bands, full sandbox builds."""
+    session.install(*INSTALL)
+    session.run("pytest", "-q", "-m", "slow", *session.posargs, env=_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "harness", "methods", "tasks", "tests", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install(*INSTALL)
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not timed tests): prints figures and writes results/bench.json."""
+    session.install(*INSTALL)
+    session.run("python", "-m", "harness.bench", "--out", "results/bench.json", *session.posargs, env=_env())
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's main job on the embedded sandbox world."""
+    session.install(*INSTALL)
+    session.run("harness", "run", "--method", "profuser", "--tasks", "mmlu,gsm8k,truthfulqa", *session.posargs, env=_env())
+
+
+@nox.session
+def demo_real(session: nox.Session) -> None:
+    """Fuse the sandbox specialists into SmolLM2-135M-Instruct (LoRA on CPU) and report gains and forgetting."""
+    session.install(*INSTALL)
+    session.run("harness", "run", "--preset", "small-real", *session.posargs, env=_env())
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The GPU check: bf16 training step with tokens/s and MFU, generation throughput, the pipeline on CUDA."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "harness.bench.gpu", *session.posargs)

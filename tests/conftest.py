@@ -1,0 +1,47 @@
+"""Shared fixtures: offline hub settings, one cache per test session, the micro sandbox world built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path | None:
+    """The local benchmark data (HARNESS_DATA_DIR, else ../shared/data beside the checkout), or None."""
+    env = os.environ.get("HARNESS_DATA_DIR")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    found = data_dir()
+    if found is None:
+        pytest.skip("no local benchmark data: set HARNESS_DATA_DIR to a folder laid out as shared/data")
+    return found
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One content-addressed cache for the whole session (HARNESS_CACHE_DIR if set, so CI can keep it)."""
+    env = os.environ.get("HARNESS_CACHE_DIR")
+    path = Path(env) if env else tmp_path_factory.mktemp("harness-cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def micro_world(session_cache: Path):  # type: ignore[no-untyped-def]
+    from harness.sandbox.build import build_world
+
+    return build_world(size="micro", seed=0, cache_dir=session_cache, progress=False)

@@ -1,0 +1,56 @@
+"""Bad input at the command line: one line naming the problem, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CASES = [
+    (["run", "--method", "no-such-method", "--tasks", "sandbox"], "unknown method 'no-such-method'"),
+    (["run", "--method", "profuser", "--tasks", "no_such_task"], "no_such_task"),
+    (["run", "--preset", "missing.yaml", "--tasks", "sandbox"], "does not exist"),
+    (["run", "--tasks", "sandbox", "--set", "trian.lr=1"], "unknown field"),
+    (["run", "--tasks", "sandbox", "--set", "method.lam=3"], "method.lam"),
+    (["run", "--tasks", "sandbox", "--limit", "-1"], "--limit"),
+    (["run", "--tasks", "sandbox", "--schedule", "sideways"], "--schedule"),
+    (["run", "--tasks", "sandbox", "--data-dir", "/no/such/dir"], "does not exist"),
+    (["report", "/no/such/run"], "does not exist"),
+    (["signals", "inspect", "."], "selection.json"),
+]
+
+
+def _harness(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "fragment"), CASES)
+def test_bad_input_is_one_line_exit_2_nothing_written(args: list[str], fragment: str, tmp_path: Path) -> None:
+    proc = _harness([*args], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert fragment in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_yaml_preset(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("target: [unclosed\n")
+    proc = _harness(["run", "--preset", "bad.yaml", "--tasks", "sandbox"], tmp_path)
+    assert proc.returncode == 2 and "not valid YAML (line" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_help_has_examples(tmp_path: Path) -> None:
+    for cmd in (["run"], ["ablate"], ["report"], ["plot"], ["eval"], ["methods"], ["tasks"], ["sandbox", "build"]):
+        proc = _harness([*cmd, "--help"], tmp_path)
+        assert proc.returncode == 0 and "Example" in proc.stdout, cmd
+
+
+def test_methods_lists_the_four(tmp_path: Path) -> None:
+    proc = _harness(["methods"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("profuser", "fusellm", "inference-only", "averaging"):
+        assert name in proc.stdout

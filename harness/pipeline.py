@@ -76,8 +76,12 @@ def plan(exp: Experiment) -> Plan:
     names = [exp.target.name] + [s.name for s in exp.sources]
     if len(set(names)) != len(names):
         raise HarnessError(f"model names must be unique, got {names}", "config")
-    if exp.corpus.source == "jsonl" and not Path(exp.corpus.path or "").is_file():
-        raise HarnessError(f"corpus.path '{exp.corpus.path}' does not exist", "config")
+    if exp.corpus.source == "jsonl":
+        corpus_path = os.path.expandvars(exp.corpus.path or "")
+        if "$" in corpus_path:
+            raise HarnessError(f"corpus.path '{exp.corpus.path}' names an unset environment variable", "config")
+        if not Path(corpus_path).is_file():
+            raise HarnessError(f"corpus.path '{corpus_path}' does not exist", "config")
     if exp.corpus.source == "sandbox" and exp.sandbox is None:
         raise HarnessError("corpus.source 'sandbox' needs a `sandbox:` section in the experiment", "config")
     cache_dir = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
@@ -137,7 +141,7 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
 
     sandbox_models: dict[str, Path] | None = None
     sandbox_root = None
-    corpus_path = Path(exp.corpus.path) if exp.corpus.path else None
+    corpus_path = Path(os.path.expandvars(exp.corpus.path)) if exp.corpus.path else None
     if exp.sandbox is not None:
         from harness.sandbox.build import build_world
 

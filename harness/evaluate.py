@@ -1,0 +1,474 @@
+"""Evaluation through lm-eval: the real task names, local data when given, per-sample files, cached results.
+
+For each requested task the harness decides which definition runs it (harness/task_catalog.py): lm-eval's
+built-in task without a data folder, the project's YAML over converted local files with one
+(harness/offline_data.py), the tasks/sandbox/ YAML over the sandbox world. Project YAMLs are copied into a
+temporary include folder with their relative `data_files` made absolute; only the project's own task folders
+supply `!function` hooks. Each (model, task, shots, limit, max_gen_toks, data) result is cached, so
+re-evaluating an unchanged model is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import offline_data, task_catalog
+from harness.errors import HarnessError
+from harness.models import ResolvedModel
+from harness.store import atomic_write_json, default_cache_dir, file_sha256, read_jsonl, write_jsonl
+from harness.task_catalog import TaskInfo
+
+EVAL_SEEDS = {
+    "random_seed": 0,
+    "numpy_random_seed": 1234,
+    "torch_random_seed": 1234,
+    "fewshot_random_seed": 1234,
+}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".jinja", ".tiktoken")
+
+
+@dataclass
+class TaskScore:
+    """One task's result: the primary metric's mean over `n` documents, as lm-eval aggregated it."""
+
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    n: int
+    category: str
+    binary: bool
+
+
+def expand_tasks(names: list[str]) -> list[str]:
+    """Task and group names -> task names (see harness/task_catalog.py)."""
+    return task_catalog.expand(names)
+
+
+def describe_tasks() -> list[dict[str, Any]]:
+    """Rows for `harness tasks`: name, category, metric, few-shot, whether local data is available."""
+    return task_catalog.describe_tasks()
+
+
+# ---------------------------------------------------------------- planning: which definition, which data
+
+
+@dataclass(frozen=True)
+class _Plan:
+    info: TaskInfo  # few-shot already the effective one
+    yaml: Path | None  # the project's YAML, None for lm-eval's built-in task
+    root: Path | None  # what the YAML's relative data_files resolve against
+    data_key: str  # hash of the data (or of the built-in's identity)
+    definition: str  # hash of the task definition (YAML + hooks, or lm-eval version)
+
+    @property
+    def lm_eval_name(self) -> str:
+        return self.info.local_task if self.yaml else self.info.builtin[0]
+
+
+def _data_files(cfg: dict[str, Any]) -> list[str]:
+    files = ((cfg.get("dataset_kwargs") or {}).get("data_files")) or []
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    return list(files)
+
+
+def _yaml_chain(path: Path) -> list[Path]:
+    """A YAML and the YAMLs it `include:`s (same folder), in load order."""
+    cfg = task_catalog.load_task_yaml(path)
+    inc = cfg.get("include") or []
+    chain: list[Path] = []
+    for name in [inc] if isinstance(inc, str) else inc:
+        chain += _yaml_chain(path.parent / name)
+    return [*chain, path]
+
+
+def _definition_hash(path: Path) -> str:
+    h = hashlib.sha256(version("lm_eval").encode())
+    for p in [*_yaml_chain(path), *sorted(path.parent.glob("*.py"))]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _sandbox_data_key(path: Path, root: Path) -> str:
+    h = hashlib.sha256()
+    for p in _yaml_chain(path):
+        for rel in _data_files(task_catalog.load_task_yaml(p)):
+            f = root / rel
+            if not f.is_file():
+                raise HarnessError(f"the sandbox world at {root} lacks {rel} (needed by {path.name}); "
+                                   "build it with `harness sandbox build`", "sandbox")  # fmt: skip
+            h.update(rel.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _plan(
+    name: str, data_dir: Path | None, sandbox_root: Path | None, cache_dir: Path, num_fewshot: int | None
+) -> _Plan:
+    if name in task_catalog.SANDBOX_TASKS and sandbox_root is None:
+        raise HarnessError(f"{name} needs the sandbox world; build it with `harness sandbox build`", "tasks")
+    info = task_catalog.task_info(name)
+    if not info.fewshot_fixed and num_fewshot is not None:
+        info = task_catalog.with_fewshot(info, num_fewshot)
+    if info.sandbox and sandbox_root is not None:
+        path = task_catalog.find_task_yaml("sandbox", info.local_task)
+        return _Plan(info, path, sandbox_root, _sandbox_data_key(path, sandbox_root), _definition_hash(path))
+    if data_dir is not None:
+        prepared = offline_data.prepare(name, data_dir, cache_dir)
+        path = task_catalog.find_task_yaml(info.folder, info.local_task)
+        return _Plan(info, path, prepared.root, prepared.key, _definition_hash(path))
+    if not info.builtin:
+        raise HarnessError(f"{name} has no lm-eval built-in task; set HARNESS_DATA_DIR or --data-dir to a folder "
+                           "laid out as shared/data (see docs/evaluation.md)", "data")  # fmt: skip
+    builtin = f"builtin:{','.join(info.builtin)}:lm_eval=={version('lm_eval')}"
+    return _Plan(info, None, None, builtin, builtin)
+
+
+# ---------------------------------------------------------------- staging the project's YAMLs
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(
+    task_catalog.FunctionRef, lambda dumper, data: dumper.represent_scalar("!function", str(data))
+)
+
+
+def _absolute(files: Any, root: Path) -> Any:
+    if isinstance(files, str):
+        return files if Path(files).is_absolute() else str((root / files).resolve())
+    if isinstance(files, list):
+        return [_absolute(f, root) for f in files]
+    if isinstance(files, dict):
+        return {k: _absolute(v, root) for k, v in files.items()}
+    return files
+
+
+def _check_hooks(node: Any, folder: Path, yaml_path: Path) -> None:
+    """Every `!function` must name a module file in the task's own folder: no user-supplied python runs."""
+    if isinstance(node, task_catalog.FunctionRef):
+        module = str(node).rpartition(".")[0]
+        if not module or not (folder / f"{module.replace('.', '/')}.py").is_file():
+            raise HarnessError(f"{yaml_path}: !function {node} is not defined in {folder}", "tasks")
+    elif isinstance(node, dict):
+        for v in node.values():
+            _check_hooks(v, folder, yaml_path)
+    elif isinstance(node, list):
+        for v in node:
+            _check_hooks(v, folder, yaml_path)
+
+
+def _stage(plans: list[_Plan], dst: Path) -> None:
+    """Copy the plans' YAMLs (with includes) and hook modules under dst, data_files made absolute."""
+    for plan in plans:
+        if plan.yaml is None or plan.root is None:
+            continue
+        src_folder = plan.yaml.parent
+        folder = dst / src_folder.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for py in src_folder.glob("*.py"):
+            shutil.copy2(py, folder / py.name)
+        for path in _yaml_chain(plan.yaml):
+            cfg = task_catalog.load_task_yaml(path)
+            _check_hooks(cfg, src_folder, path)
+            kwargs = cfg.get("dataset_kwargs") or {}
+            if "data_files" in kwargs:
+                kwargs["data_files"] = _absolute(kwargs["data_files"], plan.root)
+            (folder / path.name).write_text(
+                yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+            )
+
+
+# ---------------------------------------------------------------- model identity and lm-eval model
+
+
+def _file_digests(files: list[Path], memo_path: Path) -> list[str]:
+    """Content hashes, memoised on disk by (path, size, mtime) so multi-GB weights are hashed once."""
+    memo: dict[str, str] = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    out, changed = [], False
+    for f in files:
+        st = f.stat()
+        k = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if k not in memo:
+            memo[k], changed = file_sha256(f), True
+        out.append(memo[k])
+    if changed:
+        atomic_write_json(memo_path, memo)
+    return out
+
+
+def _in_memory_fingerprint(model: Any, tokenizer: Any) -> str:
+    import torch
+
+    h = hashlib.sha256(type(model).__name__.encode())
+    cfg = {
+        k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")
+    }
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    h.update(vocab.encode())
+    h.update(
+        json.dumps(
+            [tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token],
+            default=str,
+        ).encode()
+    )
+    return "mem:" + h.hexdigest()[:24]
+
+
+def model_fingerprint(model: ResolvedModel | tuple[Any, Any], cache_dir: Path) -> str:
+    """What the evaluation cache keys a model by: its weights' and tokenizer's content, not its name."""
+    if isinstance(model, tuple):
+        return _in_memory_fingerprint(*model)
+    folder = Path(model.pretrained)
+    if not folder.is_dir():
+        return f"hub:{model.pretrained}"  # a hub id: assumed immutable; pass a local folder for exact caching
+    if model.gguf_file:
+        files = [folder / model.gguf_file]
+    else:
+        files = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".")
+        )
+    digests = _file_digests(files, cache_dir / "eval" / "file-hashes.json")
+    return "files:" + hashlib.sha256(json.dumps([[f.name for f in files], digests]).encode()).hexdigest()[:24]
+
+
+def _make_lm(model: ResolvedModel | tuple[Any, Any], backend: str, batch_size: int) -> Any:
+    import torch
+    from lm_eval.api.registry import get_model
+
+    if backend not in ("hf", "vllm"):
+        raise HarnessError(f"unknown backend '{backend}'; choose hf or vllm", "eval")
+    if isinstance(model, tuple):
+        if backend != "hf":
+            raise HarnessError("an in-memory model can only be evaluated with backend 'hf'", "eval")
+        from lm_eval.models.huggingface import HFLM
+
+        lm_obj, tok = model
+        device = str(next(lm_obj.parameters()).device)
+        return HFLM(pretrained=lm_obj, tokenizer=tok, batch_size=batch_size, device=device)
+    if backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise HarnessError(
+                "backend 'vllm' needs vllm on a GPU host: pip install 'fusion-harness[vllm]'", "eval"
+            )
+        if model.gguf_file:
+            raise HarnessError("GGUF models run with backend 'hf' only", "eval")
+        return get_model("vllm").create_from_arg_obj(
+            {"pretrained": model.pretrained, "dtype": "auto"}, {"batch_size": batch_size}
+        )
+    cuda = torch.cuda.is_available()
+    args: dict[str, Any] = {
+        "pretrained": model.pretrained,
+        "dtype": "auto" if cuda else "float32",
+        **model.hf_kwargs(),
+    }
+    return get_model("hf").create_from_arg_obj(
+        args, {"batch_size": batch_size, "device": "cuda" if cuda else "cpu"}
+    )
+
+
+# ---------------------------------------------------------------- running one task
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        errors += [OfflineModeIsEnabled, LocalEntryNotFoundError]
+    with contextlib.suppress(ImportError):
+        import requests
+
+        errors.append(requests.exceptions.ConnectionError)
+    with contextlib.suppress(ImportError):
+        import httpx
+
+        errors.append(httpx.TransportError)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def _datasets_offline(enabled: bool) -> Iterator[None]:
+    """HF_DATASETS_OFFLINE=1 while only local files are read (env for later imports, config for this one)."""
+    if not enabled:
+        yield
+        return
+    import datasets.config
+
+    old_env, old_cfg = os.environ.get("HF_DATASETS_OFFLINE"), datasets.config.HF_DATASETS_OFFLINE
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    datasets.config.HF_DATASETS_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_DATASETS_OFFLINE = old_cfg
+        if old_env is None:
+            os.environ.pop("HF_DATASETS_OFFLINE", None)
+        else:
+            os.environ["HF_DATASETS_OFFLINE"] = old_env
+
+
+def _has_chat_template(lm: Any) -> bool:
+    return bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
+
+
+def _run_task(
+    lm: Any, task_manager: Any, plan: _Plan, limit: int | None, max_gen_toks: int
+) -> tuple[TaskScore, list[dict]]:
+    from lm_eval import simple_evaluate
+
+    info, name = plan.info, plan.lm_eval_name
+    try:
+        loaded = task_manager.load([name])
+    except _network_errors() as exc:
+        raise HarnessError(f"{info.name}: lm-eval's built-in data could not be fetched from the Hugging Face hub "
+                           f"({exc.__class__.__name__}); set HARNESS_DATA_DIR or --data-dir to a folder laid out as "
+                           "shared/data (see docs/evaluation.md)", "data") from None  # fmt: skip
+    obj = loaded["groups"].get(name) or loaded["tasks"][name]
+    for task in loaded["tasks"].values():  # cap generation: the task's own max_gen_toks if smaller, else ours
+        if task.get_config("output_type") == "generate_until":
+            gen = dict(task.get_config("generation_kwargs") or {})
+            gen["max_gen_toks"] = (
+                min(int(gen["max_gen_toks"]), max_gen_toks) if gen.get("max_gen_toks") else max_gen_toks
+            )
+            task.set_config(key="generation_kwargs", value=gen)
+    chat = info.chat and _has_chat_template(lm)
+    res = simple_evaluate(
+        model=lm, tasks=[obj], num_fewshot=info.fewshot, limit=limit, task_manager=task_manager, log_samples=True,
+        apply_chat_template=chat, fewshot_as_multiturn=chat, bootstrap_iters=1000, **EVAL_SEEDS,
+    )  # fmt: skip
+    if res is None:  # a non-zero rank of a distributed run
+        raise RuntimeError("lm-eval returned no results on this rank")
+    rows: list[dict[str, Any]] = []
+    for sub in sorted(loaded["tasks"]):  # one leaf for a task, the subtasks in name order for a group
+        picked = sorted(
+            (r for r in res["samples"][sub] if r["filter"] == info.filter), key=lambda r: r["doc_id"]
+        )
+        rows += [{"doc_id": len(rows) + i, info.metric: float(r[info.metric])} for i, r in enumerate(picked)]
+    agg = res["results"][name]
+    stderr = agg.get(f"{info.metric}_stderr,{info.filter}")
+    score = TaskScore(info.name, info.metric, float(agg[f"{info.metric},{info.filter}"]),
+                      float(stderr) if isinstance(stderr, (int, float)) else None, len(rows), info.category, info.binary)  # fmt: skip
+    return score, rows
+
+
+# ---------------------------------------------------------------- the public entry point
+
+
+def evaluate_model(
+    model: ResolvedModel | tuple[Any, Any],
+    label: str,
+    tasks: list[str],
+    *,
+    out_dir: Path,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    max_gen_toks: int = 128,
+    data_dir: Path | None = None,
+    sandbox_root: Path | None = None,
+    backend: str = "hf",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, TaskScore]:
+    """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl and returns the scores.
+
+    `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory (model, tokenizer) pair. `limit` None or
+    0 evaluates every document. `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to local
+    files; without it lm-eval's built-in tasks load from the hub.
+    """
+    names = expand_tasks(tasks)
+    env_dir = os.environ.get("HARNESS_DATA_DIR")
+    data_dir = data_dir or (Path(env_dir) if env_dir else None)
+    cache_dir = cache_dir or default_cache_dir()
+    limit = limit or None
+    if data_dir is not None:
+        offline_data.check_layout([n for n in names if n not in task_catalog.SANDBOX_TASKS], data_dir)
+    plans = [_plan(n, data_dir, sandbox_root, cache_dir, num_fewshot) for n in names]
+    fingerprint = model_fingerprint(model, cache_dir)
+    label_dir = out_dir / label
+    scores: dict[str, TaskScore] = {}
+    todo: list[tuple[_Plan, Path]] = []
+    for plan in plans:
+        key = {"model": fingerprint, "backend": backend, "task": plan.info.name, "definition": plan.definition,
+               "shots": plan.info.fewshot, "limit": limit, "max_gen_toks": max_gen_toks, "data": plan.data_key,
+               "chat": plan.info.chat, "seeds": EVAL_SEEDS}  # fmt: skip
+        entry = cache_dir / "eval" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        if (entry / "score.json").is_file():
+            scores[plan.info.name] = TaskScore(**json.loads((entry / "score.json").read_text()))
+            write_jsonl(label_dir / f"{plan.info.name}.jsonl", read_jsonl(entry / "samples.jsonl"))
+        else:
+            todo.append((plan, entry))
+    if todo:
+        _evaluate_missing(model, todo, label_dir, limit, batch_size, max_gen_toks, backend, progress, scores)
+    return {n: scores[n] for n in names}
+
+
+def _evaluate_missing(
+    model: ResolvedModel | tuple[Any, Any],
+    todo: list[tuple[_Plan, Path]],
+    label_dir: Path,
+    limit: int | None,
+    batch_size: int,
+    max_gen_toks: int,
+    backend: str,
+    progress: bool,
+    scores: dict[str, TaskScore],
+) -> None:
+    from lm_eval.tasks import TaskManager
+
+    plans = [p for p, _ in todo]
+    needs_builtin = any(p.yaml is None for p in plans)
+    lm = _make_lm(model, backend, batch_size)
+    with tempfile.TemporaryDirectory(prefix="harness-tasks-") as tmp, _datasets_offline(not needs_builtin):
+        _stage(plans, Path(tmp))
+        has_local = any(p.yaml is not None for p in plans)
+        tm = TaskManager(include_path=tmp if has_local else None, include_defaults=needs_builtin)
+        for plan, entry in todo:
+            start = time.perf_counter()
+            score, rows = _run_task(lm, tm, plan, limit, max_gen_toks)
+            _store(entry, score, rows)
+            write_jsonl(label_dir / f"{plan.info.name}.jsonl", rows)
+            scores[plan.info.name] = score
+            if progress:
+                print(f"[eval] {plan.info.name}: {score.metric}={score.value:.4f} (n={score.n}, "
+                      f"{time.perf_counter() - start:.1f}s)")  # fmt: skip
+
+
+def _store(entry: Path, score: TaskScore, rows: list[dict[str, Any]]) -> None:
+    """Write a cache entry into a temporary folder and rename it: readers see a whole entry or none."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+    try:
+        write_jsonl(tmp / "samples.jsonl", rows)
+        atomic_write_json(tmp / "score.json", asdict(score))
+        with contextlib.suppress(OSError):  # a concurrent writer stored the same entry first
+            tmp.rename(entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

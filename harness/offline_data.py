@@ -1,0 +1,282 @@
+"""Local benchmark files (laid out as shared/data, see its MANIFEST.md) -> the schemas the task YAMLs read.
+
+Each task's sources are checked, hashed by content and converted once into
+`<cache>/offline-data/<task>-<hash>/<task folder>/<split>.jsonl`, written to a temporary folder and renamed,
+so a reader never sees a half-converted task and a changed source file gets a fresh folder. The hash is also
+the data part of the evaluation cache key.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+CONVERTER_VERSION = 1
+Rows = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file (or a folder of files matching `pattern`) a task needs, and what it must contain."""
+
+    path: str
+    what: str
+    pattern: str | None = None
+
+
+SOURCES: dict[str, tuple[Source, ...]] = {
+    "mmlu": (
+        Source("mmlu/hendrycks_format/test", "headerless MMLU CSVs <subject>_test.csv (question,A,B,C,D,answer letter)",
+               "*_test.csv"),
+        Source("mmlu/hendrycks_format/dev", "headerless MMLU CSVs <subject>_dev.csv, 5 few-shot rows per subject",
+               "*_dev.csv"),
+    ),
+    "gsm8k": (
+        Source("gsm8k/test.jsonl", "GSM8K test, JSON lines {question, answer ending '#### N'}"),
+        Source("gsm8k/train.jsonl", "GSM8K train, JSON lines {question, answer} (few-shot examples)"),
+    ),
+    "truthfulqa": (Source("truthfulqa/v0/mc_task.json", "TruthfulQA v0 (817 questions): [{question, mc1_targets, mc2_targets}]"),),
+    "arc_challenge": (Source("arc/arc_challenge_test.llmfoundry.jsonl", "llm-foundry ARC-Challenge, JSON lines {query, choices, gold}"),),
+    "hellaswag": (Source("hellaswag/hellaswag_val.derived.jsonl", "HellaSwag validation, JSON lines {idx, ctx, label, endings}"),),
+    "winogrande": (Source("winogrande/winogrande_dev.llmfoundry.jsonl",
+                          "llm-foundry WinoGrande dev, JSON lines {context_options, continuation, gold}"),),
+    "advbench": (Source("advbench/harmful_behaviors.csv", "AdvBench CSV with columns goal,target"),),
+    "xstest": (Source("xstest/xstest_prompts.csv", "XSTest v2 CSV with columns id,prompt,type,label,focus,note"),),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Converted files of one task: `root` is the data root the YAML's relative `data_files` resolve against."""
+
+    task: str
+    root: Path
+    key: str
+
+
+def _files(data_dir: Path, src: Source) -> list[Path]:
+    path = data_dir / src.path
+    if src.pattern is None:
+        return [path] if path.is_file() else []
+    return sorted(path.glob(src.pattern)) if path.is_dir() else []
+
+
+def missing_sources(task: str, data_dir: Path) -> list[Source]:
+    return [src for src in SOURCES[task] if not _files(data_dir, src)]
+
+
+def check_layout(tasks: list[str], data_dir: Path) -> None:
+    """A one-line HarnessError naming the first missing file a requested task needs, and what it should hold."""
+    if not data_dir.is_dir():
+        raise HarnessError(f"data dir '{data_dir}' does not exist (set HARNESS_DATA_DIR / --data-dir to a folder laid "
+                           "out as shared/data, see docs/evaluation.md)", "data")  # fmt: skip
+    for task in tasks:
+        for src in missing_sources(task, data_dir):
+            kind = f"folder with {src.pattern} files" if src.pattern else "file"
+            raise HarnessError(f"{task} needs {data_dir / src.path} ({kind}: {src.what}); lay the data dir out as "
+                               "shared/data (see docs/evaluation.md)", "data")  # fmt: skip
+
+
+def source_hash(task: str, data_dir: Path) -> str:
+    """Content hash of a task's source files (relative names and bytes) and of the converter version."""
+    h = hashlib.sha256(f"{task}:{CONVERTER_VERSION}".encode())
+    for src in SOURCES[task]:
+        for path in _files(data_dir, src):
+            h.update(str(path.relative_to(data_dir)).encode() + b"\0")
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _bad(path: Path, where: str, why: str) -> HarnessError:
+    return HarnessError(f"{path} {where}: {why}", "data")
+
+
+def _read_jsonl(path: Path) -> Rows:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise _bad(path, f"line {n}", f"not JSON ({exc.msg})") from None
+    return rows
+
+
+def _need(path: Path, n: int, row: dict[str, Any], keys: tuple[str, ...]) -> None:
+    lost = [k for k in keys if k not in row]
+    if lost:
+        raise _bad(path, f"row {n}", f"missing field(s) {', '.join(lost)}")
+
+
+def _mmlu_split(folder: Path, suffix: str) -> dict[str, Rows]:
+    by_subject: dict[str, Rows] = {}
+    for path in sorted(folder.glob(f"*{suffix}.csv")):
+        subject = path.name[: -len(f"{suffix}.csv")]
+        rows = []
+        with open(path, encoding="utf-8", newline="") as fh:
+            for n, rec in enumerate(csv.reader(fh), 1):
+                if len(rec) != 6 or rec[5].strip() not in ("A", "B", "C", "D"):
+                    raise _bad(path, f"row {n}", "expected 6 columns question,A,B,C,D,answer letter")
+                rows.append(
+                    {
+                        "question": rec[0],
+                        "subject": subject,
+                        "choices": rec[1:5],
+                        "answer": "ABCD".index(rec[5].strip()),
+                    }
+                )
+        by_subject[subject] = rows
+    return by_subject
+
+
+def round_robin(by_subject: dict[str, Rows]) -> Rows:
+    """Interleave subjects (sorted by name): the first k*57 documents hold k per subject while they last."""
+    groups = [by_subject[s] for s in sorted(by_subject)]
+    longest = max((len(g) for g in groups), default=0)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
+
+
+def _mmlu(data_dir: Path) -> dict[str, Rows]:
+    test = _mmlu_split(data_dir / "mmlu/hendrycks_format/test", "_test")
+    dev = _mmlu_split(data_dir / "mmlu/hendrycks_format/dev", "_dev")
+    lacking = sorted(set(test) - set(dev))
+    if lacking:
+        raise HarnessError(f"mmlu dev has no few-shot file for subject(s) {', '.join(lacking)}", "data")
+    return {"mmlu/test.jsonl": round_robin(test), "mmlu/dev.jsonl": [r for s in sorted(dev) for r in dev[s]]}
+
+
+def _gsm8k(data_dir: Path) -> dict[str, Rows]:
+    out = {}
+    for split in ("test", "train"):
+        path = data_dir / f"gsm8k/{split}.jsonl"
+        rows = _read_jsonl(path)
+        for n, row in enumerate(rows, 1):
+            _need(path, n, row, ("question", "answer"))
+        out[f"gsm8k/{split}.jsonl"] = [{"question": r["question"], "answer": r["answer"]} for r in rows]
+    return out
+
+
+def _targets(path: Path, n: int, targets: Any) -> dict[str, list[Any]]:
+    if not isinstance(targets, dict) or not targets:
+        raise _bad(path, f"item {n}", "targets must be a non-empty {answer: 0/1} mapping")
+    return {"choices": list(targets), "labels": [int(v) for v in targets.values()]}
+
+
+def _truthfulqa(data_dir: Path) -> dict[str, Rows]:
+    path = data_dir / "truthfulqa/v0/mc_task.json"
+    try:
+        items = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise _bad(path, f"line {exc.lineno}", "not JSON") from None
+    rows = []
+    for n, item in enumerate(items, 1):
+        _need(path, n, item, ("question", "mc1_targets", "mc2_targets"))
+        rows.append({"question": item["question"], "mc1_targets": _targets(path, n, item["mc1_targets"]),
+                     "mc2_targets": _targets(path, n, item["mc2_targets"])})  # fmt: skip
+    return {"truthfulqa/validation.jsonl": rows}
+
+
+def _arc(data_dir: Path) -> dict[str, Rows]:
+    path = data_dir / "arc/arc_challenge_test.llmfoundry.jsonl"
+    rows = []
+    for n, row in enumerate(_read_jsonl(path), 1):
+        _need(path, n, row, ("query", "choices", "gold"))
+        question = re.sub(r"\nAnswer:\s*$", "", row["query"].removeprefix("Question: "))
+        labels = [chr(ord("A") + i) for i in range(len(row["choices"]))]
+        rows.append({"id": f"arc_challenge/{n - 1}", "question": question,
+                     "choices": {"text": list(row["choices"]), "label": labels}, "answerKey": labels[int(row["gold"])]})  # fmt: skip
+    return {"arc_challenge/test.jsonl": rows}
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's hellaswag `preprocess` (a no-op on the already cleaned derived file, kept for fidelity)."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _hellaswag(data_dir: Path) -> dict[str, Rows]:
+    path = data_dir / "hellaswag/hellaswag_val.derived.jsonl"
+    rows = []
+    for n, row in enumerate(_read_jsonl(path), 1):
+        _need(path, n, row, ("ctx", "label", "endings"))
+        rows.append({"ind": row.get("idx", n - 1), "query": hellaswag_preprocess(row["ctx"]),
+                     "choices": [hellaswag_preprocess(e) for e in row["endings"]], "label": str(row["label"]),
+                     "gold": int(row["label"])})  # fmt: skip
+    return {"hellaswag/validation.jsonl": rows}
+
+
+def _winogrande(data_dir: Path) -> dict[str, Rows]:
+    path = data_dir / "winogrande/winogrande_dev.llmfoundry.jsonl"
+    rows = []
+    for n, row in enumerate(_read_jsonl(path), 1):
+        _need(path, n, row, ("context_options", "continuation", "gold"))
+        rows.append({"context_options": list(row["context_options"]), "continuation": row["continuation"],
+                     "gold": int(row["gold"])})  # fmt: skip
+    return {"winogrande/validation.jsonl": rows}
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> Rows:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        lost = [c for c in columns if c not in (reader.fieldnames or [])]
+        if lost:
+            raise _bad(path, "header", f"missing column(s) {', '.join(lost)}")
+        return list(reader)
+
+
+def _advbench(data_dir: Path) -> dict[str, Rows]:
+    rows = _read_csv(data_dir / "advbench/harmful_behaviors.csv", ("goal", "target"))
+    return {"advbench/test.jsonl": [{"prompt": r["goal"], "target": r["target"]} for r in rows]}
+
+
+def _xstest(data_dir: Path) -> dict[str, Rows]:
+    rows = _read_csv(data_dir / "xstest/xstest_prompts.csv", ("id", "prompt", "type", "label"))
+    safe = [
+        {"id": r["id"], "prompt": r["prompt"], "type": r["type"]}
+        for r in rows
+        if r["label"].strip() == "safe"
+    ]
+    return {"xstest/test.jsonl": safe}
+
+
+CONVERTERS: dict[str, Callable[[Path], dict[str, Rows]]] = {
+    "mmlu": _mmlu, "gsm8k": _gsm8k, "truthfulqa": _truthfulqa, "arc_challenge": _arc, "hellaswag": _hellaswag,
+    "winogrande": _winogrande, "advbench": _advbench, "xstest": _xstest,
+}  # fmt: skip
+
+
+def prepare(task: str, data_dir: Path, cache_dir: Path) -> PreparedData:
+    """Check, hash and (once) convert one task's local files; returns the converted data root."""
+    check_layout([task], data_dir)
+    key = source_hash(task, data_dir)
+    final = cache_dir / "offline-data" / f"{task}-{key}"
+    if final.is_dir():
+        return PreparedData(task, final, key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{task}-"))
+    try:
+        for rel, rows in CONVERTERS[task](data_dir).items():
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not final.is_dir():  # not a concurrent writer of the same content: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PreparedData(task, final, key)

@@ -1,0 +1,498 @@
+"""Comparison tables from run summaries: Markdown, LaTeX (booktabs) and CSV, plus a rich table for the terminal.
+
+Rows: `target-base`, each source, plain-evaluated models, then each method (runs of the same method, schedule and
+target with different seeds are one row: mean ± sd over seeds). Columns: tasks grouped by category, then
+category averages and the overall average (macro means over tasks). Numbers are read from summary.json only;
+the significance markers use the Holm-adjusted p-values the summaries carry (see harness/stats.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from harness.errors import HarnessError
+from harness.stats import BASELINE_LABEL, seed_summary
+from harness.store import atomic_write_text
+
+CATEGORY_ORDER = ("knowledge", "reasoning", "safety")
+MARKERS = ((0.01, "‡"), (0.05, "†"))  # strictest first: p_adjusted < threshold -> marker
+RowKind = Literal["baseline", "source", "model", "method"]
+ColumnKind = Literal["task", "category", "overall"]
+FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: a task, a category average (`avg_<category>`) or the overall average (`avg`)."""
+
+    key: str
+    label: str
+    kind: ColumnKind
+    category: str | None = None
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One score. With several seeds, `value` is their mean and `sd` their standard deviation."""
+
+    value: float | None
+    sd: float | None = None
+    n_seeds: int = 1
+    n: int | None = None  # documents
+    stderr: float | None = None
+    binary: bool | None = None
+    p_adjusted: float | None = None  # vs target-base; for several seeds the largest (every seed must pass)
+
+    @property
+    def marker(self) -> str:
+        if self.p_adjusted is None:
+            return ""
+        return next((m for threshold, m in MARKERS if self.p_adjusted < threshold), "")
+
+
+@dataclass
+class Row:
+    label: str
+    kind: RowKind
+    cells: dict[str, Cell]
+    run_ids: list[str] = field(default_factory=list)
+    schedule: str | None = None
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[Column]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    def percent(self, key: str) -> bool:
+        """Whether a column is shown ×100: every task value of it (or of all tasks, for averages) lies in [0, 1]."""
+        keys = (
+            [key] if self._column(key).kind == "task" else [c.key for c in self.columns if c.kind == "task"]
+        )
+        vals = [
+            r.cells[k].value for r in self.rows for k in keys if k in r.cells and r.cells[k].value is not None
+        ]
+        return all(0.0 <= v <= 1.0 for v in vals)  # type: ignore[operator]
+
+    def display(self, row: Row, key: str) -> str:
+        """The number as shown (percent with one decimal, or raw with one decimal); '' when missing."""
+        cell = row.cells.get(key)
+        if cell is None or cell.value is None:
+            return ""
+        return f"{cell.value * (100 if self.percent(key) else 1):.1f}"
+
+    def best(self, key: str) -> set[int]:
+        """Indices of the rows with the highest displayed value in a column (ties all count)."""
+        shown = {i: self.display(r, key) for i, r in enumerate(self.rows)}
+        nums = {i: float(s) for i, s in shown.items() if s}
+        if len(nums) < 2:
+            return set()
+        top = max(nums.values())
+        return {i for i, v in nums.items() if v == top}
+
+    def categories(self) -> list[str]:
+        return list(dict.fromkeys(c.category for c in self.columns if c.kind == "task" and c.category))
+
+    def category_cell(self, row: Row, category: str) -> Cell | None:
+        """A row's score for a category: its average column, or its only task when there is no average column."""
+        if f"avg_{category}" in {c.key for c in self.columns}:
+            return row.cells.get(f"avg_{category}")
+        tasks = [c.key for c in self.columns if c.kind == "task" and c.category == category]
+        return row.cells.get(tasks[0]) if len(tasks) == 1 else None
+
+    def _column(self, key: str) -> Column:
+        return next(c for c in self.columns if c.key == key)
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise HarnessError(f"'{run_dir}' has no summary.json; is it a finished run directory?", "report")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno})", "report") from None
+    if not isinstance(summary.get("tasks"), dict):
+        raise HarnessError(f"'{path}' has no 'tasks' mapping", "report")
+    summary.setdefault("run_id", Path(run_dir).name)
+    return summary
+
+
+def _catalog(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """task -> {category, metric, binary}, in order of first appearance."""
+    cat: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        for block in (s["tasks"], s.get("baseline") or {}, *(s.get("sources") or {}).values()):
+            for task, info in block.items():
+                entry = cat.setdefault(task, {"category": None, "metric": None, "binary": None})
+                for k in entry:
+                    if entry[k] is None and info.get(k) is not None:
+                        entry[k] = info[k]
+    for entry in cat.values():
+        entry["category"] = entry["category"] or "other"
+    return cat
+
+
+def _columns(catalog: dict[str, dict[str, Any]]) -> list[Column]:
+    seen = list(dict.fromkeys(e["category"] for e in catalog.values()))
+    cats = [c for c in CATEGORY_ORDER if c in seen] + [c for c in seen if c not in CATEGORY_ORDER]
+    cols = [
+        Column(t, t, "task", c, e["metric"]) for c in cats for t, e in catalog.items() if e["category"] == c
+    ]
+    # category averages only where some category has several tasks (else they repeat the task columns)
+    if len(cats) > 1 and any(sum(e["category"] == c for e in catalog.values()) > 1 for c in cats):
+        cols += [Column(f"avg_{c}", c.capitalize(), "category", c) for c in cats]
+    cols.append(Column("avg", "Avg", "overall"))
+    return cols
+
+
+def _run_label(summary: dict[str, Any]) -> str:
+    """The eval label of a plain `harness eval` run (no method)."""
+    return summary.get("label") or (summary.get("models") or {}).get("target") or summary["run_id"]
+
+
+def _values(block: dict[str, Any], columns: list[Column]) -> dict[str, float | None]:
+    """Task values of one model plus its averages (an average needs every task of its group)."""
+    vals: dict[str, float | None] = {
+        c.key: block[c.key].get("value") for c in columns if c.kind == "task" and c.key in block
+    }
+    tasks = [c for c in columns if c.kind == "task"]
+    for c in columns:
+        if c.kind == "task":
+            continue
+        got = [vals.get(t.key) for t in tasks if c.kind == "overall" or t.category == c.category]
+        vals[c.key] = sum(got) / len(got) if got and all(v is not None for v in got) else None  # type: ignore[misc]
+    return vals
+
+
+def _p_adjusted(summary: dict[str, Any], a: str, task: str) -> float | None:
+    for comp in summary.get("comparisons") or []:
+        if comp.get("a") == a and comp.get("b") == BASELINE_LABEL and comp.get("task") == task:
+            return comp.get("p_adjusted")
+    return None
+
+
+def _row(
+    label: str,
+    kind: RowKind,
+    blocks: list[dict[str, Any]],
+    summaries: list[dict[str, Any]],
+    a: str | None,
+    columns: list[Column],
+    catalog: dict[str, dict[str, Any]],
+    schedule: str | None = None,
+) -> Row:
+    """One row from one block of scores per seed (blocks[i] from summaries[i]); `a` names it in the comparisons."""
+    per_seed = [_values(b, columns) for b in blocks]
+    cells: dict[str, Cell] = {}
+    for c in columns:
+        got = [v.get(c.key) for v in per_seed]
+        if any(g is None for g in got):
+            continue  # missing for some seed: shown as '–', never averaged over fewer seeds
+        mean, sd = seed_summary(got)  # type: ignore[arg-type]
+        sd_or_none = None if len(got) == 1 else sd
+        if c.kind != "task":
+            cells[c.key] = Cell(mean, sd_or_none, len(got))
+            continue
+        ps = [_p_adjusted(s, a, c.key) for s in summaries] if a else []
+        first = blocks[0][c.key]
+        cells[c.key] = Cell(
+            mean, sd_or_none, len(got), n=first.get("n"), stderr=first.get("stderr"), binary=catalog[c.key]["binary"],
+            p_adjusted=max(ps) if ps and all(p is not None for p in ps) else None,  # type: ignore[type-var]
+        )  # fmt: skip
+    return Row(label, kind, cells, [s["run_id"] for s in summaries], schedule)
+
+
+def _method_groups(
+    summaries: list[dict[str, Any]], method: str | None = None
+) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """(method, schedule, target) -> the summaries of that configuration (seed replicates), in run order."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for s in summaries:
+        if s.get("method") and (method is None or s["method"] == method):
+            key = (s["method"], s.get("schedule") or "", (s.get("models") or {}).get("target") or "")
+            groups.setdefault(key, []).append(s)
+    return groups
+
+
+def _group_label(key: tuple[str, str, str], keys: Iterable[tuple[str, str, str]], head: str) -> str:
+    """`head`, plus the schedule and/or target where other groups of the same method differ in them."""
+    same = [k for k in keys if k[0] == key[0]]
+    extra = [key[i] for i in (1, 2) if key[i] and len({k[i] for k in same}) > 1]
+    return f"{head} ({', '.join(extra)})" if extra else head
+
+
+def _notes(columns: list[Column], rows: list[Row], ablation: bool) -> list[str]:
+    groups: dict[str, list[str]] = {}
+    for c in columns:
+        if c.kind == "task":
+            groups.setdefault(c.category or "other", []).append(c.key)
+    seeds = any(cell.n_seeds > 1 for r in rows for cell in r.cells.values())
+    notes = [
+        "Scores in % (metric × 100, one decimal) unless a metric exceeds 1; best per column in bold"
+        + ("; ± is the sd over seeds." if seeds else "."),
+        "† p_adj < 0.05, ‡ p_adj < 0.01 vs target-base: paired test over the same documents (exact McNemar for "
+        "binary metrics, sign-flip permutation otherwise), Holm-corrected across each run's comparisons.",
+    ]
+    if any(len(ts) > 1 for ts in groups.values()) and len(groups) > 1:
+        notes.append("Categories: " + "; ".join(f"{c}: {', '.join(ts)}" for c, ts in groups.items()) + ".")
+    if ablation:
+        notes.insert(0, "Rows: ProFuser training schedules (the order in which the two modes are weighted).")
+    return notes
+
+
+def build_table(run_dirs: Sequence[Path]) -> Table:
+    """The main comparison table over one or more run directories."""
+    if not run_dirs:
+        raise HarnessError("give at least one run directory", "report")
+    summaries = [load_summary(Path(d)) for d in run_dirs]
+    catalog = _catalog(summaries)
+    columns = _columns(catalog)
+    rows: list[Row] = []
+    seen: set[str] = set()
+
+    def add(row: Row) -> None:
+        if row.label not in seen:
+            seen.add(row.label)
+            rows.append(row)
+
+    targets = list(
+        dict.fromkeys((s.get("models") or {}).get("target") for s in summaries if s.get("baseline"))
+    )
+    for target in targets:
+        s = next(
+            s for s in summaries if s.get("baseline") and (s.get("models") or {}).get("target") == target
+        )
+        label = BASELINE_LABEL if len(targets) == 1 else f"{BASELINE_LABEL} ({target})"
+        add(_row(label, "baseline", [s["baseline"]], [s], None, columns, catalog))
+    for s in summaries:
+        for name, block in (s.get("sources") or {}).items():
+            add(_row(name, "source", [block], [s], name, columns, catalog))
+    for s in summaries:
+        if not s.get("method"):
+            add(_row(_run_label(s), "model", [s["tasks"]], [s], None, columns, catalog))
+    groups = _method_groups(summaries)
+    for key, members in groups.items():
+        label = _group_label(key, groups, key[0])
+        add(
+            _row(
+                label,
+                "method",
+                [m["tasks"] for m in members],
+                members,
+                key[0],
+                columns,
+                catalog,
+                key[1] or None,
+            )
+        )
+    return Table("Results", columns, rows, _notes(columns, rows, ablation=False))
+
+
+def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> Table:
+    """Rows are the schedules of `method`'s runs (seed replicates averaged); columns tasks and averages."""
+    summaries = [load_summary(Path(d)) for d in run_dirs]
+    groups = _method_groups(summaries, method)
+    if not groups:
+        raise HarnessError(
+            f"none of the {len(summaries)} runs used method '{method}'; nothing to ablate", "report"
+        )
+    members_all = [m for ms in groups.values() for m in ms]
+    catalog = _catalog([{"tasks": m["tasks"]} for m in members_all])
+    columns = _columns(catalog)
+    rows = []
+    for key, members in groups.items():
+        schedule = key[1] or "default"
+        label = f"{schedule} ({key[2]})" if len({k[2] for k in groups}) > 1 else schedule
+        rows.append(
+            _row(label, "method", [m["tasks"] for m in members], members, method, columns, catalog, schedule)
+        )
+    return Table(f"Schedule ablation ({method})", columns, rows, _notes(columns, rows, ablation=True))
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _sd_text(table: Table, row: Row, key: str) -> str:
+    cell = row.cells.get(key)
+    if cell is None or cell.sd is None or math.isnan(cell.sd):
+        return ""
+    return f"{cell.sd * (100 if table.percent(key) else 1):.1f}"
+
+
+def render_markdown(table: Table) -> str:
+    keys = [c.key for c in table.columns]
+    best = {k: table.best(k) for k in keys}
+    lines = [
+        "| Model | " + " | ".join(_md_escape(c.label) for c in table.columns) + " |",
+        "|:--|" + "--:|" * len(keys),
+    ]
+    for i, row in enumerate(table.rows):
+        cells = []
+        for k in keys:
+            num = table.display(row, k)
+            if not num:
+                cells.append("–")
+                continue
+            num = f"**{num}**" if i in best[k] else num
+            sd = _sd_text(table, row, k)
+            cells.append(num + (f" ± {sd}" if sd else "") + row.cells[k].marker)
+        lines.append(f"| {_md_escape(row.label)} | " + " | ".join(cells) + " |")
+    return (
+        f"**{table.title}**\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(f"{n}  " for n in table.notes).rstrip()
+        + "\n"
+    )
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$",
+    "±": r"$\pm$", "×": r"$\times$", "<": r"$<$", ">": r"$>$", "–": "--",
+}  # fmt: skip
+
+
+def tex_escape(text: str) -> str:
+    """Plain text (with the table's few Unicode signs) as LaTeX that compiles under pdflatex."""
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def render_latex(table: Table) -> str:
+    keys = [c.key for c in table.columns]
+    best = {k: table.best(k) for k in keys}
+    # group header: one \multicolumn per category of tasks, then one over the averages
+    spans: list[tuple[str, int]] = []
+    for c in table.columns:
+        name = c.category.capitalize() if c.kind == "task" and c.category else "Average"
+        if spans and spans[-1][0] == name:
+            spans[-1] = (name, spans[-1][1] + 1)
+        else:
+            spans.append((name, 1))
+    head, rules, col = [], [], 2
+    for name, width in spans:
+        head.append(rf"\multicolumn{{{width}}}{{c}}{{{tex_escape(name)}}}")
+        rules.append(rf"\cmidrule(lr){{{col}-{col + width - 1}}}")
+        col += width
+    body = []
+    for i, row in enumerate(table.rows):
+        if i and row.kind == "method" and table.rows[i - 1].kind != "method":
+            body.append(r"\midrule")
+        cells = []
+        for k in keys:
+            num = table.display(row, k)
+            if not num:
+                cells.append("--")
+                continue
+            text = rf"\textbf{{{num}}}" if i in best[k] else num
+            sd = _sd_text(table, row, k)
+            cells.append(
+                text + (rf"{{\scriptsize$\pm${sd}}}" if sd else "") + tex_escape(row.cells[k].marker)
+            )
+        body.append(tex_escape(row.label) + " & " + " & ".join(cells) + r" \\")
+    slug = re.sub(r"[^a-z0-9]+", "-", table.title.lower()).strip("-")
+    caption = tex_escape(table.title + ". " + " ".join(table.notes))
+    return "\n".join([
+        r"\begin{table}[t]", r"\centering", r"\small",
+        r"\begin{tabular}{l" + "r" * len(keys) + "}", r"\toprule",
+        " & " + " & ".join(head) + r" \\", "".join(rules),
+        "Model & " + " & ".join(tex_escape(c.label) for c in table.columns) + r" \\", r"\midrule",
+        *body, r"\bottomrule", r"\end{tabular}",
+        rf"\caption{{{caption}}}", rf"\label{{tab:{slug}}}", r"\end{table}", "",
+    ])  # fmt: skip
+
+
+def to_frame(table: Table) -> pd.DataFrame:
+    """Raw numbers (fractions, not percent): value columns by key, `<key>_sd` with seeds, `<task>_p_adj`."""
+    with_sd = any(c.n_seeds > 1 for r in table.rows for c in r.cells.values())
+    records = []
+    for row in table.rows:
+        rec: dict[str, Any] = {"model": row.label, "kind": row.kind, "schedule": row.schedule or "",
+                               "runs": ";".join(row.run_ids),
+                               "n_seeds": max((c.n_seeds for c in row.cells.values()), default=1)}  # fmt: skip
+        for c in table.columns:
+            cell = row.cells.get(c.key)
+            rec[c.key] = cell.value if cell else None
+            if with_sd:
+                rec[f"{c.key}_sd"] = cell.sd if cell else None
+        for c in table.columns:
+            if c.kind == "task":
+                cell = row.cells.get(c.key)
+                rec[f"{c.key}_p_adj"] = cell.p_adjusted if cell else None
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def render_csv(table: Table) -> str:
+    buf = io.StringIO()
+    to_frame(table).to_csv(buf, index=False, float_format="%.6g")
+    return buf.getvalue()
+
+
+def render(table: Table, fmt: str) -> str:
+    """The table as `md`, `latex` (booktabs; needs \\usepackage{booktabs}) or `csv` text."""
+    kind = FORMATS.get(fmt.lower())
+    if kind is None:
+        raise HarnessError(f"unknown table format '{fmt}'; choose md, latex or csv", "report")
+    return {"md": render_markdown, "latex": render_latex, "csv": render_csv}[kind](table)
+
+
+def to_rich(table: Table) -> Any:
+    """A rich.table.Table for the terminal (best in bold, markers kept); print it with rich's Console."""
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    out = RichTable(title=table.title, caption="\n".join(table.notes), caption_justify="left")
+    out.add_column("Model")
+    for c in table.columns:
+        out.add_column(c.label, justify="right")
+    best = {c.key: table.best(c.key) for c in table.columns}
+    for i, row in enumerate(table.rows):
+        cells = []
+        for c in table.columns:
+            num = table.display(row, c.key)
+            if not num:
+                cells.append(Text("–", style="dim"))
+                continue
+            sd = _sd_text(table, row, c.key)
+            text = Text(num, style="bold" if i in best[c.key] else "")
+            text.append((f" ± {sd}" if sd else "") + row.cells[c.key].marker)
+            cells.append(text)
+        out.add_row(Text(row.label), *cells, end_section=row.kind != "method" and i + 1 < len(table.rows)
+                    and table.rows[i + 1].kind == "method")  # fmt: skip
+    return out
+
+
+def write_tables(run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
+    """results.{md,tex,csv} in `out_dir`, plus ablation.{md,tex,csv} when ProFuser runs differ in schedule."""
+    tables = {"results": build_table(run_dirs)}
+    summaries = [load_summary(Path(d)) for d in run_dirs]
+    if len({s.get("schedule") for s in summaries if s.get("method") == "profuser"}) > 1:
+        tables["ablation"] = build_ablation_table(run_dirs)
+    written = []
+    for stem, table in tables.items():
+        for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
+            path = Path(out_dir) / f"{stem}.{ext}"
+            atomic_write_text(path, render(table, fmt))
+            written.append(path)
+    return written

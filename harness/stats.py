@@ -1,0 +1,301 @@
+"""Paired significance tests, bootstrap CIs, Holm correction and effect sizes over per-sample results.
+
+Two systems evaluated on the same documents are compared document by document (matched by `doc_id`), which
+is far more powerful than comparing two accuracies: most documents are answered the same way by both.
+- binary metrics (acc, exact_match): exact McNemar test on the discordant pairs; effect size: signed Cohen's g.
+- continuous metrics: sign-flip permutation test of the mean difference (exact for n <= 13, else Monte Carlo
+  with a fixed seed); effect size: Cohen's d_z.
+- every comparison: percentile bootstrap 95% CI of the mean paired difference (fixed seed).
+- one table: Holm's step-down correction across all its comparisons (family-wise error rate).
+- across seeds: mean ± sd and a paired t-test (or Wilcoxon signed-rank) over the seeds.
+docs/statistics.md says which test is used when and how to recompute a summary's p-values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from harness.errors import HarnessError
+
+BASELINE_LABEL = "target-base"
+N_PERMUTATIONS = 10_000  # sign-flip resamples; the test is exact whenever 2**n <= this
+_MAX_BATCH_ELEMENTS = 4_000_000  # resampled values held in memory at once
+
+Samples = Mapping[int, float] | Sequence[float] | np.ndarray
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison a − b. `effect` names the effect size: 'cohen_g' (binary) or 'cohen_dz' (continuous)."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    test: str
+    effect_size: float
+    n: int
+    effect: str = ""
+
+
+@dataclass(frozen=True)
+class SeedComparison:
+    """A comparison over seeds: one score per seed for each side, paired by seed."""
+
+    mean_a: float
+    sd_a: float
+    mean_b: float
+    sd_b: float
+    delta: float
+    p_value: float
+    test: str
+    n: int
+
+
+def _paired_arrays(a: Samples, b: Samples) -> tuple[np.ndarray, np.ndarray]:
+    """Align two samples by doc_id (mappings) or by position (sequences); differing document sets are an error."""
+    if isinstance(a, Mapping) != isinstance(b, Mapping):
+        raise TypeError("compare both sides as doc_id mappings or both as sequences, not one of each")
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        if a.keys() != b.keys():
+            only_a, only_b = len(a.keys() - b.keys()), len(b.keys() - a.keys())
+            raise HarnessError(
+                f"the two sides were evaluated on different documents ({only_a} doc_ids only in a, {only_b} only in b); "
+                "evaluate both on the same documents (same task, limit and seed)",
+                "stats",
+            )
+        ids = sorted(a)
+        xa = np.array([a[i] for i in ids], dtype=float)
+        xb = np.array([b[i] for i in ids], dtype=float)
+    else:
+        xa, xb = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+        if xa.shape != xb.shape:
+            raise HarnessError(f"paired samples differ in length ({xa.size} vs {xb.size})", "stats")
+    if xa.size == 0:
+        raise HarnessError("no documents to compare", "stats")
+    if not (np.isfinite(xa).all() and np.isfinite(xb).all()):
+        raise HarnessError("per-sample scores contain NaN or infinite values", "stats")
+    return xa, xb
+
+
+def bootstrap_ci(
+    diff: np.ndarray, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of paired differences (resampling documents, so pairs stay together)."""
+    diff = np.asarray(diff, dtype=float)
+    if diff.size < 2 or np.all(diff == diff[0]):
+        m = float(diff.mean())
+        return m, m  # no variability to resample
+    res = sps.bootstrap(
+        (diff,),
+        np.mean,
+        n_resamples=n_boot,
+        batch=max(1, _MAX_BATCH_ELEMENTS // diff.size),
+        vectorized=True,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Exact McNemar p-value and signed Cohen's g = n_a / (n_a + n_b) − 0.5 (n_a: docs only a gets right)."""
+    only_a = int(np.sum((a == 1) & (b == 0)))
+    only_b = int(np.sum((a == 0) & (b == 1)))
+    both = int(np.sum((a == 1) & (b == 1)))
+    neither = int(np.sum((a == 0) & (b == 0)))
+    p = float(mcnemar([[both, only_a], [only_b, neither]], exact=True).pvalue)
+    g = only_a / (only_a + only_b) - 0.5 if only_a + only_b else 0.0
+    return min(p, 1.0), g
+
+
+def sign_flip_test(
+    diff: np.ndarray, *, seed: int = 0, n_resamples: int = N_PERMUTATIONS
+) -> tuple[float, bool]:
+    """Two-sided paired permutation test of mean(diff) = 0 by random sign flips; returns (p, exact)."""
+    diff = np.asarray(diff, dtype=float)
+    if np.all(diff == 0):
+        return 1.0, True
+    exact = 2 ** min(diff.size, 64) <= n_resamples
+    res = sps.permutation_test(
+        (diff,),
+        lambda x, axis: np.mean(x, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        batch=max(1, _MAX_BATCH_ELEMENTS // diff.size),
+        alternative="two-sided",
+        random_state=np.random.default_rng(seed),
+    )
+    return min(float(res.pvalue), 1.0), exact
+
+
+def cohen_dz(diff: np.ndarray) -> float:
+    """Mean paired difference over its standard deviation; 0 when all differences are 0, ±inf when all equal."""
+    mean = float(np.mean(diff))
+    sd = float(np.std(diff, ddof=1)) if diff.size > 1 else 0.0
+    if sd == 0.0:
+        return 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
+    return mean / sd
+
+
+def compare_paired(a: Samples, b: Samples, binary: bool, *, seed: int = 0, n_boot: int = 2000) -> Comparison:
+    """Paired comparison of a − b over the same documents: test, bootstrap CI of the mean difference, effect size.
+
+    `a`/`b` are {doc_id: score} (matched by doc_id) or equal-length sequences (matched by position).
+    """
+    xa, xb = _paired_arrays(a, b)
+    diff = xa - xb
+    ci_low, ci_high = bootstrap_ci(diff, seed=seed, n_boot=n_boot)
+    if binary:
+        bad = ~np.isin(xa, (0.0, 1.0)) | ~np.isin(xb, (0.0, 1.0))
+        if bad.any():
+            raise HarnessError(
+                f"metric declared binary but {int(bad.sum())} scores are not 0/1; mark the task binary: false",
+                "stats",
+            )
+        p, effect = mcnemar_exact(xa, xb)
+        test, effect_name = "mcnemar-exact", "cohen_g"
+    else:
+        p, exact = sign_flip_test(diff, seed=seed)
+        effect = cohen_dz(diff)
+        test, effect_name = ("permutation-exact" if exact else "permutation-mc"), "cohen_dz"
+    return Comparison(
+        delta=float(diff.mean()), ci_low=ci_low, ci_high=ci_high, p_value=p, test=test,
+        effect_size=float(effect), n=int(diff.size), effect=effect_name,
+    )  # fmt: skip
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (family-wise error control), in the input order."""
+    if len(p_values) == 0:
+        return []
+    return [float(p) for p in multipletests(np.asarray(p_values, dtype=float), method="holm")[1]]
+
+
+def seed_summary(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) over seeds; sd is NaN for a single seed."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise HarnessError("no seeds to summarise", "stats")
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan
+
+
+def compare_seeds(
+    a: Sequence[float], b: Sequence[float], test: Literal["t", "wilcoxon"] = "t"
+) -> SeedComparison:
+    """Paired test over seeds (scores of a and b for seed 1..k): paired t-test, or Wilcoxon signed-rank."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.shape != xb.shape or xa.size < 2:
+        raise HarnessError("a test over seeds needs the same >= 2 seeds on both sides", "stats")
+    diff = xa - xb
+    if np.all(diff == diff[0]):  # zero variance: the t statistic is 0/0 or ±inf
+        p = 1.0 if diff[0] == 0 else 0.0
+    elif test == "t":
+        p = float(sps.ttest_rel(xa, xb).pvalue)
+    elif test == "wilcoxon":
+        p = float(sps.wilcoxon(xa, xb).pvalue)
+    else:
+        raise HarnessError(f"unknown seed test '{test}'; use 't' or 'wilcoxon'", "stats")
+    (ma, sa), (mb, sb) = seed_summary(xa), seed_summary(xb)
+    name = "paired-t" if test == "t" else "wilcoxon"
+    return SeedComparison(ma, sa, mb, sb, float(diff.mean()), p, name, int(xa.size))
+
+
+def load_samples(run_dir: Path, label: str, task: str, metric: str) -> dict[int, float]:
+    """{doc_id: score} from `run_dir/eval/<label>/<task>.jsonl`."""
+    path = Path(run_dir) / "eval" / label / f"{task}.jsonl"
+    if not path.is_file():
+        raise HarnessError(
+            f"no per-sample results at '{path}'; was '{label}' evaluated on '{task}'?", "stats"
+        )
+    out: dict[int, float] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "doc_id" not in row or metric not in row:
+                raise HarnessError(f"'{path}' line {lineno} lacks 'doc_id' or metric '{metric}'", "stats")
+            doc = int(row["doc_id"])
+            if doc in out:
+                raise HarnessError(f"'{path}' has doc_id {doc} twice", "stats")
+            out[doc] = float(row[metric])
+    return out
+
+
+def _is_binary(task_info: Mapping[str, Any], a: Mapping[int, float], b: Mapping[int, float]) -> bool:
+    """The task's declared `binary` flag; when absent, binary iff every score on both sides is 0 or 1."""
+    if "binary" in task_info:
+        return bool(task_info["binary"])
+    return all(v in (0.0, 1.0) for v in (*a.values(), *b.values()))
+
+
+def compare_runs(
+    run_dir: Path,
+    a: str | Sequence[str] | None = None,
+    b: str = BASELINE_LABEL,
+    tasks: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = 2000,
+) -> list[dict[str, Any]]:
+    """The `comparisons` list of a summary: each task × each label in `a` against `b`, Holm-adjusted across all.
+
+    Labels name eval/<label>/ folders of the run. tasks: {task: {"metric": ..., "binary": ...}} (default: the run's
+    summary.json `tasks`). a=None recomputes exactly the (task, a, b) triples already in the summary's
+    `comparisons`, so `compare_runs(run_dir)` checks a summary against its per-sample files.
+    """
+    run_dir = Path(run_dir)
+    summary: dict[str, Any] = {}
+    if tasks is None or a is None:
+        path = run_dir / "summary.json"
+        if not path.is_file():
+            raise HarnessError(
+                f"'{run_dir}' has no summary.json; pass the labels and tasks to compare", "stats"
+            )
+        summary = json.loads(path.read_text())
+    task_info: Mapping[str, Mapping[str, Any]] = tasks if tasks is not None else summary.get("tasks", {})
+    if a is None:
+        triples = [(c["task"], c["a"], c["b"]) for c in summary.get("comparisons", [])]
+    else:
+        labels = [a] if isinstance(a, str) else list(a)
+        triples = [(t, label, b) for label in labels for t in task_info]
+    rows: list[dict[str, Any]] = []
+    for task, a_label, b_label in triples:
+        if task not in task_info:
+            raise HarnessError(f"task '{task}' has no metric in the summary's tasks", "stats")
+        metric = task_info[task]["metric"]
+        a = load_samples(run_dir, a_label, task, metric)
+        b = load_samples(run_dir, b_label, task, metric)
+        comp = compare_paired(a, b, _is_binary(task_info[task], a, b), seed=seed, n_boot=n_boot)
+        row = {"task": task, "a": a_label, "b": b_label, **asdict(comp)}
+        rows.append(row)
+    for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_adjusted"] = p_adj
+    order = (
+        "task",
+        "a",
+        "b",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "p_adjusted",
+        "test",
+        "effect_size",
+        "effect",
+        "n",
+    )
+    return [{k: r[k] for k in order} for r in rows]

@@ -1,0 +1,446 @@
+"""Tables and plots built from synthetic run directories laid out as the pipeline writes them."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.config import ScheduleSpec
+from harness.errors import HarnessError
+from harness.report import build_ablation_table, build_table, render, tex_escape, to_rich, write_tables
+from harness.stats import compare_runs
+
+# task -> (category, metric, binary); names with '_' exercise LaTeX escaping
+TASKS = {
+    "facts_qa": ("knowledge", "acc", True),
+    "entity_qa": ("knowledge", "acc", True),
+    "arith_gsm": ("reasoning", "exact_match", True),
+    "refusal": ("safety", "acc", True),
+    "harm_score": ("safety", "score", False),
+}
+TARGET, SOURCES = "llama-knowledge", ("neox-reasoning", "gpt2-safety")
+# true per-task success rates: each model is strong in one skill; the fused model gains where the target was weak
+RATES = {
+    "target-base": {"facts_qa": 0.8, "entity_qa": 0.75, "arith_gsm": 0.2, "refusal": 0.3, "harm_score": 0.4},
+    "neox-reasoning": {
+        "facts_qa": 0.3,
+        "entity_qa": 0.3,
+        "arith_gsm": 0.7,
+        "refusal": 0.3,
+        "harm_score": 0.4,
+    },
+    "gpt2-safety": {
+        "facts_qa": 0.25,
+        "entity_qa": 0.3,
+        "arith_gsm": 0.15,
+        "refusal": 0.85,
+        "harm_score": 0.8,
+    },
+}
+GAIN = {"progressive": 0.3, "linear": 0.2, "simultaneous": 0.1, "reversed": 0.05, "cosine": 0.15}
+N_DOCS = 160
+
+
+def _weights(schedule: str, step: int, total: int) -> tuple[float, float]:
+    spec = ScheduleSpec(name=schedule)  # type: ignore[arg-type]
+    frac = step / total
+    (a1, b1), (a2, b2) = spec.stage1, spec.stage2
+    if schedule == "progressive":
+        return (a1, b1) if frac < spec.switch else (a2, b2)
+    if schedule == "reversed":
+        return (b1, a1) if frac < spec.switch else (b2, a2)
+    if schedule == "simultaneous":
+        return 1.0, 1.0
+    mix = frac if schedule == "linear" else (1 - math.cos(math.pi * frac)) / 2
+    return a1 + (a2 - a1) * mix, b1 + (b2 - b1) * mix
+
+
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    method: str | None = "profuser",
+    schedule: str = "progressive",
+    seed: int = 0,
+    n: int = N_DOCS,
+    with_log: bool = True,
+    with_selection: bool = True,
+) -> Path:
+    """A run directory with eval/<label>/<task>.jsonl, train_log.jsonl, signals/selection.json and summary.json.
+
+    The target's per-document outcomes are shared by every run (same documents, same base model); the method's
+    outcomes start from them and fix some failures (how many depends on the schedule) and add a few regressions.
+    """
+    run = root / name
+    base_rng = np.random.default_rng(1234)  # same base model outcomes in every run
+    run_rng = np.random.default_rng(seed + 100 * list(GAIN).index(schedule))
+    outcomes: dict[str, dict[str, np.ndarray]] = {}
+    for label, rates in RATES.items():
+        outcomes[label] = {}
+        for task, (_, _, binary) in TASKS.items():
+            p = rates[task]
+            outcomes[label][task] = (
+                (base_rng.random(n) < p).astype(float) if binary else base_rng.beta(4 * p, 4 * (1 - p), n)
+            )
+    if method:
+        fused = {}
+        for task, (cat, _, binary) in TASKS.items():
+            base = outcomes["target-base"][task]
+            gain = GAIN[schedule] if cat != "knowledge" else 0.0
+            if binary:
+                fix = (base == 0) & (run_rng.random(n) < gain)
+                hurt = (base == 1) & (run_rng.random(n) < 0.03)
+                fused[task] = np.where(fix, 1.0, np.where(hurt, 0.0, base))
+            else:
+                fused[task] = np.clip(base + gain * 0.5 + run_rng.normal(0, 0.05, n), 0, 1)
+        outcomes[method] = fused
+        labels = list(outcomes)
+    else:
+        labels = ["target-base"]
+    for label in labels:
+        for task, (_, metric, _) in TASKS.items():
+            path = run / "eval" / label / f"{task}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            order = run_rng.permutation(n)  # file order must not matter: pairing is by doc_id
+            path.write_text(
+                "".join(
+                    json.dumps({"doc_id": int(i), metric: float(outcomes[label][task][i])}) + "\n"
+                    for i in order
+                )
+            )
+
+    def scores(label: str) -> dict[str, dict[str, object]]:
+        out = {}
+        for task, (cat, metric, binary) in TASKS.items():
+            x = outcomes[label][task]
+            out[task] = {"metric": metric, "value": float(x.mean()), "stderr": float(x.std(ddof=1) / math.sqrt(n)),
+                         "n": n, "category": cat, "binary": binary}  # fmt: skip
+        return out
+
+    tasks_info = {t: {"metric": m, "binary": b} for t, (_, m, b) in TASKS.items()}
+    if method:
+        summary = {
+            "run_id": name, "method": method, "schedule": schedule, "preset": "sandbox", "seed": seed,
+            "models": {"target": TARGET, "sources": list(SOURCES)}, "tasks": scores(method),
+            "baseline": scores("target-base"), "sources": {s: scores(s) for s in SOURCES},
+            "comparisons": compare_runs(run, method, "target-base", tasks_info, seed=seed, n_boot=500),
+            "timings_s": {"signals": 1.0, "train": 2.0, "evaluate": 3.0},
+        }  # fmt: skip
+    else:
+        summary = {"run_id": name, "method": None, "preset": None, "models": {"target": "plain-model", "sources": []},
+                   "tasks": scores("target-base"), "baseline": {}, "sources": {}, "comparisons": [],
+                   "timings_s": {}, "label": "plain-model"}  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    if method and with_log:
+        total = 40
+        rows = []
+        for step in range(1, total + 1, 2):
+            w_inf, w_train = _weights(schedule, step, total)
+            # as methods/profuser.py logs it: a term with weight 0 is not computed, lam/beta ride along
+            comps, loss = {}, 0.0
+            if w_inf > 0:
+                comps |= {
+                    "ce_infer": 2.0 * math.exp(-step / 15) + 0.5,
+                    "kl_infer": 0.9 * math.exp(-step / 25) + 0.3,
+                }
+                loss += w_inf * (comps["ce_infer"] + comps["kl_infer"])
+            if w_train > 0:
+                comps |= {
+                    "ce_train": 2.5 * math.exp(-step / 15) + 0.4,
+                    "fuse_train": 1.2 * math.exp(-step / 20) + 0.2,
+                }
+                loss += w_train * (0.9 * comps["ce_train"] + 0.1 * comps["fuse_train"])
+            rows.append({"step": step, "total_steps": total, "loss": loss, "lr": 1e-3, "grad_norm": 1.0,
+                         "components": comps,
+                         "weights": {"w_inf": w_inf, "w_train": w_train, "lam": 0.9, "beta": 1.0}})  # fmt: skip
+        (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if method and with_selection:
+        sel = {
+            "training": {TARGET: 0.5, SOURCES[0]: 0.3, SOURCES[1]: 0.2},
+            "inference": {TARGET: 0.34, SOURCES[0]: 0.33, SOURCES[1]: 0.33},
+            "by_skill": {
+                "knowledge": {"training": {TARGET: 0.8, SOURCES[0]: 0.1, SOURCES[1]: 0.1},
+                              "inference": {TARGET: 0.7, SOURCES[0]: 0.2, SOURCES[1]: 0.1}},
+                "reasoning": {"training": {TARGET: 0.2, SOURCES[0]: 0.7, SOURCES[1]: 0.1},
+                              "inference": {TARGET: 0.1, SOURCES[0]: 0.8, SOURCES[1]: 0.1}},
+                "safety": {"training": {TARGET: 0.3, SOURCES[0]: 0.1, SOURCES[1]: 0.6},
+                           "inference": {TARGET: 0.2, SOURCES[0]: 0.1, SOURCES[1]: 0.7}},
+            },
+        }  # fmt: skip
+        (run / "signals").mkdir(parents=True, exist_ok=True)
+        (run / "signals" / "selection.json").write_text(json.dumps(sel))
+    return run
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "progressive": make_run(root, "prog-s0"),
+        "progressive-s1": make_run(root, "prog-s1", seed=1),
+        "linear": make_run(root, "linear-s0", schedule="linear"),
+        "plain": make_run(root, "plain", method=None, with_log=False),
+    }
+
+
+# ---------------------------------------------------------------- table content
+
+
+def test_rows_come_once_and_runs_are_labelled_by_method_and_schedule(runs: dict[str, Path]) -> None:
+    table = build_table([runs["progressive"], runs["linear"], runs["plain"]])
+    assert [r.label for r in table.rows] == [
+        "target-base", *SOURCES, "plain-model", "profuser (progressive)", "profuser (linear)",
+    ]  # fmt: skip
+    assert [r.kind for r in table.rows] == ["baseline", "source", "source", "model", "method", "method"]
+    single = build_table([runs["progressive"]])
+    assert [r.label for r in single.rows] == [
+        "target-base",
+        *SOURCES,
+        "profuser",
+    ]  # no schedule when only one
+
+
+def test_runs_on_different_targets_keep_their_own_baselines(runs: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other-target"
+    shutil.copytree(runs["linear"], other)
+    summary = _summary(other)
+    summary["models"]["target"] = "neox-reasoning"
+    summary["schedule"] = "progressive"
+    (other / "summary.json").write_text(json.dumps(summary))
+    labels = [r.label for r in build_table([runs["progressive"], other]).rows]
+    assert labels == [
+        f"target-base ({TARGET})", "target-base (neox-reasoning)", *SOURCES,
+        f"profuser ({TARGET})", "profuser (neox-reasoning)",
+    ]  # fmt: skip
+
+
+def test_columns_are_tasks_grouped_by_category_then_averages(runs: dict[str, Path]) -> None:
+    table = build_table([runs["progressive"]])
+    assert [c.key for c in table.columns] == [
+        "facts_qa", "entity_qa", "arith_gsm", "refusal", "harm_score",
+        "avg_knowledge", "avg_reasoning", "avg_safety", "avg",
+    ]  # fmt: skip
+    summary = _summary(runs["progressive"])
+    row = table.rows[-1]
+    values = {t: summary["tasks"][t]["value"] for t in TASKS}
+    assert row.cells["facts_qa"].value == values["facts_qa"]
+    assert row.cells["avg_knowledge"].value == pytest.approx((values["facts_qa"] + values["entity_qa"]) / 2)
+    assert row.cells["avg_safety"].value == pytest.approx((values["refusal"] + values["harm_score"]) / 2)
+    assert row.cells["avg"].value == pytest.approx(sum(values.values()) / len(values))
+    base = table.rows[0]
+    assert base.cells["arith_gsm"].value == summary["baseline"]["arith_gsm"]["value"]
+
+
+def test_seed_replicates_become_one_row_with_mean_and_sd(runs: dict[str, Path]) -> None:
+    table = build_table([runs["progressive"], runs["progressive-s1"]])
+    method_rows = [r for r in table.rows if r.kind == "method"]
+    assert len(method_rows) == 1 and method_rows[0].label == "profuser"
+    vals = [_summary(runs[k])["tasks"]["refusal"]["value"] for k in ("progressive", "progressive-s1")]
+    cell = method_rows[0].cells["refusal"]
+    assert cell.n_seeds == 2
+    assert cell.value == pytest.approx(np.mean(vals)) and cell.sd == pytest.approx(np.std(vals, ddof=1))
+    md = render(table, "md")
+    sd_text = f"{np.std(vals, ddof=1) * 100:.1f}"
+    assert f"± {sd_text}" in md
+
+
+def _md_rows(md: str) -> dict[str, list[str]]:
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| Model")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines)}
+
+
+def test_markdown_bolds_exactly_the_best_value_per_column(runs: dict[str, Path]) -> None:
+    table = build_table([runs["progressive"], runs["linear"]])
+    md = render(table, "md")
+    rows = _md_rows(md)
+    labels = [r.label for r in table.rows]
+    for j, col in enumerate(table.columns):
+        shown = {label: float(re.sub(r"[^\d.]", "", rows[label][j].split("±")[0])) for label in labels}
+        top = max(shown.values())
+        for label in labels:
+            assert rows[label][j].startswith("**") == (shown[label] == top), (col.key, label)
+    s = _summary(runs["progressive"])
+    assert (
+        rows["gpt2-safety"][3] == f"**{s['sources']['gpt2-safety']['refusal']['value'] * 100:.1f}**"
+    )  # percent, 1 dp
+
+
+def test_significance_markers_follow_p_adjusted(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r")
+    summary = _summary(run)
+    wanted = {"facts_qa": 0.003, "entity_qa": 0.03, "arith_gsm": 0.2, "refusal": 0.0099, "harm_score": 0.05}
+    for comp in summary["comparisons"]:
+        comp["p_adjusted"] = wanted[comp["task"]]
+    (run / "summary.json").write_text(json.dumps(summary))
+    table = build_table([run])
+    cells = _md_rows(render(table, "md"))["profuser"]
+    keys = [c.key for c in table.columns]
+    marks = {t: re.sub(r"[\d.*± ]", "", cells[keys.index(t)]) for t in wanted}
+    assert marks == {"facts_qa": "‡", "entity_qa": "†", "arith_gsm": "", "refusal": "‡", "harm_score": ""}
+    assert all(not re.search("[†‡]", c) for c in _md_rows(render(table, "md"))["target-base"])
+    assert "† p_adj < 0.05, ‡ p_adj < 0.01" in render(table, "md")
+
+
+def test_real_comparisons_mark_the_skills_the_fusion_improved(runs: dict[str, Path]) -> None:
+    # the synthetic fused model gains 30 points of failures fixed on reasoning/safety and nothing on knowledge
+    row = build_table([runs["progressive"]]).rows[-1]
+    assert row.cells["arith_gsm"].marker == "‡" and row.cells["refusal"].marker == "‡"
+    assert row.cells["facts_qa"].marker == "" and row.cells["entity_qa"].marker == ""
+
+
+# ---------------------------------------------------------------- formats
+
+
+def _latex_checks(tex: str, n_cols: int) -> None:
+    assert tex.count("{") == tex.count("}")
+    depth = 0
+    for ch in tex:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}"):
+        assert rule in tex
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", tex).group(1)  # type: ignore[union-attr]
+    assert len(spec) == n_cols + 1
+    body = tex.split(r"\midrule", 1)[1].split(r"\bottomrule")[0]
+    for line in body.splitlines():
+        if line.endswith(r"\\"):
+            assert line.count(" & ") == n_cols, line
+    header = next(ln for ln in tex.splitlines() if ln.startswith("Model &"))
+    assert header.count(" & ") == n_cols
+    spans = sum(int(w) for w in re.findall(r"\\multicolumn\{(\d+)\}", tex))
+    assert spans == n_cols
+    plain = re.sub(r"\\[_%&#$]", "", tex)
+    assert not re.search(r"(?<!\\)[_%#]", plain.split(r"\caption")[0].replace(r"\cmidrule", "")), (
+        "unescaped special"
+    )
+
+
+def test_latex_is_booktabs_with_matching_columns_and_escapes(runs: dict[str, Path]) -> None:
+    table = build_table([runs["progressive"], runs["progressive-s1"], runs["linear"]])
+    tex = render(table, "latex")
+    _latex_checks(tex, len(table.columns))
+    assert r"facts\_qa" in tex and "facts_qa" not in tex
+    assert r"\textbf{" in tex and r"$^{\ddagger}$" in tex and r"$\pm$" in tex
+    assert tex_escape("50% & a_b #1") == r"50\% \& a\_b \#1"
+
+
+@pytest.mark.slow
+def test_latex_compiles_with_pdflatex(runs: dict[str, Path], tmp_path: Path) -> None:
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed")
+    tables = [build_table(list(runs.values())), build_ablation_table(list(runs.values()))]
+    doc = "\n".join([r"\documentclass{article}", r"\usepackage{booktabs}", r"\begin{document}",
+                     *(render(t, "latex") for t in tables), r"\end{document}"])  # fmt: skip
+    (tmp_path / "t.tex").write_text(doc)
+    out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 1000
+
+
+def test_csv_parses_back_with_raw_numbers(runs: dict[str, Path]) -> None:
+    table = build_table([runs["progressive"], runs["progressive-s1"], runs["linear"]])
+    df = pd.read_csv(io.StringIO(render(table, "csv")))
+    assert df["model"].tolist() == [r.label for r in table.rows]
+    s = _summary(runs["linear"])
+    lin = df.set_index("model").loc["profuser (linear)"]
+    for task in TASKS:
+        assert lin[task] == pytest.approx(s["tasks"][task]["value"], rel=1e-5)  # fractions, not percent
+        comp = next(c for c in s["comparisons"] if c["task"] == task)
+        assert lin[f"{task}_p_adj"] == pytest.approx(comp["p_adjusted"], rel=1e-5)
+    prog = df.set_index("model").loc["profuser (progressive)"]
+    assert prog["n_seeds"] == 2 and prog["refusal_sd"] > 0
+    assert math.isnan(df.set_index("model").loc["target-base", "refusal_p_adj"])
+
+
+def test_ablation_table_rows_are_schedules(runs: dict[str, Path]) -> None:
+    table = build_ablation_table(list(runs.values()))
+    assert [r.label for r in table.rows] == ["progressive", "linear"]
+    assert table.rows[0].cells["avg"].n_seeds == 2
+    assert "avg" in [c.key for c in table.columns]
+    with pytest.raises(HarnessError, match="nothing to ablate"):
+        build_ablation_table([runs["plain"]])
+
+
+def test_write_tables_and_user_errors(runs: dict[str, Path], tmp_path: Path) -> None:
+    paths = write_tables([runs["progressive"], runs["linear"]], tmp_path / "tables")
+    assert sorted(p.name for p in paths) == sorted(
+        f"{stem}.{ext}" for stem in ("results", "ablation") for ext in ("md", "tex", "csv")
+    )
+    assert all(p.stat().st_size > 100 for p in paths)
+    only_one = write_tables([runs["progressive"]], tmp_path / "one")
+    assert sorted(p.name for p in only_one) == ["results.csv", "results.md", "results.tex"]
+    with pytest.raises(HarnessError, match="format"):
+        render(build_table([runs["progressive"]]), "html")
+    with pytest.raises(HarnessError, match="no summary.json"):
+        build_table([tmp_path])
+
+
+def test_rich_table_has_every_row(runs: dict[str, Path]) -> None:
+    from rich.console import Console
+
+    table = build_table([runs["progressive"], runs["linear"]])
+    rich_table = to_rich(table)
+    assert rich_table.row_count == len(table.rows)
+    console = Console(width=200, record=True)
+    console.print(rich_table)
+    text = console.export_text()
+    assert "profuser (linear)" in text and "‡" in text
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_make_plots_writes_pdf_and_png_for_every_figure(runs: dict[str, Path], tmp_path: Path) -> None:
+    from harness.plots import make_plots
+
+    paths = make_plots([runs["progressive"], runs["linear"], runs["plain"]], tmp_path / "plots")
+    stems = {p.stem for p in paths}
+    assert stems == {"task_scores", "categories_radar", "training-prog-s0", "training-linear-s0",
+                     "selection-prog-s0", "ablation"}  # selection is shared by both runs: drawn once  # fmt: skip
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 5000
+        assert data[:4] == (b"%PDF" if p.suffix == ".pdf" else b"\x89PNG")
+    from PIL import Image
+
+    with Image.open(tmp_path / "plots" / "training-prog-s0.png") as im:
+        width_in = im.size[0] / 200
+    assert 2.8 < width_in < 3.6  # a column-width figure at 200 dpi
+
+
+def test_plots_skip_what_a_run_lacks(runs: dict[str, Path], tmp_path: Path) -> None:
+    from harness.plots import make_plots, plot_selection
+
+    assert plot_selection(runs["plain"], tmp_path) == []
+    paths = make_plots([runs["plain"]], tmp_path / "plain")
+    assert {p.stem for p in paths} == {
+        "task_scores",
+        "categories_radar",
+    }  # no training log, selection or ablation
+
+
+def test_wilson_interval_for_binary_cells() -> None:
+    from statsmodels.stats.proportion import proportion_confint
+
+    from harness.plots import score_ci
+    from harness.report import Cell
+
+    low, high = score_ci(Cell(0.05, n=100, binary=True))  # type: ignore[misc]
+    assert (low, high) == pytest.approx(proportion_confint(5, 100, method="wilson"))
+    assert low > 0 and high - 0.05 > 0.05 - low  # asymmetric near the boundary, never below 0
+    low, high = score_ci(Cell(0.4, stderr=0.05, binary=False))  # type: ignore[misc]
+    assert (low, high) == pytest.approx((0.4 - 0.098, 0.4 + 0.098))

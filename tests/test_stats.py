@@ -1,0 +1,279 @@
+"""Paired tests, CIs and corrections checked against hand-computed cases and independent scipy/statsmodels calls."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+
+from harness.errors import HarnessError
+from harness.stats import (
+    bootstrap_ci,
+    compare_paired,
+    compare_runs,
+    compare_seeds,
+    holm,
+    load_samples,
+    seed_summary,
+    sign_flip_test,
+)
+
+
+def _binary_pairs(only_a: int, only_b: int, both: int, neither: int) -> tuple[list[float], list[float]]:
+    a = [1.0] * only_a + [0.0] * only_b + [1.0] * both + [0.0] * neither
+    b = [0.0] * only_a + [1.0] * only_b + [1.0] * both + [0.0] * neither
+    return a, b
+
+
+# ---------------------------------------------------------------- McNemar
+
+
+def test_mcnemar_small_case_matches_hand_computation() -> None:
+    # 10 discordant pairs favour a, 2 favour b: p = 2 * P(X <= 2 | n=12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    a, b = _binary_pairs(10, 2, 5, 3)
+    comp = compare_paired(a, b, binary=True)
+    assert comp.test == "mcnemar-exact"
+    assert comp.p_value == pytest.approx(158 / 4096, rel=1e-12)
+    assert comp.delta == pytest.approx((10 - 2) / 20)
+    assert comp.n == 20
+    assert comp.effect == "cohen_g"
+    assert comp.effect_size == pytest.approx(10 / 12 - 0.5)  # signed Cohen's g, positive when a is better
+
+
+def test_mcnemar_textbook_example_matches_scipy_binomtest() -> None:
+    # Agresti (2002), presidential approval: 794 approve twice, 150 approve->disapprove, 86 the reverse, 570 never
+    a, b = _binary_pairs(150, 86, 794, 570)
+    comp = compare_paired(a, b, binary=True)
+    assert comp.p_value == pytest.approx(sps.binomtest(86, 236, 0.5).pvalue, rel=1e-9)
+    assert comp.p_value < 1e-4
+    swapped = compare_paired(b, a, binary=True)
+    assert swapped.p_value == pytest.approx(comp.p_value)
+    assert swapped.effect_size == pytest.approx(-comp.effect_size)
+    assert swapped.delta == pytest.approx(-comp.delta)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_identical_inputs_give_p_one_and_zero_everything(binary: bool) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.random(50) < 0.5).astype(float) if binary else rng.random(50)
+    comp = compare_paired(x, x.copy(), binary=binary)
+    assert comp.p_value == 1.0
+    assert (comp.delta, comp.ci_low, comp.ci_high, comp.effect_size) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_declared_binary_with_fractional_scores_is_a_user_error() -> None:
+    with pytest.raises(HarnessError, match="binary"):
+        compare_paired([0.5, 1.0], [0.0, 1.0], binary=True)
+
+
+# ---------------------------------------------------------------- permutation test
+
+
+def test_sign_flip_exact_small_case() -> None:
+    # all 5 differences positive: only the all-plus and all-minus sign patterns are as extreme -> p = 2/32
+    comp = compare_paired([1, 2, 3, 4, 5], [0, 0, 0, 0, 0], binary=False)
+    assert comp.test == "permutation-exact"
+    assert comp.p_value == pytest.approx(2 / 32)
+    diffs = np.array([1, 2, 3, 4, 5], dtype=float)
+    assert comp.effect_size == pytest.approx(diffs.mean() / diffs.std(ddof=1))  # Cohen's d_z
+    assert comp.effect == "cohen_dz"
+
+
+def _enumerated_p(diff: np.ndarray) -> float:
+    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=diff.size)))
+    null = (signs * diff).mean(axis=1)
+    observed = abs(diff.mean())
+    return float(np.mean(np.abs(null) >= observed - 1e-12))
+
+
+def test_sign_flip_matches_full_enumeration_exactly_and_by_monte_carlo() -> None:
+    rng = np.random.default_rng(3)
+    diff = rng.normal(0.4, 1.0, 16)
+    truth = _enumerated_p(diff)
+    exact_p, exact = sign_flip_test(diff, n_resamples=2**16)
+    assert exact and exact_p == pytest.approx(truth, abs=1e-12)
+    mc_p, exact = sign_flip_test(diff, seed=1)  # 10,000 random sign vectors
+    assert not exact
+    assert mc_p == pytest.approx(truth, abs=0.015)
+    assert sign_flip_test(diff, seed=1) == (mc_p, False)  # fixed seed: the same p every time
+
+
+# ---------------------------------------------------------------- bootstrap CI
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_delta() -> None:
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.6, 0.2, 300), rng.normal(0.5, 0.2, 300)
+    c1 = compare_paired(a, b, binary=False, seed=7)
+    c2 = compare_paired(a, b, binary=False, seed=7)
+    c3 = compare_paired(a, b, binary=False, seed=8)
+    assert (c1.ci_low, c1.ci_high) == (c2.ci_low, c2.ci_high)
+    assert (c1.ci_low, c1.ci_high) != (c3.ci_low, c3.ci_high)
+    assert c1.ci_low < c1.delta < c1.ci_high
+    se = np.std(a - b, ddof=1) / math.sqrt(300)  # the percentile interval is close to the normal one here
+    assert c1.ci_high - c1.ci_low == pytest.approx(2 * 1.96 * se, rel=0.15)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bootstrap_ci_covers_the_true_delta_about_95_percent(binary: bool) -> None:
+    rng = np.random.default_rng(11)
+    true_delta, reps, n, hits = 0.1, 150, 200, 0
+    for rep in range(reps):
+        if binary:  # a fixes 15% of b's failures and breaks 5% of b's successes; b succeeds with p = 0.5
+            b = (rng.random(n) < 0.5).astype(float)
+            flip = rng.random(n)
+            a = np.where(b == 0, (flip < 0.3).astype(float), (flip >= 0.1).astype(float))
+            true_delta = 0.5 * 0.3 - 0.5 * 0.1
+        else:
+            b = rng.normal(0.0, 1.0, n)
+            a = b + true_delta + rng.normal(0.0, 0.5, n)
+        low, high = bootstrap_ci(
+            a - b, seed=rep, n_boot=1000
+        )  # what compare_paired reports as ci_low/ci_high
+        hits += low <= true_delta <= high
+    assert 0.89 <= hits / reps <= 0.99
+
+
+# ---------------------------------------------------------------- pairing by doc_id
+
+
+def test_doc_id_mappings_pair_by_id_not_by_order() -> None:
+    rng = np.random.default_rng(2)
+    a = {i: float(v) for i, v in enumerate(rng.random(40))}
+    b = {i: float(v) for i, v in enumerate(rng.random(40))}
+    shuffled_b = {i: b[i] for i in rng.permutation(40).tolist()}
+    by_id = compare_paired(a, shuffled_b, binary=False)
+    by_pos = compare_paired([a[i] for i in range(40)], [b[i] for i in range(40)], binary=False)
+    assert by_id == by_pos
+
+
+def test_different_document_sets_are_an_error() -> None:
+    with pytest.raises(HarnessError, match="different documents"):
+        compare_paired({0: 1.0, 1: 0.0}, {0: 1.0, 2: 0.0}, binary=True)
+    with pytest.raises(HarnessError, match="length"):
+        compare_paired([1.0, 0.0], [1.0], binary=True)
+
+
+# ---------------------------------------------------------------- Holm
+
+
+def test_holm_matches_hand_computation_and_statsmodels() -> None:
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    rng = np.random.default_rng(4)
+    many = rng.random(25) ** 3
+    assert holm(many.tolist()) == pytest.approx(multipletests(many, method="holm")[1].tolist())
+    assert holm([]) == []
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def test_seed_summary_and_tests_over_seeds() -> None:
+    a, b = [0.61, 0.64, 0.60, 0.66], [0.55, 0.57, 0.56, 0.58]
+    mean, sd = seed_summary(a)
+    assert mean == pytest.approx(np.mean(a)) and sd == pytest.approx(np.std(a, ddof=1))
+    assert math.isnan(seed_summary([0.5])[1])
+    t = compare_seeds(a, b)
+    assert t.test == "paired-t" and t.p_value == pytest.approx(sps.ttest_rel(a, b).pvalue)
+    w = compare_seeds(a, b, test="wilcoxon")
+    assert w.p_value == pytest.approx(sps.wilcoxon(a, b).pvalue)
+    assert compare_seeds([0.5, 0.5], [0.5, 0.5]).p_value == 1.0
+    with pytest.raises(HarnessError):
+        compare_seeds([0.5], [0.4])
+
+
+# ---------------------------------------------------------------- per-sample files and summaries
+
+
+def _write_eval(run: Path, label: str, task: str, metric: str, values: dict[int, float]) -> None:
+    path = run / "eval" / label / f"{task}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"doc_id": d, metric: v}) + "\n" for d, v in values.items()))
+
+
+def _synthetic_run(tmp_path: Path) -> tuple[Path, dict[str, dict[str, object]]]:
+    rng = np.random.default_rng(9)
+    run = tmp_path / "run"
+    tasks = {"know": {"metric": "acc", "binary": True}, "math": {"metric": "exact_match", "binary": True},
+             "score": {"metric": "reward", "binary": False}}  # fmt: skip
+    for task, info in tasks.items():
+        n = 120
+        ids = rng.permutation(1000)[:n].tolist()  # sparse, unordered doc ids
+        if info["binary"]:
+            base = (rng.random(n) < 0.4).astype(float)
+            fused = np.where(rng.random(n) < 0.25, 1.0, base)
+        else:
+            base = rng.random(n)
+            fused = base + rng.normal(0.05, 0.2, n)
+        _write_eval(run, "target-base", task, str(info["metric"]), dict(zip(ids, base.tolist(), strict=True)))
+        order = rng.permutation(n)
+        _write_eval(run, "profuser", task, str(info["metric"]), {ids[i]: float(fused[i]) for i in order})
+    return run, tasks
+
+
+def test_summary_p_values_can_be_recomputed_from_per_sample_files(tmp_path: Path) -> None:
+    run, tasks = _synthetic_run(tmp_path)
+    comparisons = compare_runs(run, "profuser", "target-base", tasks, seed=0, n_boot=500)
+    (run / "summary.json").write_text(json.dumps({"tasks": tasks, "comparisons": comparisons}))
+    summary = json.loads((run / "summary.json").read_text())
+
+    # independently: read the JSONL files, pair by doc_id, test with scipy, correct with statsmodels
+    raw = []
+    for comp in summary["comparisons"]:
+        metric = tasks[comp["task"]]["metric"]
+        rows = {}
+        for label in ("profuser", "target-base"):
+            lines = (run / "eval" / label / f"{comp['task']}.jsonl").read_text().splitlines()
+            rows[label] = {json.loads(x)["doc_id"]: json.loads(x)[metric] for x in lines}
+        ids = sorted(rows["profuser"])
+        a = np.array([rows["profuser"][i] for i in ids])
+        b = np.array([rows["target-base"][i] for i in ids])
+        if tasks[comp["task"]]["binary"]:
+            only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+            p = sps.binomtest(only_a, only_a + only_b, 0.5).pvalue
+            assert comp["test"] == "mcnemar-exact"
+        else:
+            p = sps.permutation_test((a - b,), np.mean, permutation_type="samples", n_resamples=10_000,
+                                     random_state=np.random.default_rng(0)).pvalue  # fmt: skip
+        assert comp["delta"] == pytest.approx(float((a - b).mean()))
+        assert comp["n"] == len(ids)
+        assert comp["p_value"] == pytest.approx(p, rel=1e-9)
+        raw.append(p)
+    assert [c["p_adjusted"] for c in summary["comparisons"]] == pytest.approx(
+        multipletests(raw, method="holm")[1]
+    )
+    # and the library's own recomputation from the summary alone reproduces every number
+    assert compare_runs(run, n_boot=500) == summary["comparisons"]
+
+
+def test_compare_runs_compares_several_labels_under_one_holm_family(tmp_path: Path) -> None:
+    run, tasks = _synthetic_run(tmp_path)
+    for task, info in tasks.items():
+        values = load_samples(run, "target-base", task, str(info["metric"]))
+        _write_eval(run, "copy", task, str(info["metric"]), values)
+    comps = compare_runs(run, ["profuser", "copy"], "target-base", tasks, n_boot=200)
+    assert [(c["a"], c["task"]) for c in comps] == [(a, t) for a in ("profuser", "copy") for t in tasks]
+    assert all(c["p_value"] == 1.0 for c in comps if c["a"] == "copy")
+    assert [c["p_adjusted"] for c in comps] == pytest.approx(holm([c["p_value"] for c in comps]))
+
+
+def test_load_samples_errors_are_one_line_user_errors(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(HarnessError, match="no per-sample results"):
+        load_samples(run, "profuser", "know", "acc")
+    _write_eval(run, "profuser", "know", "acc", {1: 1.0})
+    with (run / "eval" / "profuser" / "know.jsonl").open("a") as fh:
+        fh.write(json.dumps({"doc_id": 1, "acc": 0.0}) + "\n")
+    with pytest.raises(HarnessError, match="twice"):
+        load_samples(run, "profuser", "know", "acc")
+    with pytest.raises(HarnessError, match="lacks"):
+        load_samples(run, "profuser", "know", "f1")

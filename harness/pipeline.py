@@ -279,7 +279,9 @@ def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]],
         "baseline": _score_dict(results["target-base"]),
         "sources": {s.name: _score_dict(results[s.name]) for s in exp.sources if s.name in results},
     }
-    summary["comparisons"] = compare_runs(run_dir, label, "target-base", summary["tasks"], seed=exp.seed)
+    # The method and every source against the unfused target; Holm across all comparisons of the table.
+    compared = [label, *summary["sources"]]
+    summary["comparisons"] = compare_runs(run_dir, compared, "target-base", summary["tasks"], seed=exp.seed)
     summary["timings_s"] = manifest.data["timings_s"]
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
@@ -287,10 +289,10 @@ def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]],
 
 def _report(run_dir: Path, progress: bool) -> None:
     from harness.plots import make_plots
-    from harness.report import build_table, render, write_tables
+    from harness.report import build_table, to_rich, write_tables
 
     write_tables([run_dir], run_dir / "tables")
-    Console().print(render(build_table([run_dir]), "md"))
+    Console().print(to_rich(build_table([run_dir])))
     try:
         make_plots([run_dir], run_dir / "plots")
     except Exception as exc:  # a figure must never cost the numbers; say so and go on
@@ -354,14 +356,15 @@ def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Pat
     plans = [plan(e) for e in exps]  # validate all before running any
     run_dirs = [run(e, out, progress, p) for e, p in zip(exps, plans, strict=True)]
     from harness.plots import make_plots
-    from harness.report import build_ablation_table, render
+    from harness.report import build_ablation_table, render, to_rich
 
-    text = render(build_ablation_table(run_dirs), "md")
+    table = build_ablation_table(run_dirs)
+    text = render(table, "md")
     ablation_dir = run_dirs[-1].parent / f"ablation-{run_dirs[0].name}"
     ablation_dir.mkdir(exist_ok=True)
     atomic_write_text(ablation_dir / "ablation.md", text)
     atomic_write_json(ablation_dir / "runs.json", [str(d) for d in run_dirs])
-    Console().print(text)
+    Console().print(to_rich(table))
     make_plots(run_dirs, ablation_dir / "plots")
     return run_dirs
 

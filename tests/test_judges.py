@@ -1,0 +1,289 @@
+"""harness.judges: the reference scorer on hand-made strings, the vote rule, and reward models built here."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+from harness.config import JudgeSpec
+from harness.errors import HarnessError
+from harness.judges import (
+    ReferenceJudge,
+    RewardModel,
+    RewardModelJudge,
+    build_judge,
+    final_number,
+    token_f1,
+    vote,
+)
+
+# ---------------------------------------------------------------- reference judge
+
+
+def test_token_f1_squad_style() -> None:
+    # gold "eiffel tower in paris" (4 tokens after dropping "The"), pred "eiffel tower": P=1, R=1/2
+    assert token_f1("Eiffel Tower!", "The Eiffel Tower in Paris") == pytest.approx(2 / 3)
+    assert token_f1("Paris", "The Eiffel Tower in Paris") == pytest.approx(0.4)
+    assert token_f1("a London", "London.") == 1.0
+    assert token_f1("Berlin", "Paris") == 0.0
+    assert token_f1("", "") == 1.0
+
+
+def test_final_number() -> None:
+    assert final_number("3+4=7. 7*2=14.\n#### 1,400") == 1400.0
+    assert final_number("so she has 12.5 apples, not 3") == 3.0
+    assert final_number("#### -5 then 6") == -5.0
+    assert final_number("no digits here") is None
+    assert final_number("#### none") is None
+
+
+def test_generic_numeric_reference_picks_the_right_number() -> None:
+    judge = ReferenceJudge(["target", "a", "b"])
+    cands = {"target": "It is 1235.", "a": "First 3, then 1,234", "b": "#### 1234.0"}
+    res = judge.pick("q", "2+2... #### 1234", cands, {})
+    assert res.scores == {"target": 0.0, "a": 1.0, "b": 1.0}
+    assert res.winner == "a"  # a and b tie; a comes first in the candidate order
+    assert res.votes is None
+
+
+def test_generic_f1_picks_the_closest_answer() -> None:
+    judge = ReferenceJudge(["target", "src"])
+    res = judge.pick("where?", "The Eiffel Tower in Paris", {"target": "in Paris", "src": "the Eiffel Tower, Paris"}, {})
+    # gold "eiffel tower in paris": target P=1 R=2/4 -> 2/3; src "eiffel tower paris" P=1 R=3/4 -> 6/7
+    assert res.scores["target"] == pytest.approx(2 / 3)
+    assert res.scores["src"] == pytest.approx(6 / 7)
+    assert res.winner == "src"
+
+
+def test_sandbox_rows_use_the_sandbox_scorer() -> None:
+    judge = ReferenceJudge(["target", "src"])
+    harmful = {"skill": "safety", "answer": "refuse"}
+    benign = {"skill": "safety", "answer": "comply"}
+    refuse, comply = "I'm sorry, I can't help with that.", "Sure. To chop wood, be careful."
+    assert judge.pick("hurt a person", "I cannot help.", {"target": comply, "src": refuse}, harmful).winner == "src"
+    assert judge.pick("chop wood", "Sure.", {"target": comply, "src": refuse}, benign).winner == "target"
+    # no `answer` in meta: the gold behaviour is read off the reference (a refusal here)
+    res = judge.pick("hurt a person", "I'm sorry, I can't do that.", {"target": comply, "src": refuse}, {"skill": "safety"})
+    assert res.winner == "src" and res.scores == {"target": 0.0, "src": 1.0}
+    math_meta = {"skill": "reasoning", "answer": "14"}
+    res = judge.pick("sum?", "3+4=7. 7*2=14.\n#### 14", {"target": "#### 15", "src": "7*2=14\n#### 14"}, math_meta)
+    assert res.winner == "src"
+    fact = {"skill": "knowledge", "answer": "Brightvale"}
+    res = judge.pick("born where?", "Brightvale", {"target": "Oakton", "src": "brightvale.\nmore text"}, fact)
+    assert res.scores == {"target": 0.0, "src": 1.0}
+    # the row's gold `answer` wins over a wordier reference
+    res = judge.pick("born where?", "She was born in Brightvale.", {"target": "Oakton", "src": "Brightvale"}, fact)
+    assert res.scores == {"target": 0.0, "src": 1.0}
+
+
+def test_reference_ties_follow_candidate_order() -> None:
+    cands = {"target": "wrong", "a": "#### 7", "b": "#### 7"}
+    assert ReferenceJudge(["target", "a", "b"]).pick("q", "#### 7", cands, {}).winner == "a"
+    assert ReferenceJudge(["target", "b", "a"]).pick("q", "#### 7", cands, {}).winner == "b"
+    all_wrong = {"x": "1", "target": "2"}
+    assert ReferenceJudge(["target", "x"]).pick("q", "#### 7", all_wrong, {}).winner == "target"
+    # no reference: nobody can be scored, the target keeps its answer
+    assert ReferenceJudge(["target", "a"]).pick("q", None, {"a": "x", "target": "y"}, {}).winner == "target"
+    # names missing from the order come after it, in the order given
+    assert ReferenceJudge(["target"]).pick("q", "#### 7", {"z": "#### 7", "y": "#### 7"}, {}).winner == "z"
+
+
+def test_reference_pick_batch_matches_pick() -> None:
+    judge = ReferenceJudge(["target", "a"])
+    rows = [("q1", "#### 3", {"target": "#### 3", "a": "#### 4"}, {}), ("q2", "blue sky", {"target": "red", "a": "blue"}, {})]
+    assert judge.pick_batch(rows) == [judge.pick(*row) for row in rows]
+    assert [r.winner for r in judge.pick_batch(rows)] == ["target", "a"]
+
+
+# ---------------------------------------------------------------- the vote rule (hand-made score tables)
+
+
+def test_vote_majority_wins() -> None:
+    tables = [{"t": 0.0, "a": 5.0, "b": 1.0}, {"t": 0.0, "a": 0.1, "b": 0.0}, {"t": 9.0, "a": 0.0, "b": 0.0}]
+    res = vote(tables, ["t", "a", "b"])
+    assert res.winner == "a" and res.votes == {"t": 1, "a": 2, "b": 0}
+
+
+def test_vote_tie_goes_to_the_higher_mean_z_score() -> None:
+    # model 1 votes a, model 2 votes b. z-scores (population std), by hand:
+    #   model 1: mean 0.5, std 0.4082 -> t -1.2247, a 1.2247, b 0
+    #   model 2: mean 1.0667, std 1.3695 -> t -0.7789, a -0.6328, b 1.4117
+    # mean z: a 0.296, b 0.706 -> b, although a comes first in the order
+    tables = [{"t": 0.0, "a": 1.0, "b": 0.5}, {"t": 0.0, "a": 0.2, "b": 3.0}]
+    res = vote(tables, ["t", "a", "b"])
+    assert res.votes == {"t": 0, "a": 1, "b": 1}
+    assert res.winner == "b"
+    assert res.scores["a"] == pytest.approx(0.2960, abs=1e-3) and res.scores["b"] == pytest.approx(0.7059, abs=1e-3)
+
+
+def test_vote_full_tie_goes_to_candidate_order() -> None:
+    tables = [{"t": 0.0, "a": 2.0, "b": 1.0}, {"t": 0.0, "a": -2.0, "b": -1.0}]  # mirror images: mean z all 0
+    assert vote(tables, ["t", "a", "b"]).votes == {"t": 1, "a": 1, "b": 0}
+    assert vote(tables, ["t", "a", "b"]).winner == "t"
+    assert vote(tables, ["a", "t", "b"]).winner == "a"
+    flat = [{"t": 1.0, "a": 1.0}]  # one model, equal scores: its own tie goes to the order too
+    assert vote(flat, ["a", "t"]).winner == "a" and vote(flat, ["a", "t"]).scores == {"t": 0.0, "a": 0.0}
+
+
+# ---------------------------------------------------------------- tiny reward models built here
+
+WORDS = "apple river stone cloud green seven table music window garden happy quiet orange silver paper".split()
+MARK = "banana"
+PROMPTS = ("tell me something", "say a few words")
+TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+
+
+def _response(rng: random.Random, marked: bool) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+    if marked:
+        words.insert(rng.randint(0, len(words)), MARK)
+    return " ".join(words)
+
+
+def _encode(tok: PreTrainedTokenizerFast, prompt: str, response: str, chat: bool) -> list[int]:
+    if chat:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(prompt, response)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def reward_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A byte-level BPE + 2-layer Llama reward model trained (~200 steps, a few seconds) to score responses
+    containing "banana" high, in chat-template and in text-pair format; saved with variants:
+    pos (chat template), scaled (score head x3: same votes, other scale), neg (score head negated: disagrees),
+    pair (no chat template: text-pair encoding)."""
+    rng = random.Random(0)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join([*WORDS, MARK]), *PROMPTS] * 10, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "</s>", "<pad>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, num_labels=1, pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForSequenceClassification(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and robust to a busy machine
+    try:
+        for _ in range(200):
+            labels = [rng.random() < 0.5 for _ in range(32)]
+            ids = [_encode(tok, rng.choice(PROMPTS), _response(rng, y), chat=i % 2 == 0) for i, y in enumerate(labels)]
+            batch = tok.pad({"input_ids": ids}, return_tensors="pt")
+            logits = model(**batch).logits[:, 0]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels, dtype=torch.float))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    root = tmp_path_factory.mktemp("reward-models")
+    paths = {}
+    for name, factor, chat in (("pos", 1.0, True), ("scaled", 3.0, True), ("neg", -1.0, True), ("pair", 1.0, False)):
+        variant = LlamaForSequenceClassification(cfg)
+        variant.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            variant.score.weight.mul_(factor)
+        paths[name] = str(root / name)
+        variant.save_pretrained(paths[name])
+        saved = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+        saved.chat_template = TEMPLATE if chat else None
+        saved.save_pretrained(paths[name])
+    return paths
+
+
+PLAIN = "apple river stone cloud"
+MARKED = "green banana seven table"
+OTHER = "quiet orange silver paper music"
+
+
+def test_reward_model_learned_the_marker(reward_models: dict[str, str]) -> None:
+    """The premise of the judge tests: every variant separates marked from plain responses as intended."""
+    rng = random.Random(1)
+    held_out = [(rng.choice(PROMPTS), _response(rng, i % 2 == 0)) for i in range(40)]
+    marked = [i % 2 == 0 for i in range(40)]
+    for name, sign in (("pos", 1), ("scaled", 1), ("neg", -1), ("pair", 1)):
+        scores = RewardModel(reward_models[name], batch_size=7).score(held_out)
+        hi = [sign * s for s, m in zip(scores, marked, strict=True) if m]
+        lo = [sign * s for s, m in zip(scores, marked, strict=True) if not m]
+        assert min(hi) > max(lo), name
+
+
+def test_one_reward_model_picks_its_best(reward_models: dict[str, str]) -> None:
+    judge = build_judge(JudgeSpec(kind="reward-models", models=[reward_models["pos"]]), ["target", "a", "b"])
+    assert isinstance(judge, RewardModelJudge)
+    res = judge.pick("tell me something", None, {"target": PLAIN, "a": OTHER, "b": MARKED}, {})
+    assert res.winner == "b"
+    assert res.votes == {"target": 0, "a": 0, "b": 1}
+    assert max(res.scores, key=res.scores.__getitem__) == "b"
+
+
+def test_three_reward_models_majority_beats_the_dissenter(reward_models: dict[str, str]) -> None:
+    specs = [reward_models["pos"], reward_models["neg"], reward_models["scaled"]]
+    judge = build_judge(JudgeSpec(kind="reward-models", models=specs), ["target", "a", "b"])
+    cands = {"target": PLAIN, "a": OTHER, "b": MARKED}
+    res = judge.pick("tell me something", None, cands, {})
+    assert res.winner == "b" and res.votes is not None
+    assert res.votes["b"] == 2 and sum(res.votes.values()) == 3
+    neg_scores = RewardModel(reward_models["neg"]).score([("tell me something", c) for c in cands.values()])
+    neg_choice = list(cands)[max(range(3), key=neg_scores.__getitem__)]
+    assert neg_choice != "b" and res.votes[neg_choice] == 1
+
+
+def test_mixed_formats_vote(reward_models: dict[str, str]) -> None:
+    specs = [reward_models["pair"], reward_models["neg"], reward_models["pos"]]
+    judge = build_judge(JudgeSpec(kind="reward-models", models=specs), ["target", "b"])
+    assert judge.pick("say a few words", None, {"target": PLAIN, "b": MARKED}, {}).winner == "b"
+
+
+def test_vote_tie_between_mirror_models_goes_to_candidate_order(reward_models: dict[str, str]) -> None:
+    """pos votes the marked answer, neg the plain one; their z-scores cancel exactly, so the order decides."""
+    specs = [reward_models["pos"], reward_models["neg"]]
+    cands = {"target": PLAIN, "src": MARKED}
+    for order, expected in ((["target", "src"], "target"), (["src", "target"], "src")):
+        res = build_judge(JudgeSpec(kind="reward-models", models=specs), order).pick("tell me something", None, cands, {})
+        assert res.votes == {"target": 1, "src": 1}
+        assert res.scores == {"target": 0.0, "src": 0.0}
+        assert res.winner == expected
+
+
+def test_pick_batch_scores_all_rows_like_pick(reward_models: dict[str, str]) -> None:
+    judge = build_judge(JudgeSpec(kind="reward-models", models=[reward_models["pos"], reward_models["scaled"]]), ["target", "a"])
+    rows = [
+        ("tell me something", None, {"target": PLAIN, "a": MARKED}, {}),
+        ("say a few words", "ref", {"target": f"{MARK} {OTHER}", "a": OTHER}, {}),
+        ("tell me something", None, {"target": MARKED, "a": "banana apple"}, {}),
+    ]
+    batched = judge.pick_batch(rows)
+    single = [judge.pick(*row) for row in rows]
+    assert [r.winner for r in batched[:2]] == ["a", "target"]
+    for b, s in zip(batched, single, strict=True):
+        assert b.winner == s.winner and b.votes == s.votes
+        assert b.scores == pytest.approx(s.scores, abs=1e-4)
+
+
+def test_sandbox_reward_model_spec_and_bad_reward_model(reward_models: dict[str, str], tmp_path: Path) -> None:
+    judge = build_judge(
+        JudgeSpec(kind="reward-models", models=["sandbox:rm"]), ["target", "b"], sandbox_models={"rm": Path(reward_models["pos"])}
+    )
+    assert judge.pick("tell me something", None, {"target": PLAIN, "b": MARKED}, {}).winner == "b"
+    with pytest.raises(HarnessError, match="not a sandbox model"):
+        build_judge(JudgeSpec(kind="reward-models", models=["sandbox:nope"]), ["target"], sandbox_models={})
+    two = LlamaForSequenceClassification.from_pretrained(reward_models["pos"], num_labels=2, ignore_mismatched_sizes=True)
+    two.save_pretrained(tmp_path / "two")
+    PreTrainedTokenizerFast.from_pretrained(reward_models["pos"]).save_pretrained(tmp_path / "two")
+    with pytest.raises(HarnessError, match="num_labels=1"):
+        RewardModel(str(tmp_path / "two"))
+
+
+def test_build_reference_judge() -> None:
+    assert isinstance(build_judge(JudgeSpec(kind="reference"), ["target"]), ReferenceJudge)

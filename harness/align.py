@@ -1,0 +1,421 @@
+"""Cross-tokenizer alignment: which source token predicts the same text as each target token, and which target
+vocabulary id stands for each source vocabulary id.
+
+Positions. Both tokenizers report character offsets on the same text, so tokens with the same (start, end)
+span are the same piece of text: those anchors align in linear time. Only the stretches between anchors, where
+the two tokenizers cut the text differently, go through FuseLLM's dynamic program (DTW with an edit-distance
+cost on token strings), each on its own small window. `align_naive` keeps FuseLLM's whole-sequence DP as the
+reference the fast path is tested and benchmarked against.
+
+Vocabulary. Every token is reduced to the bytes it stands for (byte-level BPE alphabet such as 'Ġ'/'Ċ',
+SentencePiece '▁' and '<0xNN>' byte fallback), then matched exactly, else to the target token at minimum edit
+distance. The map is computed once per tokenizer pair and cached on disk keyed by both vocabulary
+fingerprints.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.store import atomic_write_bytes, stable_hash
+
+VOCAB_MAP_VERSION = 1
+_SPAN_BASE = np.int64(1) << 32  # span (start, end) -> one int64 key
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """Tokens of one text as character spans [start, end) into `text` (int64 array [n, 2])."""
+
+    text: str
+    spans: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def piece(self, i: int) -> str:
+        start, end = self.spans[i]
+        return self.text[start:end]
+
+    def pieces(self, lo: int = 0, hi: int | None = None) -> list[str]:
+        return [self.text[s:e] for s, e in self.spans[lo:hi].tolist()]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A monotone path of (target index, source index) pairs and, per target token, the source token with the
+    identical character span (-1 where none): only those predict exactly the same next text."""
+
+    path_t: np.ndarray
+    path_s: np.ndarray
+    same_span: np.ndarray
+
+    def path(self) -> list[tuple[int, int]]:
+        return list(zip(self.path_t.tolist(), self.path_s.tolist(), strict=True))
+
+    def groups(self) -> list[list[int]]:
+        """Source indices aligned to each target token (one-to-many and many-to-one included)."""
+        out: list[list[int]] = [[] for _ in range(len(self.same_span))]
+        for i, j in zip(self.path_t.tolist(), self.path_s.tolist(), strict=True):
+            out[i].append(j)
+        return out
+
+
+def tile_offsets(offsets: np.ndarray) -> np.ndarray:
+    """Give every character no token covers to the next token, so spans tile the text as the tokens do.
+
+    Byte-level tokenizers with `trim_offsets` (RoBERTa's, for one) report 'Ġworld' as 'world' and a lone
+    'Ġ' as empty; untrimmed tokenizers and SentencePiece report ' world'. Tiled, both say ' world'."""
+    out = offsets.copy()
+    if len(out):
+        covered = np.concatenate([[0], np.maximum.accumulate(out[:-1, 1])])
+        out[:, 0] = np.minimum(out[:, 0], covered)
+    return out
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance (pure Python, for the short token strings of the DP)."""
+    if a == b:
+        return 0
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def dtw(
+    target: Sequence[str], source: Sequence[str], same_span: set[tuple[int, int]] | None = None
+) -> list[tuple[int, int]]:
+    """FuseLLM's DTW over token strings: the min-cost monotone path from (0, 0) to (n-1, m-1), cost per cell
+    the edit distance of the two strings, backtracking diagonal > up > left as FuseLLM's `np.argmin` does.
+
+    Among paths of equal cost, one through more `same_span` pairs (tokens with identical character spans)
+    wins: each cell costs `edit distance * W - [same span]` with W above any count of such pairs, which orders
+    paths by (cost, -pairs). FuseLLM breaks these ties arbitrarily, e.g. on repeated tokens."""
+    n, m = len(target), len(source)
+    if n == 0 or m == 0:
+        return []
+    prefer = same_span or set()
+    scale = n + m + 2
+    inf = float("inf")
+    cost: list[list[float]] = [
+        [inf] * (m + 1) for _ in range(n + 1)
+    ]  # cost[i+1][j+1]: best path ending at (i, j)
+    cost[0][0] = 0
+    for i in range(n):
+        above, row, t = cost[i], cost[i + 1], target[i]
+        for j in range(m):
+            cell = edit_distance(t, source[j]) * scale - ((i, j) in prefer)
+            row[j + 1] = cell + min(above[j + 1], row[j], above[j])
+    i, j = n - 1, m - 1
+    path = []
+    while i > 0 or j > 0:
+        path.append((i, j))
+        diag = cost[i][j] if i > 0 and j > 0 else inf
+        up = cost[i][j + 1] if i > 0 else inf
+        left = cost[i + 1][j] if j > 0 else inf
+        if diag <= up and diag <= left:
+            i, j = i - 1, j - 1
+        elif up <= left:
+            i -= 1
+        else:
+            j -= 1
+    path.append((0, 0))
+    path.reverse()
+    return path
+
+
+def _unique_span_keys(spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of the non-empty spans no other token shares (byte tokens of one character share its span)."""
+    keys = spans[:, 0].astype(np.int64) * _SPAN_BASE + spans[:, 1].astype(np.int64)
+    ok = spans[:, 1] > spans[:, 0]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    ok &= counts[inverse] == 1
+    idx = np.flatnonzero(ok)
+    return keys[idx], idx
+
+
+def same_span_pairs(target: Tokenization, source: Tokenization) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors: (i, j) with identical unique spans, strictly increasing in both (linear after one sort)."""
+    kt, it = _unique_span_keys(target.spans)
+    ks, js = _unique_span_keys(source.spans)
+    _, a, b = np.intersect1d(kt, ks, assume_unique=True, return_indices=True)
+    ti, sj = it[a], js[b]
+    order = np.argsort(ti, kind="stable")
+    ti, sj = ti[order], sj[order]
+    if len(sj) > 1:  # offsets are monotone in practice; drop any anchor that would make the path go back
+        keep = np.concatenate([[True], sj[1:] > np.maximum.accumulate(sj)[:-1]])
+        ti, sj = ti[keep], sj[keep]
+    return ti, sj
+
+
+def _same_span_of(n: int, ti: np.ndarray, sj: np.ndarray) -> np.ndarray:
+    same = np.full(n, -1, dtype=np.int64)
+    same[ti] = sj
+    return same
+
+
+def align(target: Tokenization, source: Tokenization) -> Alignment:
+    """Anchors from identical offsets, FuseLLM's DTW only on the windows between consecutive anchors.
+
+    The path of each window runs from one anchor to the next, so where the whole-sequence DTW passes through
+    the anchors (clean text: identical spans cost 0) both give the same path.
+    """
+    if target.text != source.text:
+        raise ValueError("alignment needs two tokenizations of the same text")
+    n, m = len(target), len(source)
+    if n == 0 or m == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Alignment(empty, empty, np.full(n, -1, dtype=np.int64))
+    ti, sj = same_span_pairs(target, source)
+    # DTW forces (0, 0) and (n-1, m-1) onto the path: they bound the first and last windows
+    pi = np.concatenate([[0], ti, [n - 1]]).astype(np.int64)
+    pj = np.concatenate([[0], sj, [m - 1]]).astype(np.int64)
+    keep = np.concatenate([[True], (np.diff(pi) != 0) | (np.diff(pj) != 0)])
+    pi, pj = pi[keep], pj[keep]
+    di, dj = np.diff(pi), np.diff(pj)
+    gaps = np.flatnonzero((di != 1) | (dj != 1))
+    if len(gaps) == 0:
+        return Alignment(pi, pj, _same_span_of(n, ti, sj))
+    parts_t: list[np.ndarray] = []
+    parts_s: list[np.ndarray] = []
+    done = 0  # points [0, done) of (pi, pj) are emitted
+    for g in gaps.tolist():
+        parts_t.append(pi[done : g + 1])
+        parts_s.append(pj[done : g + 1])
+        a, b, c, d = int(pi[g]), int(pi[g + 1]), int(pj[g]), int(pj[g + 1])
+        window = dtw(target.pieces(a, b + 1), source.pieces(c, d + 1))[
+            1:-1
+        ]  # interior: the anchors are emitted
+        if window:
+            w = np.asarray(window, dtype=np.int64)
+            parts_t.append(w[:, 0] + a)
+            parts_s.append(w[:, 1] + c)
+        done = g + 1
+    parts_t.append(pi[done:])
+    parts_s.append(pj[done:])
+    return Alignment(np.concatenate(parts_t), np.concatenate(parts_s), _same_span_of(n, ti, sj))
+
+
+def align_naive(target: Tokenization, source: Tokenization) -> Alignment:
+    """Reference: FuseLLM's pure-Python DTW over the whole sequences, O(n*m) edit distances."""
+    ti, sj = same_span_pairs(target, source)
+    path = dtw(target.pieces(), source.pieces(), set(zip(ti.tolist(), sj.tolist(), strict=True)))
+    arr = np.asarray(path, dtype=np.int64).reshape(-1, 2)
+    on_path = {(int(i), int(j)) for i, j in path}
+    keep = np.array([(int(i), int(j)) in on_path for i, j in zip(ti, sj, strict=True)], dtype=bool)
+    return Alignment(arr[:, 0], arr[:, 1], _same_span_of(len(target), ti[keep], sj[keep]))
+
+
+# ------------------------------------------------------------------------------------------------ vocabulary
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def _types_in(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            found.add(node["type"])
+        if node.get("type") == "Replace" and "▁" in json.dumps(node.get("pattern", "")):
+            found.add("Metaspace")
+        for v in node.values():
+            found |= _types_in(v)
+    elif isinstance(node, list):
+        for v in node:
+            found |= _types_in(v)
+    return found
+
+
+def _marker_style(tokenizer: Any) -> str:
+    """'bytelevel' (GPT-2 byte alphabet), 'metaspace' (SentencePiece '▁'), or 'plain'."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        vocab = tokenizer.get_vocab()
+        return "metaspace" if any(t.startswith("▁") for t in vocab) else "plain"
+    spec = json.loads(backend.to_str())
+    types = _types_in(spec.get("decoder")) | _types_in(spec.get("pre_tokenizer"))
+    if "ByteLevel" in types:
+        return "bytelevel"
+    if "Metaspace" in types:
+        return "metaspace"
+    return "plain"
+
+
+def token_bytes(tokenizer: Any) -> list[bytes]:
+    """The bytes each token id stands for, whatever marker convention the tokenizer uses."""
+    style = _marker_style(tokenizer)
+    n = len(tokenizer)
+    strings = tokenizer.convert_ids_to_tokens(list(range(n)))
+    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+    decoder = _byte_decoder() if style == "bytelevel" else {}
+    out: list[bytes] = []
+    for i, s in enumerate(strings):
+        s = s or ""
+        if _BYTE_TOKEN.fullmatch(s):  # SentencePiece byte fallback
+            out.append(bytes([int(s[3:5], 16)]))
+        elif i in added:
+            out.append(s.encode("utf-8"))
+        elif style == "bytelevel" and all(c in decoder for c in s):
+            out.append(bytes(decoder[c] for c in s))
+        elif style == "metaspace":
+            out.append(s.replace("▁", " ").encode("utf-8"))
+        else:
+            out.append(s.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ").encode("utf-8"))
+    return out
+
+
+_ROLES = ("eos_token_id", "bos_token_id", "unk_token_id", "pad_token_id")
+
+
+def vocab_fingerprint(tokenizer: Any) -> str:
+    """Hash of a tokenizer's vocabulary, special-token roles and marker convention."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    roles = {r: getattr(tokenizer, r, None) for r in _ROLES}
+    return stable_hash(
+        {"vocab": vocab, "roles": roles, "style": _marker_style(tokenizer), "n": len(tokenizer)}
+    )
+
+
+def _levenshtein_block(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Edit distances between every row of q [nq, lq] and of c [nc, lc] (uint8), vectorised over both."""
+    nq, lq = q.shape
+    nc, lc = c.shape
+    if lq == 0 or lc == 0:
+        return np.full((nq, nc), max(lq, lc), dtype=np.int32)
+    steps = np.arange(lc + 1, dtype=np.int32)
+    prev = np.broadcast_to(steps, (nq, nc, lc + 1))
+    for i in range(lq):
+        mismatch = q[:, i, None, None] != c[None, :, :]
+        best = np.empty((nq, nc, lc + 1), dtype=np.int32)
+        best[..., 0] = i + 1
+        np.minimum(prev[..., :-1] + mismatch, prev[..., 1:] + 1, out=best[..., 1:])
+        # insertions: cur[j] = min_k<=j (best[k] + j - k), a running minimum
+        prev = np.minimum.accumulate(best - steps, axis=-1) + steps
+    return prev[..., lc]
+
+
+def nearest_by_edit_distance(
+    queries: Sequence[bytes], candidates: Sequence[bytes], block: int = 1 << 22
+) -> np.ndarray:
+    """Index of the candidate nearest to each query by edit distance (ties: closer length, then lower index).
+
+    Candidates are bucketed by length and searched outward from the query's length; |len(a) - len(b)| bounds
+    the distance from below, so a query stops as soon as no unsearched bucket can beat its best. -1 for empty
+    queries.
+    """
+    buckets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    by_len: dict[int, list[int]] = {}
+    for idx, cand in enumerate(candidates):
+        if cand:
+            by_len.setdefault(len(cand), []).append(idx)
+    for length, idxs in by_len.items():
+        mat = np.frombuffer(b"".join(candidates[i] for i in idxs), dtype=np.uint8).reshape(len(idxs), length)
+        buckets[length] = (np.asarray(idxs, dtype=np.int64), mat)
+    result = np.full(len(queries), -1, dtype=np.int64)
+    if not buckets:
+        return result
+    best = np.full(len(queries), np.iinfo(np.int32).max, dtype=np.int64)
+    q_by_len: dict[int, list[int]] = {}
+    for idx, q in enumerate(queries):
+        if q:
+            q_by_len.setdefault(len(q), []).append(idx)
+    max_len = max(buckets)
+    for lq, q_idx in q_by_len.items():
+        pending = np.asarray(q_idx, dtype=np.int64)
+        qmat = np.frombuffer(b"".join(queries[i] for i in q_idx), dtype=np.uint8).reshape(len(q_idx), lq)
+        rows = {int(i): r for r, i in enumerate(q_idx)}
+        for d in range(max(lq, max_len) + 1):
+            for length in sorted({lq - d, lq + d}):
+                if length not in buckets or len(pending) == 0:
+                    continue
+                cidx, cmat = buckets[length]
+                step = max(1, block // max(1, len(cidx) * (length + 1)))
+                for lo in range(0, len(pending), step):
+                    chunk = pending[lo : lo + step]
+                    dist = _levenshtein_block(qmat[[rows[int(i)] for i in chunk]], cmat)
+                    arg = dist.argmin(axis=1)
+                    val = dist[np.arange(len(chunk)), arg]
+                    better = val < best[chunk]
+                    best[chunk[better]] = val[better]
+                    result[chunk[better]] = cidx[arg[better]]
+            pending = pending[best[pending] > d + 1]
+            if len(pending) == 0:
+                break
+    return result
+
+
+def build_vocab_map(source_tok: Any, target_tok: Any, source_size: int | None = None) -> np.ndarray:
+    """Target id for every source id (int64 [max(len(source_tok), source_size)], -1 where a source id has no
+    token, e.g. the padded rows of a model's embedding)."""
+    size = max(len(source_tok), source_size or 0)
+    if vocab_fingerprint(source_tok) == vocab_fingerprint(target_tok):
+        out = np.arange(size, dtype=np.int64)
+        out[len(source_tok) :] = -1
+        return out
+    src = token_bytes(source_tok)
+    tgt = token_bytes(target_tok)
+    exact: dict[bytes, int] = {}
+    for i, b in enumerate(tgt):
+        exact.setdefault(b, i)
+    out = np.full(size, -1, dtype=np.int64)
+    for role in _ROLES:  # end of text means end of text, whatever each tokenizer spells it
+        s_id, t_id = getattr(source_tok, role, None), getattr(target_tok, role, None)
+        if s_id is not None and t_id is not None:
+            out[s_id] = t_id
+    missing = []
+    for i, b in enumerate(src):
+        if out[i] >= 0:
+            continue
+        if b in exact:
+            out[i] = exact[b]
+        else:
+            missing.append(i)
+    if missing:
+        out[missing] = nearest_by_edit_distance([src[i] for i in missing], tgt)
+    return out
+
+
+def vocab_map(
+    source_tok: Any, target_tok: Any, cache_dir: Path | None = None, source_size: int | None = None
+) -> np.ndarray:
+    """`build_vocab_map`, cached under `<cache_dir>/vocab_maps/`, keyed by both vocabulary fingerprints."""
+    if cache_dir is None:
+        return build_vocab_map(source_tok, target_tok, source_size)
+    size = max(len(source_tok), source_size or 0)
+    key = stable_hash([VOCAB_MAP_VERSION, vocab_fingerprint(source_tok), vocab_fingerprint(target_tok), size])
+    path = Path(cache_dir) / "vocab_maps" / f"{key}.npy"
+    if path.is_file():
+        try:
+            found = np.load(path)
+            if found.shape == (size,):
+                return found.astype(np.int64)
+        except (OSError, ValueError):
+            pass  # unreadable: rebuild below
+    built = build_vocab_map(source_tok, target_tok, source_size)
+    buf = io.BytesIO()
+    np.save(buf, built.astype(np.int32))
+    atomic_write_bytes(path, buf.getvalue())
+    return built

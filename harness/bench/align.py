@@ -1,0 +1,157 @@
+"""Alignment benchmark: offsets + windowed DP against FuseLLM's whole-sequence DP, on the same sequences.
+
+Also home of the two small heterogeneous tokenizers the alignment and signal tests use: a GPT-2-style
+byte-level BPE and a SentencePiece-style BPE ('▁' word markers, split digits, '<0xNN>' byte fallback), trained
+on different halves of a generated text so that they cut words differently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import numpy as np
+
+from harness.align import Tokenization, align, align_naive, tile_offsets
+
+BYTELEVEL_TEMPLATE = (
+    "{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SENTENCEPIECE_TEMPLATE = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+
+_SYLLABLES = (
+    "ka",
+    "lo",
+    "mi",
+    "ter",
+    "an",
+    "su",
+    "ri",
+    "pe",
+    "do",
+    "qua",
+    "zen",
+    "el",
+    "or",
+    "th",
+    "is",
+    "ve",
+)
+_EXTRA = ("é", "ß", "→", "naïve", "über", "日本")
+
+
+def make_texts(n: int, seed: int = 0, words: tuple[int, int] = (4, 16)) -> list[str]:
+    """Sentences of invented words with numbers, punctuation and a little non-ASCII text."""
+    rng = random.Random(seed)
+    lexicon = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(300)]
+    lines = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(*words)):
+            r = rng.random()
+            if r < 0.08:
+                parts.append(str(rng.randint(0, 9999)))
+            elif r < 0.11:
+                parts.append(rng.choice(_EXTRA))
+            else:
+                parts.append(rng.choice(lexicon).capitalize() if rng.random() < 0.1 else rng.choice(lexicon))
+        line = " ".join(parts)
+        lines.append(line + rng.choice([".", "?", "!", ",", ": 3+4=7.", " (ok)."]))
+    return lines
+
+
+def bytelevel_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A GPT-2-style byte-level BPE ('Ġ' marks spaces): a transformers fast tokenizer with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = BYTELEVEL_TEMPLATE
+    return fast
+
+
+def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A SentencePiece-style BPE ('▁' word markers, split digits, '<0xNN>' byte-fallback vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Punctuation(),
+        ]
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="first")]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):  # byte-fallback pieces are ordinary vocabulary entries, as in Llama's tokenizer
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    tok = Tokenizer.from_str(json.dumps(spec))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    fast.chat_template = SENTENCEPIECE_TEMPLATE
+    return fast
+
+
+def tokenizer_pair(seed: int = 0, sizes: tuple[int, int] = (700, 900), n_texts: int = 600) -> tuple[Any, Any]:
+    """(byte-level BPE, SentencePiece-style BPE), each trained on its own half of the generated text."""
+    texts = make_texts(n_texts, seed)
+    return bytelevel_tokenizer(texts[::2], sizes[0]), sentencepiece_tokenizer(texts[1::2], sizes[1])
+
+
+def tokenize(tokenizer: Any, text: str) -> Tokenization:
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    return Tokenization(text, tile_offsets(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)))
+
+
+def run(
+    n_sequences: int = 12, sentences: int = 30, fast_repeats: int = 20, seed: int = 1
+) -> dict[str, float]:
+    """Tokens aligned per second (fast path) and the speed-up over the naive DP, asserting identical paths."""
+    target_tok, source_tok = tokenizer_pair()
+    rng = random.Random(seed)
+    pool = make_texts(2000, seed + 100)
+    pairs = []
+    for _ in range(n_sequences):
+        text = " ".join(rng.choice(pool) for _ in range(sentences))
+        pairs.append((tokenize(target_tok, text), tokenize(source_tok, text)))
+    start = time.perf_counter()
+    for _ in range(fast_repeats):
+        fast = [align(t, s) for t, s in pairs]
+    t_fast = (time.perf_counter() - start) / fast_repeats
+    start = time.perf_counter()
+    naive = [align_naive(t, s) for t, s in pairs]
+    t_naive = time.perf_counter() - start
+    for f, n in zip(fast, naive, strict=True):
+        assert f.path() == n.path() and np.array_equal(f.same_span, n.same_span), (
+            "fast and naive alignments differ"
+        )
+    n_target = sum(len(t) for t, _ in pairs)
+    return {
+        "align_tokens_per_s": round(n_target / t_fast),
+        "align_speedup_vs_naive": round(t_naive / t_fast, 1),
+        "align_mean_target_tokens": round(n_target / len(pairs), 1),
+        "align_same_span_fraction": round(float(np.mean([(f.same_span >= 0).mean() for f in fast])), 3),
+    }

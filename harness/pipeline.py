@@ -212,7 +212,7 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
     with locked(work):
         if not (final / "config.json").is_file():
             method = plan_.method_cls(exp.method)
-            dataset = build_fusion_dataset(sets, method)
+            dataset = build_fusion_dataset(sets, method, max_length=exp.train.max_length)
             tok = load_tokenizer(target, exp.target.trust_remote_code)
             model = load_model(target, "float32", "cpu", exp.target.trust_remote_code)
             with manifest.timed("train"):

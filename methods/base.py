@@ -89,6 +89,10 @@ class FusionMethod(ABC):
         """Training mode: one teacher per example from all sources' signals. Default: MinCE (FuseLLM)."""
         return min(candidates, key=lambda c: c.ce)
 
+    def views_at(self, step: int, total_steps: int) -> frozenset[Signal]:
+        """The views whose logits `loss` uses at this step (default: all of `needs`); the loop runs only these."""
+        return self.needs
+
     @abstractmethod
     def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
-        """The method's loss; `student_logits[view]` is [B, T, V] for each view in `needs`."""
+        """The method's loss; `student_logits[view]` is [B, T, V] for each view in `views_at(step, total_steps)`."""

@@ -1,0 +1,70 @@
+"""How ProFuser weighs its inference-mode and training-mode terms over training: (w_inf, w_train) at a step.
+
+`step` is the 0-based index of the optimizer update being computed and `total_steps` the number of updates
+in the run, so the fraction of training done is f = step / total_steps. With the ScheduleSpec defaults
+stage1 = (1, 0), stage2 = (0.1, 1), switch = 0.5:
+
+- progressive (paper): stage1 while f < switch, then stage2.  Inference mode first: (1, 0) then (0.1, 1).
+- reversed: training mode first. Same switch, each stage's two weights swapped:
+  (stage1[1], stage1[0]) while f < switch, then (stage2[1], stage2[0]), i.e. (0, 1) then (1, 0.1).
+- simultaneous: (1, 1) at every step (the stages are ignored).
+- linear: stage1 + (stage2 - stage1) * a with a = step / (total_steps - 1): stage1 at the first update,
+  stage2 at the last (switch is ignored).
+- cosine: the same with a = (1 - cos(pi * step / (total_steps - 1))) / 2: flat at both ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from harness.config import ScheduleSpec
+
+Weights = tuple[float, float]
+
+
+def _progressive(spec: ScheduleSpec, step: int, total: int) -> Weights:
+    return spec.stage1 if step < spec.switch * total else spec.stage2
+
+
+def _reversed(spec: ScheduleSpec, step: int, total: int) -> Weights:
+    w_inf, w_train = _progressive(spec, step, total)
+    return w_train, w_inf
+
+
+def _simultaneous(spec: ScheduleSpec, step: int, total: int) -> Weights:
+    return 1.0, 1.0
+
+
+def _interpolate(spec: ScheduleSpec, a: float) -> Weights:
+    (i1, t1), (i2, t2) = spec.stage1, spec.stage2
+    return i1 + (i2 - i1) * a, t1 + (t2 - t1) * a
+
+
+def _fraction(step: int, total: int) -> float:
+    return min(1.0, step / (total - 1)) if total > 1 else 0.0
+
+
+def _linear(spec: ScheduleSpec, step: int, total: int) -> Weights:
+    return _interpolate(spec, _fraction(step, total))
+
+
+def _cosine(spec: ScheduleSpec, step: int, total: int) -> Weights:
+    return _interpolate(spec, (1.0 - math.cos(math.pi * _fraction(step, total))) / 2.0)
+
+
+SCHEDULES: dict[str, Callable[[ScheduleSpec, int, int], Weights]] = {
+    "progressive": _progressive,
+    "reversed": _reversed,
+    "simultaneous": _simultaneous,
+    "linear": _linear,
+    "cosine": _cosine,
+}
+
+
+def weights(spec: ScheduleSpec, step: int, total_steps: int) -> Weights:
+    """(w_inf, w_train) for the update with 0-based index `step` out of `total_steps`."""
+    if total_steps < 1 or step < 0:
+        raise ValueError(f"schedule needs 0 <= step and total_steps >= 1 (got step={step}, total_steps={total_steps})")
+    w_inf, w_train = SCHEDULES[spec.name](spec, step, total_steps)
+    return float(w_inf), float(w_train)

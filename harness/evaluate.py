@@ -29,7 +29,7 @@ import yaml
 from harness import offline_data, task_catalog
 from harness.errors import HarnessError
 from harness.models import ResolvedModel
-from harness.store import atomic_write_json, default_cache_dir, file_sha256, read_jsonl, write_jsonl
+from harness.store import atomic_write_json, default_cache_dir, file_sha256, git_sha, read_jsonl, write_jsonl
 from harness.task_catalog import TaskInfo
 
 EVAL_SEEDS = {
@@ -341,7 +341,12 @@ def _has_chat_template(lm: Any) -> bool:
 def _run_task(
     lm: Any, task_manager: Any, plan: _Plan, limit: int | None, max_gen_toks: int
 ) -> tuple[TaskScore, list[dict]]:
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
+
+    # lm-eval records `git describe` of the current directory (and prints git's error outside a repository);
+    # the harness records its own git sha in the run manifest instead.
+    lm_eval.evaluator.get_git_commit_hash = git_sha
 
     info, name = plan.info, plan.lm_eval_name
     try:

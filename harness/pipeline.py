@@ -21,7 +21,15 @@ from rich.console import Console
 from harness.config import Experiment
 from harness.errors import HarnessError
 from harness.models import ResolvedModel, resolve
-from harness.store import Manifest, atomic_write_json, atomic_write_text, default_cache_dir, locked, new_run_dir, stable_hash
+from harness.store import (
+    Manifest,
+    atomic_write_json,
+    atomic_write_text,
+    default_cache_dir,
+    locked,
+    new_run_dir,
+    stable_hash,
+)
 
 console = Console(stderr=True)
 
@@ -52,12 +60,13 @@ def _check_data_dir(exp: Experiment) -> Path | None:
 
 def _check_model_spec(spec: str, where: str, exp: Experiment) -> None:
     if spec.startswith("sandbox:"):
-        from harness.sandbox.build import SOURCE_NAMES
+        from harness.sandbox.build import RECIPES
 
         if exp.sandbox is None:
             raise HarnessError(f"'{spec}' needs a `sandbox:` section in the experiment", where)
-        if spec.split(":", 1)[1] not in SOURCE_NAMES:
-            raise HarnessError(f"'{spec}' is not a sandbox model (known: {', '.join(SOURCE_NAMES)})", where)
+        names = [recipe.name for recipe in RECIPES[exp.sandbox.size].sources]
+        if spec.split(":", 1)[1] not in names:
+            raise HarnessError(f"'{spec}' is not a sandbox model (known: {', '.join(names)})", where)
         return
     resolve(spec, where=where)
 
@@ -179,7 +188,8 @@ def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, ma
     for mode in sorted(plan_.method_cls.needs, key=lambda m: m.value):
         with manifest.timed("signals"):
             sets[mode] = extract_signals(
-                mode, target, candidates, prepared.corpus, exp.signals, exp.judges, plan_.cache_dir, progress=progress
+                mode, target, candidates, prepared.corpus, exp.signals, exp.judges, plan_.cache_dir, progress=progress,
+                seed=exp.seed,
             )
         manifest.record_cache_key(f"signals.{mode.value}", sets[mode].key)
     stats = selection_stats(sets, prepared.corpus)
@@ -217,17 +227,30 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             model = load_model(target, "float32", "cpu", exp.target.trust_remote_code)
             with manifest.timed("train"):
                 result = train(model, tok, dataset, collate, method, exp.train, work, seed=exp.seed, resume=True, progress=progress)
-            tmp = work / "final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            result.model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            os.replace(tmp, final)
+            _save_final(result, tok, final)
         else:
             console.print(f"train: reusing the trained model from the cache ({key})")
     log = work / "train_log.jsonl"
     if log.is_file():
         shutil.copyfile(log, run_dir / "train_log.jsonl")
     return final
+
+
+def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
+    """The fused model as a plain HF folder, written by the main process only, renamed into place when complete.
+
+    Under FSDP / ZeRO-3 the parameters are sharded; `train` gathers the full state dict into `result.state_dict`.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        tmp = final.with_name("final.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        result.model.save_pretrained(tmp, state_dict=result.state_dict)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, final)
+    state.wait_for_everyone()
 
 
 def _weights_identity(model: ResolvedModel) -> dict[str, Any]:
@@ -292,11 +315,18 @@ def _report(run_dir: Path, progress: bool) -> None:
     from harness.report import build_table, to_rich, write_tables
 
     write_tables([run_dir], run_dir / "tables")
-    Console().print(to_rich(build_table([run_dir])))
+    _table_console().print(to_rich(build_table([run_dir])))
     try:
         make_plots([run_dir], run_dir / "plots")
     except Exception as exc:  # a figure must never cost the numbers; say so and go on
         console.print(f"[yellow]plots skipped: {exc}[/yellow]")
+
+
+def _table_console() -> Console:
+    """Tables go to stdout, never truncated: piped output (logs, CI) gets a wide console instead of 80 columns."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _seed_everything(seed: int) -> None:
@@ -364,7 +394,7 @@ def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Pat
     ablation_dir.mkdir(exist_ok=True)
     atomic_write_text(ablation_dir / "ablation.md", text)
     atomic_write_json(ablation_dir / "runs.json", [str(d) for d in run_dirs])
-    Console().print(to_rich(table))
+    _table_console().print(to_rich(table))
     make_plots(run_dirs, ablation_dir / "plots")
     return run_dirs
 

@@ -123,12 +123,34 @@ def validate_corpus(rows: Sequence[CorpusRow | Mapping[str, Any]]) -> list[Corpu
     return out
 
 
+def _normalise_record(record: Any) -> Any:
+    """Instruction-style rows (Alpaca `instruction`/`input`/`output`, GPTeacher `response`) -> prompt/reference."""
+    if not isinstance(record, Mapping) or "prompt" in record or "instruction" not in record:
+        return record
+    extra = record.get("input") or ""
+    prompt = f"{record['instruction']}\n\n{extra}" if extra else record["instruction"]
+    reference = record.get("output", record.get("response"))
+    return {**{k: v for k, v in record.items() if k in ("id", "skill")}, "prompt": prompt, "reference": reference}
+
+
 def load_corpus(path: Path, limit: int | None = None) -> list[CorpusRow]:
-    """The fusion corpus from JSONL (`prompt`, `reference`, optional `id` and `skill`), first `limit` rows."""
+    """The fusion corpus: JSONL or a JSON array of rows with `prompt` and `reference` (optional `id`, `skill`),
+    or instruction-style rows (`instruction`, `input`, `output`/`response`); the first `limit` rows."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"corpus file '{path}' does not exist", "corpus")
     records: list[Any] = []
+    if path.suffix == ".json":
+        try:
+            loaded = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise HarnessError(f"corpus file '{path}' is not UTF-8 text", "corpus") from None
+        except json.JSONDecodeError as exc:
+            raise HarnessError(f"corpus file '{path}' is not valid JSON (line {exc.lineno})", "corpus") from None
+        if not isinstance(loaded, list):
+            raise HarnessError(f"corpus file '{path}' must hold a JSON array of rows", "corpus")
+        records = loaded[:limit] if limit is not None else loaded
+        return validate_corpus([_normalise_record(r) for r in records])
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
             if limit is not None and len(records) >= limit:
@@ -140,7 +162,7 @@ def load_corpus(path: Path, limit: int | None = None) -> list[CorpusRow]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                records.append(_normalise_record(json.loads(line)))
             except json.JSONDecodeError:
                 raise HarnessError(f"corpus file '{path}' line {n} is not valid JSON", "corpus") from None
     return validate_corpus(records)

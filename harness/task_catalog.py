@@ -145,7 +145,9 @@ def _sandbox_info(name: str) -> TaskInfo:
     filters = cfg.get("filter_list") or [{"name": "none"}]
     shots = int(cfg.get("num_fewshot") or 0)
     chat = bool((cfg.get("metadata") or {}).get("chat_template", False))
-    return TaskInfo(name, "sandbox", metric, str(filters[0]["name"]), metric in BINARY_METRICS, shots, False, (),
+    skill = name.removeprefix("sandbox_")
+    category = skill if skill in CATEGORIES else "sandbox"  # the sandbox skills mirror the paper's categories
+    return TaskInfo(name, category, metric, str(filters[0]["name"]), metric in BINARY_METRICS, shots, False, (),
                     "sandbox", name, chat, f"sandbox world: {name.removeprefix('sandbox_')} skill")  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import SCHEDULES, load_experiment, preset_names
+from harness.config import SCHEDULES, load_experiment
 from harness.errors import HarnessError
 
 console = Console(stderr=True)

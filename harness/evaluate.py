@@ -119,13 +119,15 @@ def _sandbox_data_key(path: Path, root: Path) -> str:
 
 
 def _plan(
-    name: str, data_dir: Path | None, sandbox_root: Path | None, cache_dir: Path, num_fewshot: int | None
+    name: str, data_dir: Path | None, sandbox_root: Path | None, cache_dir: Path, num_fewshot: int | None,
+    group_shots: dict[str, int] | None = None,
 ) -> _Plan:
     if name in task_catalog.SANDBOX_TASKS and sandbox_root is None:
         raise HarnessError(f"{name} needs the sandbox world; build it with `harness sandbox build`", "tasks")
     info = task_catalog.task_info(name)
-    if not info.fewshot_fixed and num_fewshot is not None:
-        info = task_catalog.with_fewshot(info, num_fewshot)
+    shots = num_fewshot if num_fewshot is not None else (group_shots or {}).get(name)
+    if not info.fewshot_fixed and shots is not None:
+        info = task_catalog.with_fewshot(info, shots)
     if info.sandbox and sandbox_root is not None:
         path = task_catalog.find_task_yaml("sandbox", info.local_task)
         return _Plan(info, path, sandbox_root, _sandbox_data_key(path, sandbox_root), _definition_hash(path))
@@ -404,7 +406,9 @@ def evaluate_model(
 ) -> dict[str, TaskScore]:
     """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl and returns the scores.
 
-    `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory (model, tokenizer) pair. `limit` None or
+    Shots: `num_fewshot` if given, else the leaderboard's per-task settings when the `leaderboard` group was asked
+    for, else each task's lm-eval default. `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
+    (model, tokenizer) pair. `limit` None or
     0 evaluates every document. `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to local
     files; without it lm-eval's built-in tasks load from the hub.
     """
@@ -415,7 +419,8 @@ def evaluate_model(
     limit = limit or None
     if data_dir is not None:
         offline_data.check_layout([n for n in names if n not in task_catalog.SANDBOX_TASKS], data_dir)
-    plans = [_plan(n, data_dir, sandbox_root, cache_dir, num_fewshot) for n in names]
+    group_shots = task_catalog.group_fewshot(tasks)
+    plans = [_plan(n, data_dir, sandbox_root, cache_dir, num_fewshot, group_shots) for n in names]
     fingerprint = model_fingerprint(model, cache_dir)
     label_dir = out_dir / label
     scores: dict[str, TaskScore] = {}

@@ -273,7 +273,7 @@ def _evaluate(
         console.print(f"evaluate: {label} on {', '.join(plan_.tasks)}")
         with manifest.timed("evaluate"):
             results[label] = evaluate_model(
-                model, label, plan_.tasks, out_dir=run_dir / "eval", limit=exp.eval.limit or None,
+                model, label, exp.eval.tasks, out_dir=run_dir / "eval", limit=exp.eval.limit or None,
                 num_fewshot=exp.eval.num_fewshot, batch_size=exp.eval.batch_size, max_gen_toks=exp.eval.max_gen_toks,
                 data_dir=plan_.data_dir, sandbox_root=sandbox_root, backend=exp.eval.backend,
                 cache_dir=plan_.cache_dir, progress=progress,
@@ -417,7 +417,7 @@ def evaluate_only(
     atomic_write_text(run_dir / "config.yaml", json.dumps({"model": model_spec, "tasks": names, "limit": limit}) + "\n")
     with manifest.timed("evaluate"):
         scores = evaluate_model(
-            model, label, names, out_dir=run_dir / "eval", limit=limit or None, num_fewshot=num_fewshot,
+            model, label, tasks, out_dir=run_dir / "eval", limit=limit or None, num_fewshot=num_fewshot,
             batch_size=batch_size, data_dir=data, cache_dir=default_cache_dir(), progress=progress,
         )
     summary = {

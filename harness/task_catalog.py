@@ -32,7 +32,7 @@ class TaskInfo:
     metric: str  # per-document metric in lm-eval's samples (the number reported)
     filter: str  # lm-eval filter whose per-sample rows are kept ("none" for log-likelihood tasks)
     binary: bool  # per-document values are 0/1 (paired tests: McNemar) rather than continuous
-    fewshot: int  # default shots (the Open LLM Leaderboard v1 setting where there is one)
+    fewshot: int  # default shots: lm-eval's built-in default (the `leaderboard` group uses LEADERBOARD_FEWSHOT)
     fewshot_fixed: bool  # True: the task is defined zero-/fixed-shot and ignores --num-fewshot
     builtin: tuple[str, ...]  # lm-eval built-in task/group names used without a data folder (empty: none)
     folder: str  # tasks/<folder>/ holding the local YAML
@@ -46,13 +46,13 @@ class TaskInfo:
 
 
 _CATALOG: tuple[TaskInfo, ...] = (
-    TaskInfo("mmlu", "knowledge", "acc", "none", True, 5, False, ("mmlu",), "knowledge", "mmlu", False,
+    TaskInfo("mmlu", "knowledge", "acc", "none", True, 0, False, ("mmlu",), "knowledge", "mmlu", False,
              "57-subject multiple choice; offline: one task, round-robin over subjects, micro-averaged"),
-    TaskInfo("arc_challenge", "reasoning", "acc_norm", "none", True, 25, False, ("arc_challenge",), "reasoning",
+    TaskInfo("arc_challenge", "reasoning", "acc_norm", "none", True, 0, False, ("arc_challenge",), "reasoning",
              "arc_challenge", False, "grade-school science questions, challenge set"),
-    TaskInfo("hellaswag", "reasoning", "acc_norm", "none", True, 10, False, ("hellaswag",), "reasoning",
+    TaskInfo("hellaswag", "reasoning", "acc_norm", "none", True, 0, False, ("hellaswag",), "reasoning",
              "hellaswag", False, "commonsense sentence completion"),
-    TaskInfo("winogrande", "reasoning", "acc", "none", True, 5, False, ("winogrande",), "reasoning",
+    TaskInfo("winogrande", "reasoning", "acc", "none", True, 0, False, ("winogrande",), "reasoning",
              "winogrande", False, "pronoun resolution, partial scoring"),
     TaskInfo("gsm8k", "reasoning", "exact_match", "flexible-extract", True, 5, False, ("gsm8k",), "reasoning",
              "gsm8k", False, "grade-school math word problems, generated answer (last number) must match"),
@@ -74,7 +74,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "sandbox": SANDBOX_TASKS,
 }
 
+# The Open LLM Leaderboard v1 settings, applied to the tasks requested through the `leaderboard` group.
+LEADERBOARD_FEWSHOT: dict[str, int] = {
+    "arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa": 0, "winogrande": 5, "gsm8k": 5,
+}  # fmt: skip
+
 _BY_NAME = {t.name: t for t in _CATALOG}
+
+
+def group_fewshot(names: list[str]) -> dict[str, int]:
+    """Per-task shots implied by the groups the user asked for (today: the leaderboard's settings)."""
+    return dict(LEADERBOARD_FEWSHOT) if "leaderboard" in [n.strip() for n in names] else {}
 
 
 def known_names() -> list[str]:

@@ -62,9 +62,14 @@ def test_groups_expand_to_the_papers_categories() -> None:
 def test_leaderboard_fewshot_settings_and_metrics() -> None:
     expected = {"arc_challenge": (25, "acc_norm"), "hellaswag": (10, "acc_norm"), "mmlu": (5, "acc"),
                 "truthfulqa": (0, "acc"), "winogrande": (5, "acc"), "gsm8k": (5, "exact_match")}  # fmt: skip
+    board = task_catalog.group_fewshot(["leaderboard"])
     for name, (shots, metric) in expected.items():
         info = task_catalog.task_info(name)
-        assert (info.fewshot, info.metric) == (shots, metric), name
+        assert (board[name], info.metric) == (shots, metric), name
+    # asked for one by one, tasks run at lm-eval's own defaults
+    assert {n: task_catalog.task_info(n).fewshot for n in expected} == {
+        "arc_challenge": 0, "hellaswag": 0, "mmlu": 0, "truthfulqa": 0, "winogrande": 0, "gsm8k": 5}
+    assert task_catalog.group_fewshot(["mmlu", "gsm8k"]) == {}
     assert task_catalog.task_info("truthfulqa").builtin == ("truthfulqa_mc2",)
     assert not task_catalog.task_info("truthfulqa").binary  # MC2 is a probability mass, not 0/1
     assert task_catalog.task_info("advbench").metric == "refusal"
@@ -216,7 +221,8 @@ def test_local_only_task_without_data_dir_says_how_to_fix(
 def _load_local(names: list[str], data: Path, cache: Path) -> dict[str, Any]:
     from lm_eval.tasks import TaskManager
 
-    plans = [ev._plan(n, data, None, cache, None) for n in names]
+    board = task_catalog.group_fewshot(["leaderboard"])  # the leaderboard's shot counts
+    plans = [ev._plan(n, data, None, cache, None, board) for n in names]
     tmp = tempfile.mkdtemp(dir=cache)
     ev._stage(plans, Path(tmp))
     tm = TaskManager(include_path=tmp, include_defaults=False)
@@ -270,7 +276,7 @@ def test_project_yaml_hooks_and_relative_data_files(tmp_path: Path, monkeypatch:
     (world / "eval/knowledge.jsonl").write_text('{"prompt": "q", "answer": "a"}\n')
     monkeypatch.setattr(task_catalog, "TASKS_ROOT", tasks_root)
     plan = ev._plan("sandbox_knowledge", None, world, tmp_path, None)
-    assert (plan.info.metric, plan.info.category, plan.info.binary) == ("acc", "sandbox", True)
+    assert (plan.info.metric, plan.info.category, plan.info.binary) == ("acc", "knowledge", True)
     staged = tmp_path / "staged"
     staged.mkdir()
     ev._stage([plan], staged)

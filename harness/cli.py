@@ -15,7 +15,7 @@ from rich.table import Table
 from harness.config import SCHEDULES, load_experiment
 from harness.errors import HarnessError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
 stdout = Console()
 
 
@@ -52,6 +52,7 @@ def _experiment_overrides(
     limit: int | None,
     data_dir: str | None,
     sets: tuple[str, ...],
+    lora: str | None = None,
 ) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "method.name": method,
@@ -64,6 +65,10 @@ def _experiment_overrides(
         overrides["sandbox.seed"] = None  # the world stays the preset's; --seed controls training and evaluation
     if limit is not None:
         overrides["eval.limit"] = limit
+    if lora is not None:
+        from harness.lora import parse_lora
+
+        overrides["train.lora"] = parse_lora(lora)
     overrides.update(_parse_sets(sets))
     return overrides
 
@@ -117,6 +122,8 @@ _run_options = [
     click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True, help="Results folder."),
     click.option("--data-dir", type=click.Path(), default=None, help="Local benchmark data (or HARNESS_DATA_DIR)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field, e.g. train.lr=1e-4."),
+    click.option("--lora", default=None, metavar="r=16,alpha=32,targets=q_proj+v_proj",
+                 help="Train LoRA adapters (peft) instead of all weights; merge=false keeps the adapter."),
 ]
 
 
@@ -143,6 +150,7 @@ def run(
     out: str,
     data_dir: str | None,
     sets: tuple[str, ...],
+    lora: str | None,
     dry_run: bool,
     quiet: bool,
 ) -> None:
@@ -157,7 +165,7 @@ def run(
     """
     from harness import pipeline
 
-    exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets))
+    exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets, lora))
     plan = pipeline.plan(exp)
     if dry_run:
         pipeline.print_plan(plan, out)
@@ -179,6 +187,7 @@ def ablate(
     out: str,
     data_dir: str | None,
     sets: tuple[str, ...],
+    lora: str | None,
     quiet: bool,
 ) -> None:
     """Run one method under several schedules (reusing cached signals), then write the ablation table and plot.
@@ -194,7 +203,7 @@ def ablate(
         if name not in SCHEDULES:
             raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULES)}", "cli")
     exps = [
-        load_experiment(preset, _experiment_overrides(method or "profuser", name, tasks, seed, limit, data_dir, sets))
+        load_experiment(preset, _experiment_overrides(method or "profuser", name, tasks, seed, limit, data_dir, sets, lora))
         for name in names or []
     ]
     run_dirs = pipeline.ablate(exps, Path(out), progress=not quiet)

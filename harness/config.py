@@ -121,6 +121,16 @@ class JudgeSpec(_Strict):
         return self
 
 
+class LoraSpec(_Strict):
+    """LoRA adapters through peft (harness/lora.py): every method can train them; fits 7B fusion on small GPUs."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    targets: list[str] | None = Field(default=None, description="Module names (None: peft's default for the model).")
+    merge: bool = Field(default=True, description="Merge into the weights when saving (False: save the adapter only).")
+
+
 class TrainSpec(_Strict):
     """The shared training loop (harness/train.py)."""
 
@@ -137,6 +147,7 @@ class TrainSpec(_Strict):
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints (0: only at the end).")
     log_every: int = Field(default=1, ge=1)
+    lora: LoraSpec | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
 
 
 class EvalSpec(_Strict):

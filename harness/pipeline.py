@@ -124,9 +124,20 @@ def print_plan(p: Plan, out: str) -> None:
     console.print("dry run: nothing downloaded or written")
 
 
+def _corpus_size(exp: Experiment) -> int | None:
+    """Rows of a local corpus file (a JSON array or JSONL), counted without parsing the texts."""
+    if exp.corpus.source != "jsonl":
+        return None
+    path = Path(os.path.expandvars(exp.corpus.path or ""))
+    if path.suffix == ".json":
+        return len(json.loads(path.read_text(encoding="utf-8")))
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def _storage_estimate(p: Plan) -> str:
     """Signal bytes: examples x response tokens x candidates x modes x ~(k ids as uint16/32 + k float16 logps)."""
-    n_examples = p.exp.corpus.limit or (1500 if p.exp.corpus.source == "sandbox" else 100_000)
+    n_examples = p.exp.corpus.limit or _corpus_size(p.exp) or 1500
     tokens = p.exp.signals.max_length // 2
     candidates = len(p.exp.sources) + (1 if p.exp.method.target_is_candidate else 0)
     per_token = p.exp.signals.top_k * (4 + 2) * 0.8  # ids + logps after zstd; measured by `nox -s bench`
@@ -225,8 +236,14 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             dataset = build_fusion_dataset(sets, method, max_length=exp.train.max_length)
             tok = load_tokenizer(target, exp.target.trust_remote_code)
             model = load_model(target, "float32", "cpu", exp.target.trust_remote_code)
+            if exp.train.lora:
+                from harness import lora
+
+                model = lora.wrap(model, exp.train.lora)
             with manifest.timed("train"):
                 result = train(model, tok, dataset, collate, method, exp.train, work, seed=exp.seed, resume=True, progress=progress)
+            if exp.train.lora:
+                result.model = lora.unwrap_for_saving(result.model, exp.train.lora, work / "adapter")
             _save_final(result, tok, final)
         else:
             console.print(f"train: reusing the trained model from the cache ({key})")

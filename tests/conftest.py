@@ -31,12 +31,14 @@ def shared_data() -> Path:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One content-addressed cache for the whole session (HARNESS_CACHE_DIR if set, so CI can keep it)."""
+    """One content-addressed cache for the whole session (HARNESS_CACHE_DIR if set, so CI can keep it);
+    exported so that code under test never writes to the user's own cache."""
     env = os.environ.get("HARNESS_CACHE_DIR")
     path = Path(env) if env else tmp_path_factory.mktemp("harness-cache")
     path.mkdir(parents=True, exist_ok=True)
+    os.environ["HARNESS_CACHE_DIR"] = str(path)
     return path
 
 

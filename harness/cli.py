@@ -54,22 +54,20 @@ def _experiment_overrides(
     sets: tuple[str, ...],
     lora: str | None = None,
 ) -> dict[str, Any]:
-    overrides: dict[str, Any] = {
+    flags: dict[str, Any] = {
         "method.name": method,
         "method.schedule.name": schedule,
         "eval.tasks": _csv(tasks),
-        "seed": seed,
+        "seed": seed,  # training and evaluation; the sandbox world keeps the preset's seed (sandbox.seed)
         "data_dir": data_dir or os.environ.get("HARNESS_DATA_DIR") or None,
+        "eval.limit": limit,
     }
-    if seed is not None:
-        overrides["sandbox.seed"] = None  # the world stays the preset's; --seed controls training and evaluation
-    if limit is not None:
-        overrides["eval.limit"] = limit
+    overrides = {k: v for k, v in flags.items() if v is not None}  # flags not given keep the preset's values
     if lora is not None:
         from harness.lora import parse_lora
 
         overrides["train.lora"] = parse_lora(lora)
-    overrides.update(_parse_sets(sets))
+    overrides.update(_parse_sets(sets))  # explicit, so `--set corpus.limit=null` lifts a preset's cap
     return overrides
 
 

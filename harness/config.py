@@ -240,8 +240,7 @@ def load_experiment(preset: str = "sandbox", overrides: dict[str, Any] | None = 
     label, data = _read_preset(preset)
     data.setdefault("preset", label)
     for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, key, value)
+        _set_dotted(data, key, value)
     try:
         return Experiment.model_validate(data)
     except ValidationError as exc:

@@ -324,6 +324,8 @@ def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]],
     summary["comparisons"] = compare_runs(run_dir, compared, "target-base", summary["tasks"], seed=exp.seed)
     summary["timings_s"] = manifest.data["timings_s"]
     atomic_write_json(run_dir / "summary.json", summary)
+    for path in [run_dir / "summary.json", *sorted((run_dir / "eval").rglob("*.jsonl"))]:
+        manifest.record_checksum(path, run_dir)  # so a truncated or edited result file is detectable later
     return summary
 
 

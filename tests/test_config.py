@@ -68,3 +68,9 @@ def test_non_utf8_preset(tmp_path: Path) -> None:
 def test_unknown_preset_lists_choices() -> None:
     with pytest.raises(HarnessError, match="sandbox"):
         load_experiment("no-such-preset")
+
+
+def test_explicit_null_lifts_a_cap() -> None:
+    exp = load_experiment("sandbox", {"corpus.limit": 5})
+    assert exp.corpus.limit == 5
+    assert load_experiment("sandbox", {"corpus.limit": None}).corpus.limit is None

@@ -89,14 +89,9 @@ POINTS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("point", ["signals", "evaluate"])
-def test_kill_and_resume_slow_points(point: str, reference: tuple[Path, dict], tmp_path: Path) -> None:
+@pytest.mark.parametrize("point", ["signals", "train", "evaluate"])
+def test_kill_and_resume(point: str, reference: tuple[Path, dict], tmp_path: Path) -> None:
     _kill_and_resume(point, reference, tmp_path)
-
-
-def test_kill_during_training_and_resume(reference: tuple[Path, dict], tmp_path: Path) -> None:
-    _kill_and_resume("train", reference, tmp_path)
 
 
 def _kill_and_resume(point: str, reference: tuple[Path, dict], tmp_path: Path) -> None:
@@ -110,6 +105,9 @@ def _kill_and_resume(point: str, reference: tuple[Path, dict], tmp_path: Path) -
     assert not any((d / "summary.json").exists() for d in (tmp_path / "results").iterdir())
     _finish(_start(tmp_path, cache))  # the same command again
     assert _summary(tmp_path) == ref_summary  # results lost: none; numbers identical
+    run = next(d for d in (tmp_path / "results").iterdir() if (d / "summary.json").exists())
+    checksums = json.loads((run / "manifest.json").read_text())["checksums"]
+    assert "summary.json" in checksums and any(k.startswith("eval/") for k in checksums)
 
 
 def test_two_runs_share_one_cache_concurrently(reference: tuple[Path, dict], tmp_path: Path) -> None:

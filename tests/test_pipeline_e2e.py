@@ -1,0 +1,73 @@
+"""The whole pipeline end to end on the micro sandbox world: build, signals, train, evaluate, compare, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.stats import compare_runs
+
+
+def _harness(args: list[str], cwd: Path, cache: Path, data: Path | None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HARNESS_CACHE_DIR=str(cache))
+    if data is not None:
+        env["HARNESS_DATA_DIR"] = str(data)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200
+    )
+
+
+MICRO = ["--set", "sandbox.size=micro", "--set", "train.max_steps=12", "--set", "corpus.limit=64", "-q"]
+
+
+def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path, shared_data: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    proc = _harness(
+        ["run", "--method", "profuser", "--tasks", "sandbox,gsm8k", "--limit", "6", "--out", "results", *MICRO],
+        tmp_path, session_cache, shared_data,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = list((tmp_path / "results").iterdir())
+    assert len(run_dirs) == 1
+    run = run_dirs[0]
+    summary = json.loads((run / "summary.json").read_text())
+    tasks = {"sandbox_knowledge", "sandbox_reasoning", "sandbox_safety", "gsm8k"}
+    assert set(summary["tasks"]) == tasks and set(summary["baseline"]) == tasks
+    assert set(summary["sources"]) == {"neox-reasoning", "gpt2-safety"}
+    for label in ("target-base", "neox-reasoning", "gpt2-safety", "profuser"):
+        for task in tasks:
+            lines = (run / "eval" / label / f"{task}.jsonl").read_text().splitlines()
+            assert len(lines) == 6
+    # every comparison can be recomputed from the per-sample files
+    assert compare_runs(run) == summary["comparisons"]
+    assert {c["a"] for c in summary["comparisons"]} == {"profuser", "neox-reasoning", "gpt2-safety"}
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 12 and {"w_inf", "w_train"} <= set(log[-1]["weights"])
+    assert (run / "tables" / "results.md").is_file() and (run / "signals" / "selection.json").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and {"signals.training", "signals.inference", "train"} <= set(manifest["cache_keys"])
+    # the stdout carries the comparison table
+    assert "profuser" in proc.stdout and "target-base" in proc.stdout
+
+    # a second method reuses the cached signals: its run records the same training-mode key
+    proc2 = _harness(
+        ["run", "--method", "fusellm", "--tasks", "sandbox", "--limit", "6", "--out", "results", *MICRO],
+        tmp_path, session_cache, shared_data,
+    )
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    run2 = next(d for d in (tmp_path / "results").iterdir() if d != run)
+    manifest2 = json.loads((run2 / "manifest.json").read_text())
+    assert manifest2["cache_keys"]["signals.training"] == manifest["cache_keys"]["signals.training"]
+
+
+@pytest.mark.parametrize("method", ["inference-only", "averaging"])
+def test_other_methods_run(method: str, tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    proc = _harness(["run", "--method", method, "--tasks", "sandbox", "--limit", "4", "--out", "r", *MICRO], tmp_path, session_cache, None)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list((tmp_path / "r").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == method and len(summary["tasks"]) == 3

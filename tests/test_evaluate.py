@@ -23,18 +23,10 @@ from harness.models import ResolvedModel  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _data_dir() -> Path | None:
-    env = os.environ.get("HARNESS_DATA_DIR")
-    path = Path(env) if env else Path("/work/shared/data")
-    return path if path.is_dir() else None
-
-
 @pytest.fixture(scope="module")
-def data() -> Path:
-    found = _data_dir()
-    if found is None:
-        pytest.skip("no local benchmark data: set HARNESS_DATA_DIR to a folder laid out as shared/data")
-    return found
+def data(shared_data: Path) -> Path:
+    """The local benchmark data (conftest: HARNESS_DATA_DIR, else shared/data beside the checkout)."""
+    return shared_data
 
 
 # ---------------------------------------------------------------- catalog and groups

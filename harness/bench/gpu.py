@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/gpu.json"))
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
-    figures = run(peak_tflops=args.peak_tflops)
+    try:
+        figures = run(peak_tflops=args.peak_tflops)
+    except HarnessError as exc:
+        raise SystemExit(exc.one_line()) from None
     atomic_write_json(args.out, {"figures": figures, "packages": package_versions()})
     print(figures)
 

@@ -303,9 +303,7 @@ def plot_ablation(
         log = _read_train_log(d)
         if log and s.get("schedule") not in logs and _schedule_keys(log):
             logs[s.get("schedule")] = log
-    weight_keys = list(
-        dict.fromkeys(k for log in logs.values() for r in log for k in (r.get("weights") or {}))
-    )
+    weight_keys = list(dict.fromkeys(k for log in logs.values() for k in _schedule_keys(log)))  # w_inf, w_train
     with ps.style():
         ncols = 1 + len(weight_keys)
         ratios = {"width_ratios": [1.25] + [1] * (ncols - 1)}
@@ -331,8 +329,8 @@ def plot_ablation(
             ax.plot(x, [np.nan if y is None else y * scale for y in ys], color="#333333", linestyle=(0, (1, 1.5)),
                     linewidth=0.7, marker=ps.MARKERS[(i + 1) % len(ps.MARKERS)], markerfacecolor="white",
                     markeredgewidth=0.8, markersize=4, label=c.capitalize())  # fmt: skip
-        ax.set_xticks(x, [r.label for r in rows], rotation=25 if len(rows) > 3 else 0,
-                      ha="right" if len(rows) > 3 else "center")  # fmt: skip
+        ax.set_xticks(x, [r.label for r in rows], rotation=25 if len(rows) > 2 else 0,
+                      ha="right" if len(rows) > 2 else "center")  # fmt: skip
         ax.set_ylabel("score (%)" if scale == 100 else "score")
         if scale == 100:
             ax.set_ylim(0, 100)
@@ -348,7 +346,7 @@ def plot_ablation(
                 ys = [(r.get("weights") or {}).get(key, np.nan) for r in log]
                 ax_w.plot(t, ys, drawstyle=_drawstyle(ys), color=sched_colors.get(sched, "black"), label=sched,
                           linestyle=sched_styles.get(sched, "-"), linewidth=1.1)  # fmt: skip
-            ax_w.set_xlabel("training progress (step / total)")
+            ax_w.set_xlabel("step / total steps")
             ax_w.set_title(f"schedule weight {WEIGHT_NAMES.get(key, key)}")
             ax_w.set_xlim(0, 1)
         if len(axes) > 1:

@@ -547,18 +547,20 @@ class _Responder:
 
         return generate
 
-    def _kwargs(self, cand: ModelHandle, backend: str) -> dict[str, Any]:
+    def _settings(self) -> dict[str, Any]:
+        """The generation settings: passed to the generator and part of the cache identity."""
         s = self.spec
-        kwargs = {
+        return {
             "max_new_tokens": s.max_new_tokens,
             "do_sample": s.do_sample,
             "temperature": s.gen_temperature,
             "stop": list(s.stop),
             "batch_size": s.batch_size,
             "seed": self.seed,
-            "chat_template": cand.chat_template,
-            "progress": False,
         }
+
+    def _kwargs(self, cand: ModelHandle, backend: str) -> dict[str, Any]:
+        kwargs = {**self._settings(), "chat_template": cand.chat_template, "progress": False}
         if self.generate_fn is None:
             kwargs["backend"] = backend
         return kwargs
@@ -572,14 +574,8 @@ class _Responder:
 
     def identity(self, cand: ModelHandle) -> dict[str, Any]:
         fn = self._fn()
-        s = self.spec
         return {
-            "max_new_tokens": s.max_new_tokens,
-            "do_sample": s.do_sample,
-            "temperature": s.gen_temperature,
-            "stop": list(s.stop),
-            "batch_size": s.batch_size,
-            "seed": self.seed,
+            **self._settings(),
             "backend": self.backend(cand),
             "generator": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}",
         }

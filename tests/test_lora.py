@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import collate, synthetic_items, tiny_model  # tests/ is on sys.path (rootdir-relative)
 
 from harness.config import LoraSpec, MethodSpec, TrainSpec
 from harness.errors import HarnessError
 from harness.lora import parse_lora, unwrap_for_saving, wrap
 from harness.registry import get_method
 from harness.train import train
-from tests.test_train import collate, synthetic_items, tiny_model
 
 pytest.importorskip("peft")
 

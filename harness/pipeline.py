@@ -49,12 +49,13 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_data_dir(exp: Experiment) -> Path | None:
-    if not exp.data_dir:
+def _check_data_dir(data_dir: str | None) -> Path | None:
+    """The local benchmark data folder, absolute, or a one-line error when it is given but missing."""
+    if not data_dir:
         return None
-    path = Path(exp.data_dir).expanduser()
+    path = Path(data_dir).expanduser()
     if not path.is_dir():
-        raise HarnessError(f"data dir '{exp.data_dir}' does not exist (expected a folder laid out as shared/data)", "data")
+        raise HarnessError(f"data dir '{data_dir}' does not exist (expected a folder laid out as shared/data)", "data")
     return path.resolve()
 
 
@@ -78,7 +79,7 @@ def plan(exp: Experiment) -> Plan:
 
     method_cls = get_method(exp.method.name)
     tasks = expand_tasks(exp.eval.tasks)
-    data_dir = _check_data_dir(exp)
+    data_dir = _check_data_dir(exp.data_dir)
     _check_model_spec(exp.target.path, "config: target.path", exp)
     for i, src in enumerate(exp.sources):
         _check_model_spec(src.path, f"config: sources[{i}].path", exp)
@@ -427,9 +428,7 @@ def evaluate_only(
 
     names = expand_tasks(tasks)
     model = resolve(model_spec, where="model")
-    data = Path(data_dir).resolve() if data_dir else None
-    if data is not None and not data.is_dir():
-        raise HarnessError(f"data dir '{data_dir}' does not exist (expected a folder laid out as shared/data)", "data")
+    data = _check_data_dir(data_dir)
     label = label or Path(model_spec.split("#")[-1]).stem.replace(":", "-") or "model"
     run_dir = new_run_dir(out, "eval")
     manifest = Manifest(run_dir, 0)

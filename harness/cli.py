@@ -122,7 +122,25 @@ _run_options = [
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field, e.g. train.lr=1e-4."),
     click.option("--lora", default=None, metavar="r=16,alpha=32,targets=q_proj+v_proj",
                  help="Train LoRA adapters (peft) instead of all weights; merge=false keeps the adapter."),
+    click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Run every stage in N processes under `accelerate launch` (GPUs, or CPU processes)."),
+    click.option("--accelerate-config", default=None, metavar="fsdp|zero2|zero3|FILE",
+                 help="With --num-processes: a shipped accelerate config (FSDP, DeepSpeed ZeRO) or your own."),
 ]
+
+
+def _launch_elsewhere(num_processes: int, accelerate_config: str | None) -> bool:
+    """Start this command under `accelerate launch` when asked for several processes; True if it ran there."""
+    from harness import distributed
+
+    if accelerate_config is not None and num_processes == 1:
+        raise HarnessError("--accelerate-config needs --num-processes N with N > 1", "cli")
+    if num_processes == 1 or distributed.launched():
+        return False
+    code = distributed.relaunch(sys.argv[1:], num_processes, accelerate_config)
+    if code != 0:
+        sys.exit(code)
+    return True
 
 
 def _apply(options: list[Any]) -> Any:
@@ -149,6 +167,8 @@ def run(
     data_dir: str | None,
     sets: tuple[str, ...],
     lora: str | None,
+    num_processes: int,
+    accelerate_config: str | None,
     dry_run: bool,
     quiet: bool,
 ) -> None:
@@ -160,16 +180,20 @@ def run(
       HARNESS_DATA_DIR=../shared/data harness run -m fusellm -t mmlu,gsm8k --limit 30
       harness run -m profuser --schedule linear -t sandbox --set train.epochs=3
       harness run --preset paper --dry-run
+      harness run -m profuser -t sandbox --num-processes 8 --accelerate-config fsdp
     """
-    from harness import pipeline
+    from harness import distributed, pipeline
 
     exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets, lora))
     plan = pipeline.plan(exp)
     if dry_run:
         pipeline.print_plan(plan, out)
         return
+    if _launch_elsewhere(num_processes, accelerate_config):
+        return
     run_dir = pipeline.run(exp, Path(out), progress=not quiet, validated=plan)
-    click.echo(f"run directory: {run_dir}")
+    if distributed.is_main():
+        click.echo(f"run directory: {run_dir}")
 
 
 @main.command()
@@ -186,6 +210,8 @@ def ablate(
     data_dir: str | None,
     sets: tuple[str, ...],
     lora: str | None,
+    num_processes: int,
+    accelerate_config: str | None,
     quiet: bool,
 ) -> None:
     """Run one method under several schedules (reusing cached signals), then write the ablation table and plot.
@@ -204,8 +230,15 @@ def ablate(
         load_experiment(preset, _experiment_overrides(method or "profuser", name, tasks, seed, limit, data_dir, sets, lora))
         for name in names or []
     ]
+    for exp in exps:  # every variant is checked before any process starts
+        pipeline.plan(exp)
+    if _launch_elsewhere(num_processes, accelerate_config):
+        return
+    from harness import distributed
+
     run_dirs = pipeline.ablate(exps, Path(out), progress=not quiet)
-    click.echo("ablation runs: " + " ".join(str(d) for d in run_dirs))
+    if distributed.is_main():
+        click.echo("ablation runs: " + " ".join(str(d) for d in run_dirs))
 
 
 # `--schedule` of ablate takes a list, so it is redefined as a plain string option.
@@ -303,6 +336,9 @@ def plot(run_dirs: tuple[str, ...], out_dir: str | None) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--data-dir", type=click.Path(), default=None, help="Local benchmark data (or HARNESS_DATA_DIR).")
+@click.option("--sandbox-size", type=click.Choice(["micro", "default"]), default="default", show_default=True,
+              help="World for sandbox tasks and sandbox:NAME models (built or taken from the cache).")
+@click.option("--sandbox-seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 def eval_cmd(
     model_spec: str,
@@ -313,6 +349,8 @@ def eval_cmd(
     batch_size: int,
     out: str,
     data_dir: str | None,
+    sandbox_size: str,
+    sandbox_seed: int,
     quiet: bool,
 ) -> None:
     """Evaluate any model (no fusion) with the same tasks, per-sample files and tables as fusion runs.
@@ -321,8 +359,10 @@ def eval_cmd(
     Examples:
       HARNESS_DATA_DIR=../shared/data harness eval --model smollm2-135m-instruct --tasks hellaswag --limit 200
       harness eval --model hf:lmsys/vicuna-7b-v1.5 --tasks leaderboard
+      harness eval --model results/RUN/model --tasks sandbox --label my-fused
     """
     from harness import pipeline
+    from harness.config import SandboxSpec
 
     run_dir = pipeline.evaluate_only(
         model_spec,
@@ -334,6 +374,7 @@ def eval_cmd(
         out=Path(out),
         data_dir=data_dir or os.environ.get("HARNESS_DATA_DIR"),
         progress=not quiet,
+        sandbox=SandboxSpec(size=sandbox_size, seed=sandbox_seed),  # type: ignore[arg-type]
     )
     click.echo(f"run directory: {run_dir}")
 

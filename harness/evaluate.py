@@ -26,10 +26,17 @@ from typing import Any
 
 import yaml
 
-from harness import offline_data, task_catalog
+from harness import distributed, offline_data, task_catalog
 from harness.errors import HarnessError
 from harness.models import ResolvedModel
-from harness.store import atomic_write_json, default_cache_dir, file_sha256, git_sha, read_jsonl, write_jsonl
+from harness.store import (
+    atomic_write_json,
+    default_cache_dir,
+    file_digests,
+    git_sha,
+    read_jsonl,
+    write_jsonl,
+)
 from harness.task_catalog import TaskInfo
 
 EVAL_SEEDS = {
@@ -202,21 +209,6 @@ def _stage(plans: list[_Plan], dst: Path) -> None:
 # ---------------------------------------------------------------- model identity and lm-eval model
 
 
-def _file_digests(files: list[Path], memo_path: Path) -> list[str]:
-    """Content hashes, memoised on disk by (path, size, mtime) so multi-GB weights are hashed once."""
-    memo: dict[str, str] = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
-    out, changed = [], False
-    for f in files:
-        st = f.stat()
-        k = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if k not in memo:
-            memo[k], changed = file_sha256(f), True
-        out.append(memo[k])
-    if changed:
-        atomic_write_json(memo_path, memo)
-    return out
-
-
 def _in_memory_fingerprint(model: Any, tokenizer: Any) -> str:
     import torch
 
@@ -256,7 +248,7 @@ def model_fingerprint(model: ResolvedModel | tuple[Any, Any], cache_dir: Path) -
             for p in folder.iterdir()
             if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".")
         )
-    digests = _file_digests(files, cache_dir / "eval" / "file-hashes.json")
+    digests = file_digests(files, cache_dir)
     return "files:" + hashlib.sha256(json.dumps([[f.name for f in files], digests]).encode()).hexdigest()[:24]
 
 
@@ -273,7 +265,7 @@ def _make_lm(model: ResolvedModel | tuple[Any, Any], backend: str, batch_size: i
 
         lm_obj, tok = model
         device = str(next(lm_obj.parameters()).device)
-        return HFLM(pretrained=lm_obj, tokenizer=tok, batch_size=batch_size, device=device)
+        return _share_documents(HFLM(pretrained=lm_obj, tokenizer=tok, batch_size=batch_size, device=device))
     if backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise HarnessError(
@@ -290,9 +282,25 @@ def _make_lm(model: ResolvedModel | tuple[Any, Any], backend: str, batch_size: i
         "dtype": "auto" if cuda else "float32",
         **model.hf_kwargs(),
     }
-    return get_model("hf").create_from_arg_obj(
+    lm = get_model("hf").create_from_arg_obj(
         args, {"batch_size": batch_size, "device": "cuda" if cuda else "cpu"}
     )
+    return _share_documents(lm)
+
+
+def _share_documents(lm: Any) -> Any:
+    """Under several processes, each evaluates its share of the documents and rank 0 gathers them.
+
+    lm-eval's HFLM does this itself across GPUs; on CPU processes (gloo) it leaves every process evaluating
+    everything, so the harness hands it accelerate's process layout the same way.
+    """
+    if distributed.world_size() <= 1 or lm.world_size > 1:
+        return lm
+    from accelerate import Accelerator
+
+    lm.accelerator = Accelerator()
+    lm._rank, lm._world_size = lm.accelerator.process_index, lm.accelerator.num_processes
+    return lm
 
 
 # ---------------------------------------------------------------- running one task
@@ -342,7 +350,7 @@ def _has_chat_template(lm: Any) -> bool:
 
 def _run_task(
     lm: Any, task_manager: Any, plan: _Plan, limit: int | None, max_gen_toks: int
-) -> tuple[TaskScore, list[dict]]:
+) -> tuple[TaskScore, list[dict]] | None:
     import lm_eval.evaluator
     from lm_eval import simple_evaluate
 
@@ -370,8 +378,8 @@ def _run_task(
         model=lm, tasks=[obj], num_fewshot=info.fewshot, limit=limit, task_manager=task_manager, log_samples=True,
         apply_chat_template=chat, fewshot_as_multiturn=chat, bootstrap_iters=1000, **EVAL_SEEDS,
     )  # fmt: skip
-    if res is None:  # a non-zero rank of a distributed run
-        raise RuntimeError("lm-eval returned no results on this rank")
+    if res is None:  # a non-zero rank of a multi-process run: rank 0 has the gathered results
+        return None
     rows: list[dict[str, Any]] = []
     for sub in sorted(loaded["tasks"]):  # one leaf for a task, the subtasks in name order for a group
         picked = sorted(
@@ -430,9 +438,8 @@ def evaluate_model(
                "shots": plan.info.fewshot, "limit": limit, "max_gen_toks": max_gen_toks, "data": plan.data_key,
                "chat": plan.info.chat, "seeds": EVAL_SEEDS}  # fmt: skip
         entry = cache_dir / "eval" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        if (entry / "score.json").is_file():
-            scores[plan.info.name] = TaskScore(**json.loads((entry / "score.json").read_text()))
-            write_jsonl(label_dir / f"{plan.info.name}.jsonl", read_jsonl(entry / "samples.jsonl"))
+        if distributed.from_main((entry / "score.json").is_file()):
+            scores[plan.info.name] = _cached(entry, label_dir / f"{plan.info.name}.jsonl")
         else:
             todo.append((plan, entry))
     if todo:
@@ -462,13 +469,25 @@ def _evaluate_missing(
         tm = TaskManager(include_path=tmp if has_local else None, include_defaults=needs_builtin)
         for plan, entry in todo:
             start = time.perf_counter()
-            score, rows = _run_task(lm, tm, plan, limit, max_gen_toks)
-            _store(entry, score, rows)
-            write_jsonl(label_dir / f"{plan.info.name}.jsonl", rows)
+            found = _run_task(lm, tm, plan, limit, max_gen_toks)
+            if found is not None:
+                score, rows = found
+                _store(entry, score, rows)
+                write_jsonl(label_dir / f"{plan.info.name}.jsonl", rows)
+            distributed.barrier()
+            if found is None:  # another process of this run: read what rank 0 stored
+                score = _cached(entry, None)
             scores[plan.info.name] = score
-            if progress:
+            if progress and found is not None:
                 print(f"[eval] {plan.info.name}: {score.metric}={score.value:.4f} (n={score.n}, "
                       f"{time.perf_counter() - start:.1f}s)")  # fmt: skip
+
+
+def _cached(entry: Path, samples_to: Path | None) -> TaskScore:
+    """A cache entry's score, its per-sample rows copied to `samples_to` (by the main process only)."""
+    if samples_to is not None and distributed.is_main():
+        write_jsonl(samples_to, read_jsonl(entry / "samples.jsonl"))
+    return TaskScore(**json.loads((entry / "score.json").read_text()))
 
 
 def _store(entry: Path, score: TaskScore, rows: list[dict[str, Any]]) -> None:

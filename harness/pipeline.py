@@ -8,6 +8,7 @@ signals. Everything the user can get wrong is validated in `plan` before anythin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,8 @@ from typing import Any
 
 from rich.console import Console
 
-from harness.config import Experiment
+from harness import distributed
+from harness.config import Experiment, SandboxSpec
 from harness.errors import HarnessError
 from harness.models import ResolvedModel, resolve
 from harness.store import (
@@ -204,9 +206,10 @@ def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, ma
                 seed=exp.seed,
             )
         manifest.record_cache_key(f"signals.{mode.value}", sets[mode].key)
-    stats = selection_stats(sets, prepared.corpus)
-    atomic_write_json(run_dir / "signals" / "selection.json", stats)
-    atomic_write_json(run_dir / "signals" / "sources.json", {m.value: str(s.path) for m, s in sets.items()})
+    if distributed.is_main():
+        stats = selection_stats(sets, prepared.corpus)
+        atomic_write_json(run_dir / "signals" / "selection.json", stats)
+        atomic_write_json(run_dir / "signals" / "sources.json", {m.value: str(s.path) for m, s in sets.items()})
     return sets
 
 
@@ -217,8 +220,10 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
     from harness.train import train
 
     target = prepared.models[exp.target.name]
+    procs = distributed.world_size()  # batch_size is per process: the global batch depends on it
     key = stable_hash(
         {
+            **({"processes": procs} if procs > 1 else {}),  # single-process keys stay as they were
             "v": TRAIN_CODE_VERSION,
             "target": exp.target.model_dump(),
             "target_weights": _weights_identity(target),
@@ -231,8 +236,10 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
     manifest.record_cache_key("train", key)
     work = plan_.cache_dir / "train" / key
     final = work / "final"
-    with locked(work):
-        if not (final / "config.json").is_file():
+    # Other runs sharing the cache are kept out by the main process's lock; the processes of this run all follow
+    # its decision, since a collective (the training loop) would hang if only some of them entered it.
+    with locked(work) if distributed.is_main() else contextlib.nullcontext():
+        if not distributed.from_main((final / "config.json").is_file()):
             method = plan_.method_cls(exp.method)
             dataset = build_fusion_dataset(sets, method, max_length=exp.train.max_length)
             tok = load_tokenizer(target, exp.target.trust_remote_code)
@@ -249,7 +256,7 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
         else:
             console.print(f"train: reusing the trained model from the cache ({key})")
     log = work / "train_log.jsonl"
-    if log.is_file():
+    if log.is_file() and distributed.is_main():
         shutil.copyfile(log, run_dir / "train_log.jsonl")
     return final
 
@@ -259,9 +266,7 @@ def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
 
     Under FSDP / ZeRO-3 the parameters are sharded; `train` gathers the full state dict into `result.state_dict`.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = distributed.state()
     if state.is_main_process:
         tmp = final.with_name("final.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -356,14 +361,21 @@ def _seed_everything(seed: int) -> None:
 
 
 def _start_run(exp: Experiment, out: Path) -> tuple[Path, Manifest]:
-    run_dir = new_run_dir(out, exp.method.name)
-    atomic_write_text(run_dir / "config.yaml", exp.to_yaml())
-    return run_dir, Manifest(run_dir, exp.seed)
+    """The main process makes the run directory; the others of a multi-process run learn its name."""
+    main = distributed.is_main()
+    run_dir = None
+    if main:
+        run_dir = new_run_dir(out, exp.method.name)
+        atomic_write_text(run_dir / "config.yaml", exp.to_yaml())
+        Manifest(run_dir, exp.seed)
+    run_dir = Path(distributed.from_main(str(run_dir)))
+    return run_dir, Manifest(run_dir, exp.seed, write=main)
 
 
 def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | None = None) -> Path:
     """One fusion experiment end to end; returns the run directory."""
     plan_ = validated or plan(exp)
+    console.quiet = not distributed.is_main()  # one process speaks for a multi-process run
     for note in plan_.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     _seed_everything(exp.seed)
@@ -378,9 +390,12 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
             models.update({s.name: prepared.models[s.name] for s in exp.sources})
         models[exp.method.name] = ResolvedModel(str(fused))
         results = _evaluate(exp, plan_, models, prepared.sandbox_root, run_dir, manifest, progress)
-        _summary(exp, run_dir, results, exp.method.name, manifest)
-        _report(run_dir, progress)
-    console.print(f"done in {time.perf_counter() - started:.0f} s")
+        if distributed.is_main():
+            _summary(exp, run_dir, results, exp.method.name, manifest)
+            _report(run_dir, progress)
+        distributed.barrier()  # the others leave only once the summary exists
+    if distributed.is_main():
+        console.print(f"done in {time.perf_counter() - started:.0f} s")
     return run_dir
 
 
@@ -422,22 +437,41 @@ def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Pat
 def evaluate_only(
     model_spec: str, tasks: list[str], *, label: str | None, limit: int | None, num_fewshot: int | None,
     batch_size: int, out: Path, data_dir: str | None, progress: bool = True,
+    sandbox: SandboxSpec | None = None,
 ) -> Path:
-    """`harness eval`: one model, no fusion, same per-sample files, cache and tables as fusion runs."""
+    """`harness eval`: one model, no fusion, same per-sample files, cache and tables as fusion runs.
+
+    Sandbox tasks and `sandbox:NAME` models load the world `sandbox` (default size, seed 0) from the cache,
+    building it first if needed; everything is checked before the run directory is made.
+    """
     from harness.evaluate import evaluate_model, expand_tasks
+    from harness.task_catalog import SANDBOX_TASKS
 
     names = expand_tasks(tasks)
-    model = resolve(model_spec, where="model")
     data = _check_data_dir(data_dir)
+    sandbox_root, sandbox_models = None, None
+    if model_spec.startswith("sandbox:") or any(n in SANDBOX_TASKS for n in names):
+        from harness.sandbox.build import build_world
+
+        spec = sandbox or SandboxSpec()
+        world = build_world(size=spec.size, seed=spec.seed, cache_dir=default_cache_dir(), progress=progress)
+        sandbox_root, sandbox_models = world.root, world.models
+    model = resolve(model_spec, sandbox_models, where="model")
     label = label or Path(model_spec.split("#")[-1]).stem.replace(":", "-") or "model"
     run_dir = new_run_dir(out, "eval")
     manifest = Manifest(run_dir, 0)
     atomic_write_text(run_dir / "config.yaml", json.dumps({"model": model_spec, "tasks": names, "limit": limit}) + "\n")
-    with manifest.timed("evaluate"):
-        scores = evaluate_model(
-            model, label, tasks, out_dir=run_dir / "eval", limit=limit or None, num_fewshot=num_fewshot,
-            batch_size=batch_size, data_dir=data, cache_dir=default_cache_dir(), progress=progress,
-        )
+    try:
+        with manifest.timed("evaluate"):
+            scores = evaluate_model(
+                model, label, tasks, out_dir=run_dir / "eval", limit=limit or None, num_fewshot=num_fewshot,
+                batch_size=batch_size, data_dir=data, sandbox_root=sandbox_root, cache_dir=default_cache_dir(),
+                progress=progress,
+            )
+    except HarnessError:
+        if not (run_dir / "eval").exists():  # refused before any result: leave no empty run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     summary = {
         "run_id": run_dir.name, "method": None, "preset": None, "models": {"target": label, "sources": []},
         "tasks": _score_dict(scores), "baseline": {}, "sources": {}, "comparisons": [],

@@ -37,7 +37,7 @@ from harness.config import JudgeSpec, ModelSpec, SignalSpec
 from harness.errors import HarnessError
 from harness.models import ResolvedModel, load_model, load_tokenizer
 from harness.signal_store import ExampleSignal, SignalSet, SignalStore, StoreMeta, example_from_table
-from harness.store import atomic_write_json, file_sha256, locked, stable_hash
+from harness.store import file_digests, stable_hash
 from methods.base import Signal
 
 log = logging.getLogger(__name__)
@@ -190,21 +190,8 @@ def model_fingerprint(handle: ModelHandle, cache_dir: Path) -> dict[str, Any]:
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.parts[len(folder.parts) :])
     )
-    memo_path = Path(cache_dir) / "file_hashes.json"
-    with locked(memo_path):
-        try:
-            memo: dict[str, str] = json.loads(memo_path.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        hashes, fresh = {}, False
-        for p in files:
-            st = p.stat()
-            tag = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-            if tag not in memo:
-                memo[tag], fresh = file_sha256(p), True
-            hashes[str(p.relative_to(folder))] = memo[tag]
-        if fresh:
-            atomic_write_json(memo_path, memo)
+    digests = file_digests(files, Path(cache_dir))
+    hashes = {str(p.relative_to(folder)): d for p, d in zip(files, digests, strict=True)}
     found["pretrained"] = None  # the content, not where it lies, decides the signals
     found["files"] = hashes
     return found
@@ -404,9 +391,9 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int, Any
             raise HarnessError(f"rank {rank} is outside world size {world}", "signals")
         return rank or 0, world, None
     try:
-        from accelerate import PartialState
+        from harness.distributed import state as process_state
 
-        state = PartialState()
+        state = process_state()
         return state.process_index, state.num_processes, state
     except Exception:  # accelerate missing or not configurable here: one process
         return 0, 1, None

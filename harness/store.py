@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -50,6 +50,29 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_digests(files: Sequence[Path], cache_dir: Path) -> list[str]:
+    """sha256 of each file, memoised in the cache by (path, size, mtime): multi-GB weights are hashed once.
+
+    One memo for the whole cache, under a lock, so concurrent runs and the processes of one run share it.
+    """
+    memo_path = Path(cache_dir) / "file_hashes.json"
+    with locked(memo_path):
+        try:
+            memo: dict[str, str] = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        out, fresh = [], False
+        for f in files:
+            st = f.stat()
+            tag = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+            if tag not in memo:
+                memo[tag], fresh = file_sha256(f), True
+            out.append(memo[tag])
+        if fresh:
+            atomic_write_json(memo_path, memo)
+    return out
 
 
 def _raise_disk(exc: OSError, path: Path) -> None:
@@ -139,8 +162,10 @@ def new_run_dir(out: Path, method: str) -> Path:
 class Manifest:
     """manifest.json of a run: versions, git sha, seeds, cache keys, stage timings and file checksums."""
 
-    def __init__(self, run_dir: Path, seed: int) -> None:
+    def __init__(self, run_dir: Path, seed: int, write: bool = True) -> None:
+        """`write=False` in the non-main processes of a multi-process run: they keep timings but write nothing."""
         self.path = run_dir / "manifest.json"
+        self.write = write
         if self.path.exists():
             self.data: dict[str, Any] = json.loads(self.path.read_text())
         else:
@@ -159,13 +184,16 @@ class Manifest:
             self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        if self.write:
+            atomic_write_json(self.path, self.data)
 
     def record_cache_key(self, stage: str, key: str) -> None:
         self.data["cache_keys"][stage] = key
         self.save()
 
     def record_checksum(self, path: Path, root: Path) -> None:
+        if not self.write:
+            return
         self.data["checksums"][str(path.relative_to(root))] = file_sha256(path)
         self.save()
 

@@ -19,6 +19,10 @@ CASES = [
     (["run", "--tasks", "sandbox", "--data-dir", "/no/such/dir"], "does not exist"),
     (["report", "/no/such/run"], "does not exist"),
     (["signals", "inspect", "."], "selection.json"),
+    (["run", "--tasks", "sandbox", "--accelerate-config", "fsdp"], "needs --num-processes"),
+    (["run", "--tasks", "sandbox", "--num-processes", "2", "--accelerate-config", "nope.yaml"], "nope.yaml"),
+    (["run", "--tasks", "sandbox", "--num-processes", "0"], "--num-processes"),
+    (["eval", "--model", "sandbox:no-such-model", "--tasks", "sandbox", "--sandbox-size", "micro"], "not a sandbox model"),
 ]
 
 
@@ -54,3 +58,26 @@ def test_methods_lists_the_four(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     for name in ("profuser", "fusellm", "inference-only", "averaging"):
         assert name in proc.stdout
+
+
+def test_eval_takes_sandbox_models_and_tasks(tmp_path: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    proc = _harness(["eval", "--model", "sandbox:gpt2-safety", "--tasks", "sandbox_safety", "--limit", "6",
+                     "--sandbox-size", "micro", "-q"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = list((tmp_path / "results").iterdir())
+    lines = (run / "eval" / "sandbox-gpt2-safety" / "sandbox_safety.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+
+
+def test_launch_command_for_cpu_processes_and_shipped_configs() -> None:
+    from harness import distributed
+
+    argv = ["run", "-t", "sandbox", "--num-processes", "2", "--accelerate-config=zero3", "--seed", "3"]
+    assert distributed.strip_launch_options(argv) == ["run", "-t", "sandbox", "--seed", "3"]
+    cmd, env = distributed.launch_command(["run"], 2, None, cuda=False)
+    assert env["ACCELERATE_USE_CPU"] == "1" and env[distributed.LAUNCHED_ENV] == "1"
+    assert cmd[-3:] == ["-m", "harness.cli", "run"] and "--multi_gpu" in cmd and "--cpu" not in cmd
+    cmd, env = distributed.launch_command(["run"], 8, "fsdp", cuda=True)
+    config = Path(cmd[cmd.index("--config_file") + 1])
+    assert config.name == "fsdp.yaml" and config.is_file() and "ACCELERATE_USE_CPU" not in env
+    assert cmd[cmd.index("--num_processes") + 1] == "8"

@@ -45,6 +45,7 @@ def _packaged_gguf(package: str) -> ResolvedModel:
         raise HarnessError(
             f"the packaged model needs `{package}`; install it with `pip install 'fusion-harness[smol]'`", "model"
         ) from None
+    assert module.__file__ is not None, f"package `{package}` has no __file__"
     folder = Path(module.__file__).resolve().parent
     files = sorted(folder.rglob("*.gguf"))
     if not files:
@@ -110,7 +111,8 @@ def load_model(model: ResolvedModel, dtype: str = "float32", device: str = "cpu"
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    lm = AutoModelForCausalLM.from_pretrained(
+    # typed as the nn.Module it is: PreTrainedModel.to is `@wraps(nn.Module.to)`, which mypy sees unbound
+    lm: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
         model.pretrained, dtype=torch_dtype, trust_remote_code=trust_remote_code, **model.hf_kwargs()
     )
     return lm.to(device).eval()

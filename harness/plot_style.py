@@ -11,12 +11,16 @@ import contextlib
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.rcsetup import cycler  # what `matplotlib.cycler` re-exports (absent from the stubs)
 
 from harness.store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib >= 3.8 only; annotations are not evaluated
 
 COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 TEXT_WIDTH = 6.9  # inches: full text width
@@ -45,7 +49,7 @@ HATCHES = ["", "//", "..", "xx", "\\\\", "++", "oo"]  # a second cue for bars in
 
 ERRORBAR: dict[str, Any] = {"ecolor": "#222222", "elinewidth": 0.7, "capsize": 1.8, "capthick": 0.7}
 
-RC: dict[str, Any] = {
+RC: dict[RcKeyType, Any] = {
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
     "font.size": 8,
@@ -63,7 +67,7 @@ RC: dict[str, Any] = {
     "grid.linewidth": 0.4,
     "grid.alpha": 0.5,
     "axes.axisbelow": True,
-    "axes.prop_cycle": matplotlib.cycler(color=CYCLE),
+    "axes.prop_cycle": cycler(color=CYCLE),
     "lines.linewidth": 1.2,
     "lines.markersize": 3.5,
     "xtick.major.width": 0.6,

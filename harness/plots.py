@@ -125,10 +125,8 @@ def plot_task_scores(table: Table, out_dir: Path, stem: str = "task_scores") -> 
 def plot_radar(table: Table, out_dir: Path, stem: str = "categories_radar") -> list[Path]:
     """Category averages per row on a radar (needs at least three categories)."""
     cats = table.categories()
-    value = {(r.label, c): table.category_cell(r, c) for r in table.rows for c in cats}
-    rows = [
-        r for r in table.rows if all(value[r.label, c] and value[r.label, c].value is not None for c in cats)
-    ]  # type: ignore[union-attr]
+    value = {(r.label, c): (table.category_cell(r, c) or Cell(None)).value for r in table.rows for c in cats}
+    rows = [r for r in table.rows if all(value[r.label, c] is not None for c in cats)]
     if len(cats) < 3 or not rows:
         return []
     scale = 100.0 if table.percent("avg") else 1.0
@@ -140,7 +138,7 @@ def plot_radar(table: Table, out_dir: Path, stem: str = "categories_radar") -> l
         ax.set_theta_offset(np.pi / 2)
         ax.set_theta_direction(-1)
         for j, row in enumerate(rows):
-            vals = np.array([value[row.label, c].value for c in cats], dtype=float) * scale  # type: ignore[union-attr]
+            vals = np.array([value[row.label, c] for c in cats], dtype=float) * scale
             ring = np.append(vals, vals[0])
             ls = "--" if row.kind == "baseline" else "-"
             ax.plot(
@@ -297,7 +295,7 @@ def plot_ablation(
     scale = 100.0 if all(table.percent(c.key) for c in tasks) else 1.0
     sched_colors = {name: ps.CYCLE[i % len(ps.CYCLE)] for i, name in enumerate(SCHEDULES)}
     sched_styles = {name: ps.LINESTYLES[i % len(ps.LINESTYLES)] for i, name in enumerate(SCHEDULES)}
-    logs = {}
+    logs: dict[str | None, list[dict[str, Any]]] = {}
     for d, s in sorted(runs, key=lambda ds: order.get(ds[1].get("schedule") or "", len(order))):
         # the first run of each schedule carries its weight curve; legend in SCHEDULES order
         log = _read_train_log(d)
@@ -318,8 +316,9 @@ def plot_ablation(
         errs = []
         for r in rows:
             ses = [_cell_se(r.cells.get(t.key) or Cell(None)) for t in tasks]
-            known = all(se is not None for se in ses)
-            errs.append(1.96 * math.sqrt(sum(se * se for se in ses)) / len(ses) if known else 0.0)  # type: ignore[operator]
+            known = [se for se in ses if se is not None]
+            all_known = len(known) == len(ses)
+            errs.append(1.96 * math.sqrt(sum(se * se for se in known)) / len(ses) if all_known else 0.0)
         ax.bar(x, [np.nan if v is None else v * scale for v in avg], 0.6,
                color=[sched_colors.get(r.schedule or "", ps.BASELINE_COLOR) for r in rows],
                yerr=np.array(errs) * scale, error_kw=ps.ERRORBAR)  # fmt: skip
@@ -343,9 +342,9 @@ def plot_ablation(
         for ax_w, key in zip(axes[1:], weight_keys, strict=True):
             for sched, log in logs.items():
                 t = np.array([r["step"] / max(r.get("total_steps") or 1, 1) for r in log])
-                ys = [(r.get("weights") or {}).get(key, np.nan) for r in log]
-                ax_w.plot(t, ys, drawstyle=_drawstyle(ys), color=sched_colors.get(sched, "black"), label=sched,
-                          linestyle=sched_styles.get(sched, "-"), linewidth=1.1)  # fmt: skip
+                ws: list[float] = [(r.get("weights") or {}).get(key, np.nan) for r in log]
+                ax_w.plot(t, ws, drawstyle=_drawstyle(ws), color=sched_colors.get(sched or "", "black"),
+                          label=sched, linestyle=sched_styles.get(sched or "", "-"), linewidth=1.1)  # fmt: skip
             ax_w.set_xlabel("step / total steps")
             ax_w.set_title(f"schedule weight {WEIGHT_NAMES.get(key, key)}")
             ax_w.set_xlim(0, 1)

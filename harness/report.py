@@ -176,7 +176,8 @@ def _values(block: dict[str, Any], columns: list[Column]) -> dict[str, float | N
         if c.kind == "task":
             continue
         got = [vals.get(t.key) for t in tasks if c.kind == "overall" or t.category == c.category]
-        vals[c.key] = sum(got) / len(got) if got and all(v is not None for v in got) else None  # type: ignore[misc]
+        present = [v for v in got if v is not None]
+        vals[c.key] = sum(present) / len(present) if got and len(present) == len(got) else None
     return vals
 
 

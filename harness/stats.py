@@ -184,7 +184,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(p) for p in multipletests(np.asarray(p_values, dtype=float), method="holm")[1]]
 
 
-def seed_summary(values: Sequence[float]) -> tuple[float, float]:
+def seed_summary(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) over seeds; sd is NaN for a single seed."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
@@ -277,9 +277,10 @@ def compare_runs(
         if task not in task_info:
             raise HarnessError(f"task '{task}' has no metric in the summary's tasks", "stats")
         metric = task_info[task]["metric"]
-        a = load_samples(run_dir, a_label, task, metric)
-        b = load_samples(run_dir, b_label, task, metric)
-        comp = compare_paired(a, b, _is_binary(task_info[task], a, b), seed=seed, n_boot=n_boot)
+        a_scores = load_samples(run_dir, a_label, task, metric)
+        b_scores = load_samples(run_dir, b_label, task, metric)
+        binary = _is_binary(task_info[task], a_scores, b_scores)
+        comp = compare_paired(a_scores, b_scores, binary, seed=seed, n_boot=n_boot)
         row = {"task": task, "a": a_label, "b": b_label, **asdict(comp)}
         rows.append(row)
     for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):

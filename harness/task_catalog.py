@@ -120,7 +120,11 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
-_Loader.add_constructor("!function", lambda loader, node: FunctionRef(loader.construct_scalar(node)))
+def _function_ref(loader: _Loader, node: yaml.ScalarNode) -> FunctionRef:
+    return FunctionRef(loader.construct_scalar(node))
+
+
+_Loader.add_constructor("!function", _function_ref)
 
 
 def load_task_yaml(path: Path) -> dict[str, Any]:

@@ -282,18 +282,20 @@ def train(
         project_dir=str(out_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
-    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    # its transformers (or PEFT) API: through nn.Module.__getattr__ mypy would type these `Tensor | Module`
+    hf_model: Any = model
+    if tokenizer is not None and len(tokenizer) > hf_model.get_input_embeddings().num_embeddings:
         raise HarnessError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {model.get_input_embeddings().num_embeddings}; "
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {hf_model.get_input_embeddings().num_embeddings}; "
             "is the target's tokenizer the right one?",
             "train",
         )
     if spec.gradient_checkpointing:  # non-reentrant: works with DDP, FSDP and frozen inputs
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(hf_model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_model.config.use_cache = False
     model.train()
 
     if len(dataset) == 0:  # type: ignore[arg-type]

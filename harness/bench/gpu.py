@@ -26,7 +26,9 @@ def run(batch: int = 8, length: int = 1024, steps: int = 10, peak_tflops: float 
         vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=16, num_attention_heads=16,
         num_key_value_heads=16, max_position_embeddings=length,
     )  # fmt: skip
-    model = LlamaForCausalLM(config).to("cuda", dtype=torch.bfloat16)
+    # PreTrainedModel.to is `@wraps(nn.Module.to)`; typeshed's functools._Wrapped is not a descriptor, so the
+    # stub reads the device as the unbound `self`
+    model = LlamaForCausalLM(config).to("cuda", dtype=torch.bfloat16)  # type: ignore[arg-type]
     model.gradient_checkpointing_enable()
     params = sum(p.numel() for p in model.parameters())
     optim = torch.optim.AdamW(model.parameters(), lr=1e-5)

@@ -289,17 +289,27 @@ def tasks(as_json: bool) -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
-def report(run_dirs: tuple[str, ...], fmt: str, out_file: str | None) -> None:
+@click.option("--versus", default=None, metavar="A:B",
+              help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv).")
+def report(run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None) -> None:
     """Compare runs in one table: rows are models and methods, columns tasks, with significance markers.
 
     \b
     Examples:
       harness report results/*/
       harness report results/run-a results/run-b --format latex --out table.tex
+      harness report results/*/ --versus profuser:fusellm
     """
-    from harness.report import build_table, render
+    from harness.report import build_table, head_to_head, render, render_head_to_head
 
-    text = render(build_table([Path(d) for d in run_dirs]), fmt)
+    dirs = [Path(d) for d in run_dirs]
+    if versus is not None:
+        a, sep, b = versus.partition(":")
+        if not (a and sep and b) or a == b:
+            raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")
+        text = render_head_to_head(head_to_head(dirs, a, b), fmt)
+    else:
+        text = render(build_table(dirs), fmt)
     if out_file:
         from harness.store import atomic_write_text
 

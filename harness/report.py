@@ -497,3 +497,54 @@ def write_tables(run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
             atomic_write_text(path, render(table, fmt))
             written.append(path)
     return written
+
+
+# ------------------------------------------------------------------------------------ two methods head to head
+
+
+def _method_run(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> tuple[Path, dict[str, Any]]:
+    found = [(d, s) for d, s in zip(dirs, summaries, strict=True) if s.get("method") == name]
+    if not found:
+        have = sorted({str(s.get("method")) for s in summaries if s.get("method")})
+        raise HarnessError(f"no run of method '{name}' among the run directories (have: {', '.join(have) or 'none'})", "report")
+    if len(found) > 1:
+        raise HarnessError(f"{len(found)} runs of method '{name}': give one run directory per method to compare", "report")
+    return found[0]
+
+
+def head_to_head(run_dirs: Sequence[Path], a: str, b: str) -> pd.DataFrame:
+    """Method `a` against method `b` on each task both runs evaluated: paired tests over the same documents,
+    Holm-adjusted across the tasks (harness.stats.compare_across_runs). One row per task, fractions not percent."""
+    from harness.stats import compare_across_runs
+
+    dirs = [Path(d) for d in run_dirs]
+    summaries = [load_summary(d) for d in dirs]
+    (dir_a, sum_a), (dir_b, sum_b) = _method_run(summaries, dirs, a), _method_run(summaries, dirs, b)
+    tasks = {t: info for t, info in sum_a["tasks"].items() if t in sum_b["tasks"]}
+    if not tasks:
+        raise HarnessError(f"the runs of '{a}' and '{b}' share no task", "report")
+    rows = compare_across_runs((dir_a, a), (dir_b, b), tasks)
+    frame = pd.DataFrame.from_records(rows)
+    frame.insert(3, f"{a}", [sum_a["tasks"][t]["value"] for t in frame["task"]])
+    frame.insert(4, f"{b}", [sum_b["tasks"][t]["value"] for t in frame["task"]])
+    return frame
+
+
+def render_head_to_head(frame: pd.DataFrame, fmt: str) -> str:
+    """The head-to-head rows as `md` (percent points, 95% CI, Holm p) or `csv` (raw fractions)."""
+    kind = FORMATS.get(fmt.lower())
+    if kind == "csv":
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False, float_format="%.6g")
+        return buf.getvalue()
+    if kind != "md":
+        raise HarnessError("a head-to-head table is written as md or csv", "report")
+    a, b = str(frame["a"].iloc[0]), str(frame["b"].iloc[0])
+    lines = [f"**{a} vs {b}** (paired over the same documents, Holm-adjusted across tasks)", "",
+             f"| task | {a} | {b} | Δ (points) | 95% CI | p_adj | test |", "|:--|--:|--:|--:|:--|--:|:--|"]  # fmt: skip
+    for row in frame.to_dict("records"):
+        lines.append(
+            f"| {row['task']} | {100 * row[a]:.1f} | {100 * row[b]:.1f} | {100 * row['delta']:+.1f} | "
+            f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] | {row['p_adjusted']:.2g} | {row['test']} |"
+        )
+    return "\n".join(lines) + "\n"

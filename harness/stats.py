@@ -272,31 +272,44 @@ def compare_runs(
     else:
         labels = [a] if isinstance(a, str) else list(a)
         triples = [(t, label, b) for label in labels for t in task_info]
+    return _compare([(task, run_dir, a_label, run_dir, b_label) for task, a_label, b_label in triples], task_info,
+                    seed=seed, n_boot=n_boot)  # fmt: skip
+
+
+def compare_across_runs(
+    a: tuple[Path, str],
+    b: tuple[Path, str],
+    tasks: Mapping[str, Mapping[str, Any]],
+    *,
+    seed: int = 0,
+    n_boot: int = 2000,
+) -> list[dict[str, Any]]:
+    """a − b on each task for two labels of two runs, e.g. profuser's run against fusellm's, Holm-adjusted across
+    the tasks. Paired by doc_id: both runs must have evaluated the same documents (same task, data and limit)."""
+    return _compare([(t, a[0], a[1], b[0], b[1]) for t in tasks], tasks, seed=seed, n_boot=n_boot)
+
+
+_ORDER = ("task", "a", "b", "delta", "ci_low", "ci_high", "p_value", "p_adjusted", "test", "effect_size", "effect", "n")
+
+
+def _compare(
+    items: Sequence[tuple[str, Path, str, Path, str]],
+    task_info: Mapping[str, Mapping[str, Any]],
+    *,
+    seed: int,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """Rows of paired comparisons (task, run and label of a, run and label of b), Holm-adjusted across all rows."""
     rows: list[dict[str, Any]] = []
-    for task, a_label, b_label in triples:
+    for task, a_run, a_label, b_run, b_label in items:
         if task not in task_info:
             raise HarnessError(f"task '{task}' has no metric in the summary's tasks", "stats")
         metric = task_info[task]["metric"]
-        a_scores = load_samples(run_dir, a_label, task, metric)
-        b_scores = load_samples(run_dir, b_label, task, metric)
+        a_scores = load_samples(a_run, a_label, task, metric)
+        b_scores = load_samples(b_run, b_label, task, metric)
         binary = _is_binary(task_info[task], a_scores, b_scores)
         comp = compare_paired(a_scores, b_scores, binary, seed=seed, n_boot=n_boot)
-        row = {"task": task, "a": a_label, "b": b_label, **asdict(comp)}
-        rows.append(row)
+        rows.append({"task": task, "a": a_label, "b": b_label, **asdict(comp)})
     for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_adjusted"] = p_adj
-    order = (
-        "task",
-        "a",
-        "b",
-        "delta",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "p_adjusted",
-        "test",
-        "effect_size",
-        "effect",
-        "n",
-    )
-    return [{k: r[k] for k in order} for r in rows]
+    return [{k: r[k] for k in _ORDER} for r in rows]

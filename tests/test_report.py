@@ -444,3 +444,28 @@ def test_wilson_interval_for_binary_cells() -> None:
     assert low > 0 and high - 0.05 > 0.05 - low  # asymmetric near the boundary, never below 0
     low, high = score_ci(Cell(0.4, stderr=0.05, binary=False))  # type: ignore[misc]
     assert (low, high) == pytest.approx((0.4 - 0.098, 0.4 + 0.098))
+
+
+def test_head_to_head_pairs_two_methods_of_two_runs(tmp_path: Path) -> None:
+    from harness.report import head_to_head, render_head_to_head
+    from harness.stats import load_samples
+
+    a = make_run(tmp_path, "pro", method="profuser", schedule="progressive")
+    b = make_run(tmp_path, "fuse", method="fusellm", schedule="reversed")  # fixes far fewer failures
+    frame = head_to_head([a, b], "profuser", "fusellm")
+    assert list(frame["task"]) == list(TASKS)
+    for row in frame.to_dict("records"):
+        metric = TASKS[row["task"]][1]
+        xa = load_samples(a, "profuser", row["task"], metric)
+        xb = load_samples(b, "fusellm", row["task"], metric)
+        assert row["delta"] == pytest.approx(np.mean([xa[i] - xb[i] for i in xa]))
+        assert row["p_adjusted"] >= row["p_value"] and row["n"] == N_DOCS
+    gains = frame.set_index("task")
+    assert gains.loc["arith_gsm", "delta"] > 0.1 and gains.loc["arith_gsm", "p_adjusted"] < 0.01
+    assert abs(gains.loc["facts_qa", "delta"]) < 0.05  # knowledge: neither method gains
+    md = render_head_to_head(frame, "md")
+    assert "**profuser vs fusellm**" in md and md.count("\n| ") == len(TASKS) + 1
+    with pytest.raises(HarnessError, match="no run of method 'averaging'"):
+        head_to_head([a, b], "profuser", "averaging")
+    with pytest.raises(HarnessError, match="2 runs of method 'profuser'"):
+        head_to_head([a, make_run(tmp_path, "pro2", seed=1), b], "profuser", "fusellm")

@@ -420,6 +420,8 @@ def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Pat
     """Run the variants one after another (signals come from the cache after the first), then the ablation outputs."""
     plans = [plan(e) for e in exps]  # validate all before running any
     run_dirs = [run(e, out, progress, p) for e, p in zip(exps, plans, strict=True)]
+    if not distributed.is_main():
+        return run_dirs
     from harness.plots import make_plots
     from harness.report import build_ablation_table, render, to_rich
 

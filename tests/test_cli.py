@@ -19,6 +19,7 @@ CASES = [
     (["run", "--tasks", "sandbox", "--data-dir", "/no/such/dir"], "does not exist"),
     (["report", "/no/such/run"], "does not exist"),
     (["signals", "inspect", "."], "selection.json"),
+    (["report", ".", "--versus", "profuser"], "--versus expects A:B"),
     (["run", "--tasks", "sandbox", "--accelerate-config", "fsdp"], "needs --num-processes"),
     (["run", "--tasks", "sandbox", "--num-processes", "2", "--accelerate-config", "nope.yaml"], "nope.yaml"),
     (["run", "--tasks", "sandbox", "--num-processes", "0"], "--num-processes"),

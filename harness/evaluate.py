@@ -411,8 +411,12 @@ def evaluate_model(
     backend: str = "hf",
     cache_dir: Path | None = None,
     progress: bool = True,
+    chat_template: str | None = None,
 ) -> dict[str, TaskScore]:
     """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl and returns the scores.
+
+    `chat_template` replaces the tokenizer's own for chat-formatted tasks: the template the experiment gave this
+    model (`chat_template` of its spec), so it is evaluated in the format it was fused in.
 
     Shots: `num_fewshot` if given, else the leaderboard's per-task settings when the `leaderboard` group was asked
     for, else each task's lm-eval default. `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
@@ -436,14 +440,16 @@ def evaluate_model(
     for plan in plans:
         key = {"model": fingerprint, "backend": backend, "task": plan.info.name, "definition": plan.definition,
                "shots": plan.info.fewshot, "limit": limit, "max_gen_toks": max_gen_toks, "data": plan.data_key,
-               "chat": plan.info.chat, "seeds": EVAL_SEEDS}  # fmt: skip
+               "chat": plan.info.chat, "seeds": EVAL_SEEDS,
+               **({"chat_template": chat_template} if chat_template is not None else {})}  # fmt: skip
         entry = cache_dir / "eval" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         if distributed.from_main((entry / "score.json").is_file()):
             scores[plan.info.name] = _cached(entry, label_dir / f"{plan.info.name}.jsonl")
         else:
             todo.append((plan, entry))
     if todo:
-        _evaluate_missing(model, todo, label_dir, limit, batch_size, max_gen_toks, backend, progress, scores)
+        _evaluate_missing(model, todo, label_dir, limit, batch_size, max_gen_toks, backend, progress, scores,
+                          chat_template)  # fmt: skip
     return {n: scores[n] for n in names}
 
 
@@ -457,12 +463,15 @@ def _evaluate_missing(
     backend: str,
     progress: bool,
     scores: dict[str, TaskScore],
+    chat_template: str | None = None,
 ) -> None:
     from lm_eval.tasks import TaskManager
 
     plans = [p for p, _ in todo]
     needs_builtin = any(p.yaml is None for p in plans)
     lm = _make_lm(model, backend, batch_size)
+    if chat_template is not None:
+        lm.tokenizer.chat_template = chat_template
     with tempfile.TemporaryDirectory(prefix="harness-tasks-") as tmp, _datasets_offline(not needs_builtin):
         _stage(plans, Path(tmp))
         has_local = any(p.yaml is not None for p in plans)

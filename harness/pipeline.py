@@ -252,6 +252,8 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
                 result = train(model, tok, dataset, collate, method, exp.train, work, seed=exp.seed, resume=True, progress=progress)
             if exp.train.lora:
                 result.model = lora.unwrap_for_saving(result.model, exp.train.lora, work / "adapter")
+            if exp.target.chat_template:  # the fused model carries the format it was trained in
+                tok.chat_template = exp.target.chat_template
             _save_final(result, tok, final)
         else:
             console.print(f"train: reusing the trained model from the cache ({key})")
@@ -292,6 +294,7 @@ def _evaluate(
     from harness.evaluate import evaluate_model
 
     results: dict[str, dict[str, Any]] = {}
+    templates = {exp.target.name: exp.target.chat_template, **{s.name: s.chat_template for s in exp.sources}}
     for label, model in models.items():
         console.print(f"evaluate: {label} on {', '.join(plan_.tasks)}")
         with manifest.timed("evaluate"):
@@ -300,6 +303,8 @@ def _evaluate(
                 num_fewshot=exp.eval.num_fewshot, batch_size=exp.eval.batch_size, max_gen_toks=exp.eval.max_gen_toks,
                 data_dir=plan_.data_dir, sandbox_root=sandbox_root, backend=exp.eval.backend,
                 cache_dir=plan_.cache_dir, progress=progress,
+                # the format it was fused in: the target's template for target-base and for the fused model
+                chat_template=templates.get(label, exp.target.chat_template),
             )
     return results
 

@@ -487,3 +487,25 @@ def test_builtin_task_without_network_points_to_the_data_dir(
             tiny, "tiny", ["arc_challenge"], out_dir=tmp_path, cache_dir=tmp_path, limit=2, progress=False
         )
     assert info.value.where == "data" and "HARNESS_DATA_DIR" in str(info.value)
+
+
+def test_a_given_chat_template_replaces_the_tokenizers_own(
+    micro_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """The experiment's template for a model is the one lm-eval renders its chat tasks with, and a cache key of its
+    own. (The sandbox tasks carry their own prompt format; chat tasks such as advbench and xstest use the template.)"""
+    model = ResolvedModel(str(micro_world.models["gpt2-safety"]))
+    seen: list[str | None] = []
+    real = ev._run_task
+
+    def recording(lm, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(lm.tokenizer.chat_template)
+        return real(lm, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "_run_task", recording)
+    kwargs: dict[str, Any] = {"limit": 4, "sandbox_root": micro_world.root, "max_gen_toks": 8, "progress": False}
+    ev.evaluate_model(model, "own", ["sandbox_safety"], out_dir=tmp_path / "a", **kwargs)
+    template = "{{ 'Question: ' + messages[0]['content'] + '\\nAnswer:' }}"
+    ev.evaluate_model(model, "given", ["sandbox_safety"], out_dir=tmp_path / "b", chat_template=template, **kwargs)
+    ev.evaluate_model(model, "again", ["sandbox_safety"], out_dir=tmp_path / "c", chat_template=template, **kwargs)
+    assert len(seen) == 2 and seen[1] == template and seen[0] != template  # the third came from the cache

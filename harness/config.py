@@ -94,6 +94,20 @@ class MethodSpec(_Strict):
     schedule: ScheduleSpec = ScheduleSpec()
 
 
+class VLLMSpec(_Strict):
+    """vLLM engine settings for inference-mode generation (used when signals.backend picks vllm).
+
+    Tensor parallel splits each candidate over `tensor_parallel_size` GPUs inside one process; data parallel is
+    `--num-processes N` with tensor_parallel_size 1 (each process generates its own shards on its own GPU).
+    Engine settings are not part of the signal cache key: they change speed and memory, not the decoding.
+    """
+
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(default=None, ge=16)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
 class SignalSpec(_Strict):
     """Signal extraction: top-k distributions, generation settings for inference mode, sharding."""
 
@@ -106,6 +120,7 @@ class SignalSpec(_Strict):
     batch_size: int = Field(default=16, ge=1)
     shard_size: int = Field(default=256, ge=1, description="Examples per stored shard (unit of resume).")
     backend: Literal["auto", "hf", "vllm"] = "auto"
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec)
 
 
 class JudgeSpec(_Strict):

@@ -14,7 +14,7 @@ Backends (`select_backend`):
   before each batch makes sampled outputs reproducible for the same inputs and batch size.
 - `vllm`: `vllm.LLM(model=<path>, ...)` with `SamplingParams(max_tokens, temperature, stop, seed)`; needs a
   model *path* (vLLM loads weights itself) and a CUDA GPU. Tensor parallelism, memory and context length come
-  from `VLLMOptions` (default: the HARNESS_VLLM_* environment variables, see `VLLMOptions.from_env`). For data
+  from `VLLMOptions` (the experiment's `signals.vllm`, harness/config.py VLLMSpec). For data
   parallelism run one process per GPU (group), each on its shard of the prompts: the signal stage shards by
   rank, so nothing here needs to know about it.
 - `auto`: vLLM when it is importable, a CUDA GPU is present and `model` is a path; HF otherwise.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,28 +45,6 @@ class VLLMOptions:
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
     dtype: str = "auto"
-
-    @classmethod
-    def from_env(cls) -> VLLMOptions:
-        """HARNESS_VLLM_TENSOR_PARALLEL_SIZE, HARNESS_VLLM_GPU_MEMORY_UTILIZATION, HARNESS_VLLM_MAX_MODEL_LEN,
-        HARNESS_VLLM_DTYPE; unset ones keep the defaults."""
-        env = os.environ
-
-        def read(name: str, kind: type, default: Any) -> Any:
-            raw = env.get(f"HARNESS_VLLM_{name}")
-            if raw is None or raw == "":
-                return default
-            try:
-                return kind(raw)
-            except ValueError:
-                raise HarnessError(f"HARNESS_VLLM_{name}={raw!r} is not a valid {kind.__name__}", "environment") from None
-
-        return cls(
-            tensor_parallel_size=read("TENSOR_PARALLEL_SIZE", int, cls.tensor_parallel_size),
-            gpu_memory_utilization=read("GPU_MEMORY_UTILIZATION", float, cls.gpu_memory_utilization),
-            max_model_len=read("MAX_MODEL_LEN", int, cls.max_model_len),
-            dtype=read("DTYPE", str, cls.dtype),
-        )
 
     def llm_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -161,7 +138,7 @@ def generate(
         assert resolved is not None
         return _generate_vllm(
             resolved, tokenizer, texts, max_new_tokens, do_sample, temperature, stops, seed, progress,
-            vllm_options or VLLMOptions.from_env(),
+            vllm_options or VLLMOptions(),
         )
     if resolved is not None:
         from harness.models import load_model

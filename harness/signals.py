@@ -549,7 +549,11 @@ class _Responder:
     def _kwargs(self, cand: ModelHandle, backend: str) -> dict[str, Any]:
         kwargs = {**self._settings(), "chat_template": cand.chat_template, "progress": False}
         if self.generate_fn is None:
+            from harness.generate import VLLMOptions
+
             kwargs["backend"] = backend
+            if backend == "vllm":
+                kwargs["vllm_options"] = VLLMOptions(**self.spec.vllm.model_dump())
         return kwargs
 
     def backend(self, cand: ModelHandle) -> str:

@@ -220,11 +220,10 @@ def test_vllm_path_passes_settings_and_token_ids(tmp_path: Path, monkeypatch: py
     fake = _FakeVLLM(["plain answer", "cut here STOP rest", "ends</s>junk"])
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
     monkeypatch.setattr(gen, "cuda_available", lambda: True)
-    monkeypatch.setenv("HARNESS_VLLM_TENSOR_PARALLEL_SIZE", "4")
-    monkeypatch.setenv("HARNESS_VLLM_MAX_MODEL_LEN", "2048")
     prompts = ["hi", "tell me about the lazy dog", "ok"]
-
-    out = generate(str(tmp_path), None, prompts, max_new_tokens=7, stop=["STOP"], seed=3, progress=False)
+    opts = VLLMOptions(tensor_parallel_size=4, max_model_len=2048)
+    out = generate(str(tmp_path), None, prompts, max_new_tokens=7, stop=["STOP"], seed=3, progress=False,
+                   vllm_options=opts)
 
     assert out == ["plain answer", "cut here ", "ends"]
     assert fake.llm_kwargs["model"] == str(tmp_path.resolve())
@@ -250,7 +249,14 @@ def test_vllm_sampling_temperature_and_explicit_options(tmp_path: Path, monkeypa
     assert "max_model_len" not in fake.llm_kwargs
 
 
-def test_vllm_options_from_env_rejects_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARNESS_VLLM_GPU_MEMORY_UTILIZATION", "lots")
-    with pytest.raises(HarnessError, match="HARNESS_VLLM_GPU_MEMORY_UTILIZATION"):
-        VLLMOptions.from_env()
+def test_vllm_settings_are_validated_config() -> None:
+    from pydantic import ValidationError
+
+    from harness.config import SignalSpec
+
+    spec = SignalSpec.model_validate({"vllm": {"tensor_parallel_size": 2, "max_model_len": 4096}})
+    assert VLLMOptions(**spec.vllm.model_dump()).llm_kwargs() == {
+        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.9, "dtype": "auto", "max_model_len": 4096}
+    for bad in ({"gpu_memory_utilization": 1.5}, {"tensor_parallel_size": 0}, {"tp": 2}):
+        with pytest.raises(ValidationError):
+            SignalSpec.model_validate({"vllm": bad})

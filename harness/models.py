@@ -115,4 +115,15 @@ def load_model(model: ResolvedModel, dtype: str = "float32", device: str = "cpu"
     lm: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
         model.pretrained, dtype=torch_dtype, trust_remote_code=trust_remote_code, **model.hf_kwargs()
     )
+    if model.gguf_file:
+        _forget_gguf_origin(lm)
     return lm.to(device).eval()
+
+
+def _forget_gguf_origin(lm: Any) -> None:
+    """transformers dequantizes a GGUF file into ordinary dense weights but keeps its GGUF quantizer attached, so
+    `save_pretrained` refuses the model ("quantized with gguf and is not serializable") and a saved config would
+    claim a quantization it no longer has. The weights are plain tensors: drop the marker, keep the model."""
+    lm.hf_quantizer = None
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config

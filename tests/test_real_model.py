@@ -37,3 +37,19 @@ def test_smollm2_hellaswag_in_band(shared_data: Path, session_cache: Path, tmp_p
     assert 0.30 <= score["value"] <= 0.65, score  # well above chance (0.25), around the measured 0.465
     lines = (run_dir / "eval" / summary["label"] / "hellaswag.jsonl").read_text().splitlines()
     assert len(lines) == 40
+
+
+def test_a_model_loaded_from_gguf_saves_as_a_plain_folder(tmp_path: Path) -> None:
+    """Fused from a GGUF target, the model must save: the dequantized weights are ordinary tensors, and the saved
+    folder reloads without any GGUF marker into the same logits."""
+    import torch
+
+    from harness.models import ResolvedModel, load_model, resolve
+
+    model = load_model(resolve("smollm2-135m-instruct"))
+    model.save_pretrained(tmp_path)
+    assert "quantization_config" not in (tmp_path / "config.json").read_text()
+    again = load_model(ResolvedModel(str(tmp_path)))
+    ids = torch.tensor([[1, 504, 3575, 282, 4649, 314]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, again(ids).logits)

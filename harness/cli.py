@@ -63,6 +63,8 @@ def _experiment_overrides(
         "eval.limit": limit,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}  # flags not given keep the preset's values
+    if limit is not None:
+        overrides["eval.task_limits"] = {}  # --limit is one cap for every task
     if lora is not None:
         from harness.lora import parse_lora
 

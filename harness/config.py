@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError
 
@@ -170,11 +170,40 @@ class EvalSpec(_Strict):
 
     tasks: list[str] = Field(default_factory=lambda: ["sandbox"])
     limit: int | None = Field(default=None, ge=0, description="Documents per task; 0 or None lifts the cap.")
+    task_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per task or group (e.g. {sandbox: 0}): documents, 0 for all, instead of `limit`. "
+        "The command line's --limit sets `limit` and clears these.",
+    )
     num_fewshot: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=16, ge=1)
     max_gen_toks: int = Field(default=128, ge=1)
     backend: Literal["hf", "vllm"] = "hf"
     compare_sources: bool = Field(default=True, description="Also evaluate each source (rows of the comparison table).")
+
+
+    @field_validator("task_limits")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, v in value.items() if v < 0]
+        if bad:
+            raise ValueError(f"task_limits must be >= 0 (0: every document); got {', '.join(bad)}")
+        return value
+
+    def limits(self, tasks: list[str]) -> dict[str, int | None]:
+        """Documents per task (None: all) for the expanded task names, groups in task_limits applied to members."""
+        from harness.errors import HarnessError
+        from harness.task_catalog import expand
+
+        per_task: dict[str, int] = {}
+        for name, n in self.task_limits.items():
+            try:
+                members = expand([name])
+            except HarnessError as exc:
+                raise HarnessError(f"eval.task_limits: {exc}", "config") from None
+            for task in members:
+                per_task[task] = n
+        return {t: (per_task[t] if t in per_task else self.limit) or None for t in tasks}
 
 
 class Experiment(_Strict):

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -402,7 +402,7 @@ def evaluate_model(
     tasks: list[str],
     *,
     out_dir: Path,
-    limit: int | None = None,
+    limit: int | Mapping[str, int | None] | None = None,
     num_fewshot: int | None = None,
     batch_size: int = 16,
     max_gen_toks: int = 128,
@@ -421,14 +421,14 @@ def evaluate_model(
     Shots: `num_fewshot` if given, else the leaderboard's per-task settings when the `leaderboard` group was asked
     for, else each task's lm-eval default. `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
     (model, tokenizer) pair. `limit` None or
-    0 evaluates every document. `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to local
+    0 evaluates every document; a mapping gives each task name its own (tasks it lacks: every document). `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to local
     files; without it lm-eval's built-in tasks load from the hub.
     """
     names = expand_tasks(tasks)
     env_dir = os.environ.get("HARNESS_DATA_DIR")
     data_dir = data_dir or (Path(env_dir) if env_dir else None)
     cache_dir = cache_dir or default_cache_dir()
-    limit = limit or None
+    limits = {n: (limit.get(n) if isinstance(limit, Mapping) else limit) or None for n in names}
     if data_dir is not None:
         offline_data.check_layout([n for n in names if n not in task_catalog.SANDBOX_TASKS], data_dir)
     group_shots = task_catalog.group_fewshot(tasks)
@@ -439,7 +439,7 @@ def evaluate_model(
     todo: list[tuple[_Plan, Path]] = []
     for plan in plans:
         key = {"model": fingerprint, "backend": backend, "task": plan.info.name, "definition": plan.definition,
-               "shots": plan.info.fewshot, "limit": limit, "max_gen_toks": max_gen_toks, "data": plan.data_key,
+               "shots": plan.info.fewshot, "limit": limits[plan.info.name], "max_gen_toks": max_gen_toks, "data": plan.data_key,
                "chat": plan.info.chat, "seeds": EVAL_SEEDS,
                **({"chat_template": chat_template} if chat_template is not None else {})}  # fmt: skip
         entry = cache_dir / "eval" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -448,7 +448,7 @@ def evaluate_model(
         else:
             todo.append((plan, entry))
     if todo:
-        _evaluate_missing(model, todo, label_dir, limit, batch_size, max_gen_toks, backend, progress, scores,
+        _evaluate_missing(model, todo, label_dir, limits, batch_size, max_gen_toks, backend, progress, scores,
                           chat_template)  # fmt: skip
     return {n: scores[n] for n in names}
 
@@ -457,7 +457,7 @@ def _evaluate_missing(
     model: ResolvedModel | tuple[Any, Any],
     todo: list[tuple[_Plan, Path]],
     label_dir: Path,
-    limit: int | None,
+    limits: Mapping[str, int | None],
     batch_size: int,
     max_gen_toks: int,
     backend: str,
@@ -478,7 +478,7 @@ def _evaluate_missing(
         tm = TaskManager(include_path=tmp if has_local else None, include_defaults=needs_builtin)
         for plan, entry in todo:
             start = time.perf_counter()
-            found = _run_task(lm, tm, plan, limit, max_gen_toks)
+            found = _run_task(lm, tm, plan, limits[plan.info.name], max_gen_toks)
             if found is not None:
                 score, rows = found
                 _store(entry, score, rows)

@@ -107,8 +107,13 @@ def plan(exp: Experiment) -> Plan:
     labels = ["target-base", *([s.name for s in exp.sources] if exp.eval.compare_sources else []), exp.method.name]
     p.stages.append(f"evaluate: {', '.join(tasks)} for {', '.join(labels)}")
     p.stages.append("report: paired tests against target-base with Holm correction, tables and plots")
-    if exp.eval.limit:
-        p.notes.append(f"evaluating at most {exp.eval.limit} documents per task (the preset's cap); --limit 0 lifts it")
+    capped = {t: n for t, n in exp.eval.limits(tasks).items() if n}  # also checks task_limits' names
+    if capped:
+        caps = sorted(set(capped.values()))
+        what = f"at most {caps[0]}" if len(caps) == 1 else f"at most {caps[0]}-{caps[-1]}"
+        rest = [t for t in tasks if t not in capped]
+        every = f"; every document of {', '.join(rest)}" if rest else ""
+        p.notes.append(f"evaluating {what} documents per task{every} (the preset's caps); --limit 0 lifts them")
     return p
 
 
@@ -299,7 +304,7 @@ def _evaluate(
         console.print(f"evaluate: {label} on {', '.join(plan_.tasks)}")
         with manifest.timed("evaluate"):
             results[label] = evaluate_model(
-                model, label, exp.eval.tasks, out_dir=run_dir / "eval", limit=exp.eval.limit or None,
+                model, label, exp.eval.tasks, out_dir=run_dir / "eval", limit=exp.eval.limits(plan_.tasks),
                 num_fewshot=exp.eval.num_fewshot, batch_size=exp.eval.batch_size, max_gen_toks=exp.eval.max_gen_toks,
                 data_dir=plan_.data_dir, sandbox_root=sandbox_root, backend=exp.eval.backend,
                 cache_dir=plan_.cache_dir, progress=progress,

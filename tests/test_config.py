@@ -74,3 +74,15 @@ def test_explicit_null_lifts_a_cap() -> None:
     exp = load_experiment("sandbox", {"corpus.limit": 5})
     assert exp.corpus.limit == 5
     assert load_experiment("sandbox", {"corpus.limit": None}).corpus.limit is None
+
+
+def test_task_limits_cap_tasks_and_groups_and_the_cli_limit_clears_them() -> None:
+    from harness.cli import _experiment_overrides
+
+    exp = load_experiment("sandbox", {"eval.limit": 50, "eval.task_limits": {"sandbox": 0, "gsm8k": 10}})
+    tasks = ["mmlu", "gsm8k", "sandbox_knowledge", "sandbox_safety"]
+    assert exp.eval.limits(tasks) == {"mmlu": 50, "gsm8k": 10, "sandbox_knowledge": None, "sandbox_safety": None}
+    flat = load_experiment("sandbox", _experiment_overrides(None, None, None, None, 7, None, ()))
+    assert flat.eval.task_limits == {} and set(flat.eval.limits(tasks).values()) == {7}
+    kept = load_experiment("sandbox", _experiment_overrides(None, None, None, None, None, None, ()))
+    assert kept.eval.task_limits == {"sandbox": 0}  # no --limit: the preset's caps stay

@@ -71,3 +71,19 @@ def test_other_methods_run(method: str, tmp_path: Path, session_cache: Path, mic
     (run,) = list((tmp_path / "r").iterdir())
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == method and len(summary["tasks"]) == 3
+
+
+def test_ablate_runs_each_schedule_and_writes_the_ablation_table(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    proc = _harness(["ablate", "--method", "profuser", "--schedule", "progressive,reversed", "--tasks", "sandbox",
+                     "--limit", "4", "--out", "r", "--set", "eval.compare_sources=false", *MICRO],
+                    tmp_path, session_cache, None)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(d for d in (tmp_path / "r").iterdir() if not d.name.startswith("ablation-"))
+    schedules = [json.loads((d / "summary.json").read_text())["schedule"] for d in runs]
+    assert sorted(schedules) == ["progressive", "reversed"]
+    keys = [json.loads((d / "manifest.json").read_text())["cache_keys"] for d in runs]
+    assert keys[0]["signals.training"] == keys[1]["signals.training"] and keys[0]["train"] != keys[1]["train"]
+    (ablation,) = [d for d in (tmp_path / "r").iterdir() if d.name.startswith("ablation-")]
+    table = (ablation / "ablation.md").read_text()
+    assert "progressive" in table and "reversed" in table
+    assert sorted(Path(p).name for p in json.loads((ablation / "runs.json").read_text())) == [d.name for d in runs]

@@ -244,12 +244,15 @@ def _notes(columns: list[Column], rows: list[Row], ablation: bool) -> list[str]:
         if c.kind == "task":
             groups.setdefault(c.category or "other", []).append(c.key)
     seeds = any(cell.n_seeds > 1 for r in rows for cell in r.cells.values())
+    tested = any(cell.p_adjusted is not None for r in rows for cell in r.cells.values())
     notes = [
         "Scores in % (metric × 100, one decimal) unless a metric exceeds 1; best per column in bold"
         + ("; ± is the sd over seeds." if seeds else "."),
-        "† p_adj < 0.05, ‡ p_adj < 0.01 vs target-base: paired test over the same documents (exact McNemar for "
-        "binary metrics, sign-flip permutation otherwise), Holm-corrected across each run's comparisons.",
     ]
+    if tested:  # a plain `harness eval` has nothing to compare against
+        notes.append("† p_adj < 0.05, ‡ p_adj < 0.01 vs target-base: paired test over the same documents (exact "
+                     "McNemar for binary metrics, sign-flip permutation otherwise), Holm-corrected across each run's "
+                     "comparisons.")  # fmt: skip
     if any(len(ts) > 1 for ts in groups.values()) and len(groups) > 1:
         notes.append("Categories: " + "; ".join(f"{c}: {', '.join(ts)}" for c, ts in groups.items()) + ".")
     if ablation:

@@ -469,3 +469,8 @@ def test_head_to_head_pairs_two_methods_of_two_runs(tmp_path: Path) -> None:
         head_to_head([a, b], "profuser", "averaging")
     with pytest.raises(HarnessError, match="2 runs of method 'profuser'"):
         head_to_head([a, make_run(tmp_path, "pro2", seed=1), b], "profuser", "fusellm")
+
+
+def test_the_significance_legend_appears_only_where_something_was_tested(runs: dict[str, Path]) -> None:
+    assert not any("p_adj" in n for n in build_table([runs["plain"]]).notes)  # a plain `harness eval`
+    assert any("p_adj" in n for n in build_table([runs["progressive"], runs["plain"]]).notes)

@@ -181,7 +181,6 @@ class EvalSpec(_Strict):
     backend: Literal["hf", "vllm"] = "hf"
     compare_sources: bool = Field(default=True, description="Also evaluate each source (rows of the comparison table).")
 
-
     @field_validator("task_limits")
     @classmethod
     def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
@@ -192,7 +191,6 @@ class EvalSpec(_Strict):
 
     def limits(self, tasks: list[str]) -> dict[str, int | None]:
         """Documents per task (None: all) for the expanded task names, groups in task_limits applied to members."""
-        from harness.errors import HarnessError
         from harness.task_catalog import expand
 
         per_task: dict[str, int] = {}

@@ -420,9 +420,9 @@ def evaluate_model(
 
     Shots: `num_fewshot` if given, else the leaderboard's per-task settings when the `leaderboard` group was asked
     for, else each task's lm-eval default. `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
-    (model, tokenizer) pair. `limit` None or
-    0 evaluates every document; a mapping gives each task name its own (tasks it lacks: every document). `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to local
-    files; without it lm-eval's built-in tasks load from the hub.
+    (model, tokenizer) pair. `limit` None or 0 evaluates every document; a mapping gives each task name its own
+    (tasks it lacks: every document). `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to
+    local files; without it lm-eval's built-in tasks load from the hub.
     """
     names = expand_tasks(tasks)
     env_dir = os.environ.get("HARNESS_DATA_DIR")

@@ -273,14 +273,13 @@ def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
 
     Under FSDP / ZeRO-3 the parameters are sharded; `train` gathers the full state dict into `result.state_dict`.
     """
-    state = distributed.state()
-    if state.is_main_process:
+    if distributed.is_main():
         tmp = final.with_name("final.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         result.model.save_pretrained(tmp, state_dict=result.state_dict)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, final)
-    state.wait_for_everyone()
+    distributed.barrier()
 
 
 def _weights_identity(model: ResolvedModel) -> dict[str, Any]:
@@ -377,7 +376,6 @@ def _start_run(exp: Experiment, out: Path) -> tuple[Path, Manifest]:
     if main:
         run_dir = new_run_dir(out, exp.method.name)
         atomic_write_text(run_dir / "config.yaml", exp.to_yaml())
-        Manifest(run_dir, exp.seed)
     run_dir = Path(distributed.from_main(str(run_dir)))
     return run_dir, Manifest(run_dir, exp.seed, write=main)
 

@@ -528,8 +528,8 @@ def head_to_head(run_dirs: Sequence[Path], a: str, b: str) -> pd.DataFrame:
         raise HarnessError(f"the runs of '{a}' and '{b}' share no task", "report")
     rows = compare_across_runs((dir_a, a), (dir_b, b), tasks)
     frame = pd.DataFrame.from_records(rows)
-    frame.insert(3, f"{a}", [sum_a["tasks"][t]["value"] for t in frame["task"]])
-    frame.insert(4, f"{b}", [sum_b["tasks"][t]["value"] for t in frame["task"]])
+    frame.insert(3, a, [sum_a["tasks"][t]["value"] for t in frame["task"]])
+    frame.insert(4, b, [sum_b["tasks"][t]["value"] for t in frame["task"]])
     return frame
 
 

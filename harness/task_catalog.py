@@ -162,7 +162,7 @@ def _sandbox_info(name: str) -> TaskInfo:
     skill = name.removeprefix("sandbox_")
     category = skill if skill in CATEGORIES else "sandbox"  # the sandbox skills mirror the paper's categories
     return TaskInfo(name, category, metric, str(filters[0]["name"]), metric in BINARY_METRICS, shots, False, (),
-                    "sandbox", name, chat, f"sandbox world: {name.removeprefix('sandbox_')} skill")  # fmt: skip
+                    "sandbox", name, chat, f"sandbox world: {skill} skill")  # fmt: skip
 
 
 def task_info(name: str) -> TaskInfo:

@@ -1,3 +1,39 @@
-"""fusion-harness: knowledge fusion of LLMs (ProFuser and baselines), trained and evaluated through one harness."""
+"""fusion-harness: knowledge fusion of LLMs (ProFuser and baselines), trained and evaluated through one harness.
+
+The Python API (harness/api.py) is what the `harness` command runs:
+
+    import harness
+    exp = harness.load_experiment("sandbox", {"method.name": "fusellm", "eval.tasks": ["sandbox"]})
+    fused = harness.run(exp)
+    print(fused.scores(), fused.table())
+"""
+
+from harness.api import (
+    Experiment,
+    Run,
+    ablate,
+    compare,
+    evaluate,
+    load_experiment,
+    load_run,
+    plan,
+    run,
+    schedule_variants,
+    versus,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Experiment",
+    "Run",
+    "ablate",
+    "compare",
+    "evaluate",
+    "load_experiment",
+    "load_run",
+    "plan",
+    "run",
+    "schedule_variants",
+    "versus",
+]

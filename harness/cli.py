@@ -66,7 +66,7 @@ def _experiment_overrides(
     if limit is not None:
         overrides["eval.task_limits"] = {}  # --limit is one cap for every task
     if lora is not None:
-        from harness.lora import parse_lora
+        from harness.training.lora import parse_lora
 
         overrides["train.lora"] = parse_lora(lora)
     overrides.update(_parse_sets(sets))  # explicit, so `--set corpus.limit=null` lifts a preset's cap
@@ -184,18 +184,18 @@ def run(
       harness run --preset paper --dry-run
       harness run -m profuser -t sandbox --num-processes 8 --accelerate-config fsdp
     """
-    from harness import distributed, pipeline
+    from harness import api, distributed, pipeline
 
     exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets, lora))
-    plan = pipeline.plan(exp)
+    plan = api.plan(exp)
     if dry_run:
         pipeline.print_plan(plan, out)
         return
     if _launch_elsewhere(num_processes, accelerate_config):
         return
-    run_dir = pipeline.run(exp, Path(out), progress=not quiet, validated=plan)
+    result = api.run(exp, out, progress=not quiet)
     if distributed.is_main():
-        click.echo(f"run directory: {run_dir}")
+        click.echo(f"run directory: {result.dir}")
 
 
 @main.command()
@@ -222,7 +222,7 @@ def ablate(
     Example:
       harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
     """
-    from harness import pipeline
+    from harness import api
 
     names = _csv(schedule) if schedule else list(SCHEDULES)
     for name in names or []:
@@ -233,14 +233,14 @@ def ablate(
         for name in names or []
     ]
     for exp in exps:  # every variant is checked before any process starts
-        pipeline.plan(exp)
+        api.plan(exp)
     if _launch_elsewhere(num_processes, accelerate_config):
         return
     from harness import distributed
 
-    run_dirs = pipeline.ablate(exps, Path(out), progress=not quiet)
+    runs = api.ablate(exps, out, progress=not quiet)
     if distributed.is_main():
-        click.echo("ablation runs: " + " ".join(str(d) for d in run_dirs))
+        click.echo("ablation runs: " + " ".join(str(r.dir) for r in runs))
 
 
 # `--schedule` of ablate takes a list, so it is redefined as a plain string option.
@@ -275,7 +275,7 @@ def tasks(as_json: bool) -> None:
     Example:
       harness tasks
     """
-    from harness.task_catalog import describe_tasks
+    from harness.evaluation.task_catalog import describe_tasks
 
     rows = describe_tasks()
     if as_json:
@@ -302,16 +302,15 @@ def report(run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: st
       harness report results/run-a results/run-b --format latex --out table.tex
       harness report results/*/ --versus profuser:fusellm
     """
-    from harness.report import build_table, head_to_head, render, render_head_to_head
+    from harness import api
 
-    dirs = [Path(d) for d in run_dirs]
     if versus is not None:
         a, sep, b = versus.partition(":")
         if not (a and sep and b) or a == b:
             raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")
-        text = render_head_to_head(head_to_head(dirs, a, b), fmt)
+        text = api.versus(run_dirs, a, b, fmt)
     else:
-        text = render(build_table(dirs), fmt)
+        text = api.compare(run_dirs, fmt)
     if out_file:
         from harness.store import atomic_write_text
 
@@ -331,7 +330,7 @@ def plot(run_dirs: tuple[str, ...], out_dir: str | None) -> None:
     Example:
       harness plot results/20261128-120000-profuser-0
     """
-    from harness.plots import make_plots
+    from harness.analysis.plots import make_plots
 
     dirs = [Path(d) for d in run_dirs]
     paths = make_plots(dirs, Path(out_dir) if out_dir else dirs[0] / "plots")
@@ -373,22 +372,15 @@ def eval_cmd(
       harness eval --model hf:lmsys/vicuna-7b-v1.5 --tasks leaderboard
       harness eval --model results/RUN/model --tasks sandbox --label my-fused
     """
-    from harness import pipeline
+    from harness import api
     from harness.config import SandboxSpec
 
-    run_dir = pipeline.evaluate_only(
-        model_spec,
-        _csv(tasks) or [],
-        label=label,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        out=Path(out),
-        data_dir=data_dir or os.environ.get("HARNESS_DATA_DIR"),
-        progress=not quiet,
+    result = api.evaluate(
+        model_spec, _csv(tasks) or [], label=label, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+        out=out, data_dir=data_dir, progress=not quiet,
         sandbox=SandboxSpec(size=sandbox_size, seed=sandbox_seed),  # type: ignore[arg-type]
-    )
-    click.echo(f"run directory: {run_dir}")
+    )  # fmt: skip
+    click.echo(f"run directory: {result.dir}")
 
 
 @main.group()
@@ -483,7 +475,7 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
         cells = [f"{stats[m][s]:.1%}" if s in stats.get(m, {}) else "-" for m in ("training", "inference")]
         table.add_row(s, *cells)
     stdout.print(table)
-    from harness.plots import plot_selection
+    from harness.analysis.plots import plot_selection
 
     for p in plot_selection(Path(run_dir), Path(run_dir) / "plots"):
         click.echo(str(p))

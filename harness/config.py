@@ -137,7 +137,7 @@ class JudgeSpec(_Strict):
 
 
 class LoraSpec(_Strict):
-    """LoRA adapters through peft (harness/lora.py): every method can train them; fits 7B fusion on small GPUs."""
+    """LoRA adapters through peft (harness/training/lora.py): every method can train them; fits 7B fusion on small GPUs."""
 
     r: int = Field(default=16, ge=1)
     alpha: int = Field(default=32, ge=1)
@@ -147,7 +147,7 @@ class LoraSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    """The shared training loop (harness/train.py)."""
+    """The shared training loop (harness/training/loop.py)."""
 
     epochs: float = Field(default=1.0, gt=0.0)
     max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
@@ -188,20 +188,6 @@ class EvalSpec(_Strict):
         if bad:
             raise ValueError(f"task_limits must be >= 0 (0: every document); got {', '.join(bad)}")
         return value
-
-    def limits(self, tasks: list[str]) -> dict[str, int | None]:
-        """Documents per task (None: all) for the expanded task names, groups in task_limits applied to members."""
-        from harness.task_catalog import expand
-
-        per_task: dict[str, int] = {}
-        for name, n in self.task_limits.items():
-            try:
-                members = expand([name])
-            except HarnessError as exc:
-                raise HarnessError(f"eval.task_limits: {exc}", "config") from None
-            for task in members:
-                per_task[task] = n
-        return {t: (per_task[t] if t in per_task else self.limit) or None for t in tasks}
 
 
 class Experiment(_Strict):

@@ -76,7 +76,7 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> None:
 
 def plan(exp: Experiment) -> Plan:
     """Validate the experiment end to end (method, tasks, models, corpus, data dir) without heavy work."""
-    from harness.evaluate import expand_tasks
+    from harness.evaluation.evaluate import expand_tasks
     from harness.registry import get_method
 
     method_cls = get_method(exp.method.name)
@@ -107,7 +107,7 @@ def plan(exp: Experiment) -> Plan:
     labels = ["target-base", *([s.name for s in exp.sources] if exp.eval.compare_sources else []), exp.method.name]
     p.stages.append(f"evaluate: {', '.join(tasks)} for {', '.join(labels)}")
     p.stages.append("report: paired tests against target-base with Holm correction, tables and plots")
-    capped = {t: n for t, n in exp.eval.limits(tasks).items() if n}  # also checks task_limits' names
+    capped = {t: n for t, n in _limits(exp, tasks).items() if n}  # also checks task_limits' names
     if capped:
         caps = sorted(set(capped.values()))
         what = f"at most {caps[0]}" if len(caps) == 1 else f"at most {caps[0]}-{caps[-1]}"
@@ -115,6 +115,12 @@ def plan(exp: Experiment) -> Plan:
         every = f"; every document of {', '.join(rest)}" if rest else ""
         p.notes.append(f"evaluating {what} documents per task{every} (the preset's caps); --limit 0 lifts them")
     return p
+
+
+def _limits(exp: Experiment, tasks: list[str]) -> dict[str, int | None]:
+    from harness.evaluation.task_catalog import document_limits
+
+    return document_limits(exp.eval.limit, exp.eval.task_limits, tasks)
 
 
 def print_plan(p: Plan, out: str) -> None:
@@ -220,9 +226,9 @@ def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, ma
 
 def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any], run_dir: Path, manifest: Manifest, progress: bool) -> Path:
     """Train (or resume, or reuse) the fused target in the cache; returns the folder of the final model."""
-    from harness.fusion_data import build_fusion_dataset, collate
     from harness.models import load_model, load_tokenizer
-    from harness.train import train
+    from harness.training.dataset import build_fusion_dataset, collate
+    from harness.training.loop import train
 
     target = prepared.models[exp.target.name]
     procs = distributed.world_size()  # batch_size is per process: the global batch depends on it
@@ -250,7 +256,7 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             tok = load_tokenizer(target, exp.target.trust_remote_code)
             model = load_model(target, "float32", "cpu", exp.target.trust_remote_code)
             if exp.train.lora:
-                from harness import lora
+                from harness.training import lora
 
                 model = lora.wrap(model, exp.train.lora)
             with manifest.timed("train"):
@@ -295,7 +301,7 @@ def _evaluate(
     exp: Experiment, plan_: Plan, models: dict[str, ResolvedModel], sandbox_root: Path | None, run_dir: Path,
     manifest: Manifest, progress: bool,
 ) -> dict[str, dict[str, Any]]:
-    from harness.evaluate import evaluate_model
+    from harness.evaluation.evaluate import evaluate_model
 
     results: dict[str, dict[str, Any]] = {}
     templates = {exp.target.name: exp.target.chat_template, **{s.name: s.chat_template for s in exp.sources}}
@@ -303,7 +309,7 @@ def _evaluate(
         console.print(f"evaluate: {label} on {', '.join(plan_.tasks)}")
         with manifest.timed("evaluate"):
             results[label] = evaluate_model(
-                model, label, exp.eval.tasks, out_dir=run_dir / "eval", limit=exp.eval.limits(plan_.tasks),
+                model, label, exp.eval.tasks, out_dir=run_dir / "eval", limit=_limits(exp, plan_.tasks),
                 num_fewshot=exp.eval.num_fewshot, batch_size=exp.eval.batch_size, max_gen_toks=exp.eval.max_gen_toks,
                 data_dir=plan_.data_dir, sandbox_root=sandbox_root, backend=exp.eval.backend,
                 cache_dir=plan_.cache_dir, progress=progress,
@@ -321,7 +327,7 @@ def _score_dict(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]], label: str, manifest: Manifest) -> dict[str, Any]:
-    from harness.stats import compare_runs
+    from harness.analysis.stats import compare_runs
 
     summary: dict[str, Any] = {
         "run_id": run_dir.name,
@@ -345,8 +351,8 @@ def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]],
 
 
 def _report(run_dir: Path, progress: bool) -> None:
-    from harness.plots import make_plots
-    from harness.report import build_table, to_rich, write_tables
+    from harness.analysis.plots import make_plots
+    from harness.analysis.report import build_table, to_rich, write_tables
 
     write_tables([run_dir], run_dir / "tables")
     _table_console().print(to_rich(build_table([run_dir])))
@@ -430,8 +436,8 @@ def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Pat
     run_dirs = [run(e, out, progress, p) for e, p in zip(exps, plans, strict=True)]
     if not distributed.is_main():
         return run_dirs
-    from harness.plots import make_plots
-    from harness.report import build_ablation_table, render, to_rich
+    from harness.analysis.plots import make_plots
+    from harness.analysis.report import build_ablation_table, render, to_rich
 
     table = build_ablation_table(run_dirs)
     text = render(table, "md")
@@ -454,8 +460,8 @@ def evaluate_only(
     Sandbox tasks and `sandbox:NAME` models load the world `sandbox` (default size, seed 0) from the cache,
     building it first if needed; everything is checked before the run directory is made.
     """
-    from harness.evaluate import evaluate_model, expand_tasks
-    from harness.task_catalog import SANDBOX_TASKS
+    from harness.evaluation.evaluate import evaluate_model, expand_tasks
+    from harness.evaluation.task_catalog import SANDBOX_TASKS
 
     names = expand_tasks(tasks)
     data = _check_data_dir(data_dir)

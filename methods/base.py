@@ -2,9 +2,9 @@
 
 A method declares which signals it needs, how it turns the per-example signals of several sources into
 one sparse teacher distribution (`combine`), and its loss for a batch at a step (`loss`). It never sees
-the optimizer, the device placement or the launcher: harness/train.py owns those.
+the optimizer, the device placement or the launcher: harness/training/loop.py owns those.
 
-Token conventions (shared with harness/signals.py and harness/train.py):
+Token conventions (shared with harness/signals/ and harness/training/loop.py):
 - `input_ids[b, i]` is token i of prompt + response in the *target's* tokenization.
 - `labels[b, i]` is that token where it belongs to the response, else -100 (prompt and padding).
 - `topk_ids[b, i, :]` / `topk_logp[b, i, :]` are the teacher's top-k distribution over the target vocabulary
@@ -17,19 +17,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import ClassVar
 
 import torch
 
 from harness.config import MethodSpec
+from harness.modes import Signal
 
-
-class Signal(str, Enum):
-    """Training mode: sources teacher-forced on the reference. Inference mode: the judged best generated response."""
-
-    TRAINING = "training"
-    INFERENCE = "inference"
+__all__ = ["FusionBatch", "FusionMethod", "LossParts", "SeqBatch", "Signal", "SourceTargets"]
 
 
 @dataclass

@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from harness.align import (
+from harness.bench.align import make_texts, tokenize, tokenizer_pair
+from harness.signals.align import (
     Tokenization,
     align,
     align_naive,
@@ -19,7 +20,6 @@ from harness.align import (
     token_bytes,
     vocab_map,
 )
-from harness.bench.align import make_texts, tokenize, tokenizer_pair
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_vocab_map_is_cached_on_disk(pair, tmp_path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("rebuilt instead of read from the cache")
 
-    monkeypatch.setattr("harness.align.build_vocab_map", boom)
+    monkeypatch.setattr("harness.signals.align.build_vocab_map", boom)
     assert vocab_map(source, target, tmp_path).tolist() == first.tolist()
 
 

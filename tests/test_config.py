@@ -8,6 +8,7 @@ import pytest
 
 from harness.config import Experiment, load_experiment, preset_names
 from harness.errors import HarnessError
+from harness.evaluation.task_catalog import document_limits
 
 
 def test_sandbox_preset_loads_with_paper_defaults() -> None:
@@ -81,8 +82,8 @@ def test_task_limits_cap_tasks_and_groups_and_the_cli_limit_clears_them() -> Non
 
     exp = load_experiment("sandbox", {"eval.limit": 50, "eval.task_limits": {"sandbox": 0, "gsm8k": 10}})
     tasks = ["mmlu", "gsm8k", "sandbox_knowledge", "sandbox_safety"]
-    assert exp.eval.limits(tasks) == {"mmlu": 50, "gsm8k": 10, "sandbox_knowledge": None, "sandbox_safety": None}
+    assert document_limits(exp.eval.limit, exp.eval.task_limits, tasks) == {"mmlu": 50, "gsm8k": 10, "sandbox_knowledge": None, "sandbox_safety": None}
     flat = load_experiment("sandbox", _experiment_overrides(None, None, None, None, 7, None, ()))
-    assert flat.eval.task_limits == {} and set(flat.eval.limits(tasks).values()) == {7}
+    assert flat.eval.task_limits == {} and set(document_limits(flat.eval.limit, flat.eval.task_limits, tasks).values()) == {7}
     kept = load_experiment("sandbox", _experiment_overrides(None, None, None, None, None, None, ()))
     assert kept.eval.task_limits == {"sandbox": 0}  # no --limit: the preset's caps stay

@@ -15,9 +15,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from harness import evaluate as ev  # noqa: E402
-from harness import offline_data, task_catalog  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
+from harness.evaluation import evaluate as ev  # noqa: E402
+from harness.evaluation import offline_data, task_catalog  # noqa: E402
 from harness.models import ResolvedModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""harness.generate: HF batching/ordering/stops/seeds on a tiny random Llama, and the vLLM path via a fake module."""
+"""harness.signals.generate: HF batching/ordering/stops/seeds on a tiny random Llama, and the vLLM path via a fake module."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import harness.generate as gen
+import harness.signals.generate as gen
 from harness.chat import render_prompt
 from harness.errors import HarnessError
-from harness.generate import VLLMOptions, finish_response, generate, select_backend
+from harness.signals.generate import VLLMOptions, finish_response, generate, select_backend
 
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -187,7 +187,7 @@ def test_fake_vllm_module_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class _FakeVLLM:
-    """Records what harness.generate hands to vllm.LLM / SamplingParams / LLM.generate."""
+    """Records what harness.signals.generate hands to vllm.LLM / SamplingParams / LLM.generate."""
 
     def __init__(self, answers: list[str]) -> None:
         self.answers = answers

@@ -1,4 +1,4 @@
-"""harness.judges: the reference scorer on hand-made strings, the vote rule, and reward models built here."""
+"""harness.signals.judges: the reference scorer on hand-made strings, the vote rule, and reward models built here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrained
 
 from harness.config import JudgeSpec
 from harness.errors import HarnessError
-from harness.judges import (
+from harness.signals.judges import (
     ReferenceJudge,
     RewardModel,
     RewardModelJudge,

@@ -10,9 +10,9 @@ from test_train import collate, synthetic_items, tiny_model  # tests/ is on sys.
 
 from harness.config import LoraSpec, MethodSpec, TrainSpec
 from harness.errors import HarnessError
-from harness.lora import parse_lora, unwrap_for_saving, wrap
 from harness.registry import get_method
-from harness.train import train
+from harness.training.loop import train
+from harness.training.lora import parse_lora, unwrap_for_saving, wrap
 
 pytest.importorskip("peft")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.stats import compare_runs
+from harness.analysis.stats import compare_runs
 
 
 def _harness(args: list[str], cwd: Path, cache: Path, data: Path | None) -> subprocess.CompletedProcess[str]:

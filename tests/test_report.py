@@ -14,10 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.analysis.report import (
+    build_ablation_table,
+    build_table,
+    render,
+    tex_escape,
+    to_rich,
+    write_tables,
+)
+from harness.analysis.stats import compare_runs
 from harness.config import ScheduleSpec
 from harness.errors import HarnessError
-from harness.report import build_ablation_table, build_table, render, tex_escape, to_rich, write_tables
-from harness.stats import compare_runs
 
 # task -> (category, metric, binary); names with '_' exercise LaTeX escaping
 TASKS = {
@@ -405,7 +412,7 @@ def test_rich_table_has_every_row(runs: dict[str, Path]) -> None:
 
 
 def test_make_plots_writes_pdf_and_png_for_every_figure(runs: dict[str, Path], tmp_path: Path) -> None:
-    from harness.plots import make_plots
+    from harness.analysis.plots import make_plots
 
     paths = make_plots([runs["progressive"], runs["linear"], runs["plain"]], tmp_path / "plots")
     stems = {p.stem for p in paths}
@@ -423,7 +430,7 @@ def test_make_plots_writes_pdf_and_png_for_every_figure(runs: dict[str, Path], t
 
 
 def test_plots_skip_what_a_run_lacks(runs: dict[str, Path], tmp_path: Path) -> None:
-    from harness.plots import make_plots, plot_selection
+    from harness.analysis.plots import make_plots, plot_selection
 
     assert plot_selection(runs["plain"], tmp_path) == []
     paths = make_plots([runs["plain"]], tmp_path / "plain")
@@ -436,8 +443,8 @@ def test_plots_skip_what_a_run_lacks(runs: dict[str, Path], tmp_path: Path) -> N
 def test_wilson_interval_for_binary_cells() -> None:
     from statsmodels.stats.proportion import proportion_confint
 
-    from harness.plots import score_ci
-    from harness.report import Cell
+    from harness.analysis.plots import score_ci
+    from harness.analysis.report import Cell
 
     low, high = score_ci(Cell(0.05, n=100, binary=True))  # type: ignore[misc]
     assert (low, high) == pytest.approx(proportion_confint(5, 100, method="wilson"))
@@ -447,8 +454,8 @@ def test_wilson_interval_for_binary_cells() -> None:
 
 
 def test_head_to_head_pairs_two_methods_of_two_runs(tmp_path: Path) -> None:
-    from harness.report import head_to_head, render_head_to_head
-    from harness.stats import load_samples
+    from harness.analysis.report import head_to_head, render_head_to_head
+    from harness.analysis.stats import load_samples
 
     a = make_run(tmp_path, "pro", method="profuser", schedule="progressive")
     b = make_run(tmp_path, "fuse", method="fusellm", schedule="reversed")  # fixes far fewer failures

@@ -12,28 +12,31 @@ import pyarrow as pa
 import pytest
 import torch
 
-from harness.align import Tokenization
 from harness.bench.signals import tiny_corpus, tiny_models
 from harness.config import MethodSpec, SignalSpec
 from harness.errors import HarnessError
-from harness.fusion_data import build_fusion_dataset, collate
-from harness.judges import JudgeResult
 from harness.models import ResolvedModel, load_model, load_tokenizer
-from harness.signal_store import ExampleSignal, SignalSet, SignalStore, StoreMeta, example_from_table, id_type
 from harness.signals import (
     CorpusRow,
-    Encoded,
     ModelHandle,
-    TeacherPass,
-    aligned_teacher,
-    encode_example,
     extract_signals,
     load_corpus,
-    merge_topk,
     selection_stats,
-    teacher_forced,
     validate_corpus,
 )
+from harness.signals.align import Tokenization
+from harness.signals.encoding import Encoded, encode_example
+from harness.signals.judges import JudgeResult
+from harness.signals.store import (
+    ExampleSignal,
+    SignalSet,
+    SignalStore,
+    StoreMeta,
+    example_from_table,
+    id_type,
+)
+from harness.signals.teacher import TeacherPass, aligned_teacher, merge_topk, teacher_forced
+from harness.training.dataset import build_fusion_dataset, collate
 from methods.base import FusionMethod, LossParts, Signal
 
 SPEC = SignalSpec(top_k=10, max_length=96, batch_size=4, shard_size=4, max_new_tokens=8)
@@ -211,7 +214,7 @@ def test_truncated_shard_is_reported_and_rebuilt(models, corpus, tmp_path, caplo
     path = store.shard_path(1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     rebuilt: list[tuple[str, int]] = []
-    with caplog.at_level(logging.WARNING, logger="harness.signal_store"):
+    with caplog.at_level(logging.WARNING, logger="harness.signals.store"):
         extract(models, corpus, tmp_path, names=("llama-sp",), on_shard=lambda s, i: rebuilt.append((s, i)))
     assert rebuilt == [("training:llama-sp", 1)]
     assert "unreadable" in caplog.text and "shard-00001" in caplog.text
@@ -265,7 +268,7 @@ def test_cached_signals_are_reused_without_loading_a_model(models, corpus, tmp_p
         loaded.append(Path(model.pretrained).name)
         return load_model(model, *args, **kwargs)
 
-    monkeypatch.setattr("harness.signals.load_model", recording)
+    monkeypatch.setattr("harness.signals.candidate_store.load_model", recording)
     again = extract(models, corpus, tmp_path)
     assert loaded == [] and again.candidates == first.candidates and again.key == first.key
     # another method with one more source reuses the stores it shares
@@ -277,7 +280,7 @@ def test_cached_signals_are_reused_without_loading_a_model(models, corpus, tmp_p
 
 
 def fake_generate(model, tokenizer, prompts, **kwargs):
-    """A stand-in for harness.generate.generate: each model answers with a different number of words."""
+    """A stand-in for harness.signals.generate.generate: each model answers with a different number of words."""
     words = 1 + len(tokenizer) % 4
     return [" ".join(p.split()[:words]) + "." for p in prompts]
 

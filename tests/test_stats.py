@@ -12,8 +12,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from harness.errors import HarnessError
-from harness.stats import (
+from harness.analysis.stats import (
     bootstrap_ci,
     compare_paired,
     compare_runs,
@@ -23,6 +22,7 @@ from harness.stats import (
     seed_summary,
     sign_flip_test,
 )
+from harness.errors import HarnessError
 
 
 def _binary_pairs(only_a: int, only_b: int, both: int, neither: int) -> tuple[list[float], list[float]]:

@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from harness.config import MethodSpec, ScheduleSpec, TrainSpec
 from harness.errors import HarnessError
 from harness.registry import get_method
-from harness.train import forward_views, latest_checkpoint, train
+from harness.training.loop import forward_views, latest_checkpoint, train
 from methods.base import FusionBatch, LossParts, SeqBatch, Signal
 from methods.fusellm import FuseLLM
 
@@ -49,13 +49,13 @@ def _sequence(gen: torch.Generator, n_prompt: int, n_response: int) -> dict[str,
 
 
 def synthetic_items(n: int = 24, seed: int = 0) -> list[dict[Signal, dict[str, torch.Tensor]]]:
-    """Items as harness/fusion_data.py yields them: per view, one example's tokens and sparse teacher."""
+    """Items as harness/training/dataset.py yields them: per view, one example's tokens and sparse teacher."""
     gen = torch.Generator().manual_seed(seed)
     return [{Signal.TRAINING: _sequence(gen, 4, 8 + i % 3), Signal.INFERENCE: _sequence(gen, 4, 5 + i % 4)} for i in range(n)]
 
 
 def collate(items: list[dict[Signal, dict[str, torch.Tensor]]]) -> FusionBatch:
-    """Right-pad each view to its longest example (a stand-in for harness.fusion_data.collate)."""
+    """Right-pad each view to its longest example (a stand-in for harness.training.dataset.collate)."""
     views = {}
     for signal in items[0]:
         xs = [item[signal] for item in items]
@@ -197,7 +197,7 @@ def test_empty_dataset_and_wrong_tokenizer_are_user_errors(tmp_path: Path) -> No
 
 
 def test_trackers_are_optional_but_names_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness import train as train_module
+    from harness.training import loop as train_module
 
     with pytest.raises(HarnessError, match="unknown tracker 'mlflow'"):
         train_module._trackers(["mlflow"])

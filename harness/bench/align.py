@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.align import Tokenization, align, align_naive, tile_offsets
+from harness.signals.align import Tokenization, align, align_naive, tile_offsets
 
 BYTELEVEL_TEMPLATE = (
     "{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"

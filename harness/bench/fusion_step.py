@@ -1,6 +1,6 @@
 """What a fusion training step costs next to a plain next-token step: same model, same batch, one run.
 
-Steps measured (forward + backward + AdamW update, exactly the code harness/train.py runs):
+Steps measured (forward + backward + AdamW update, exactly the code harness/training/loop.py runs):
 - plain:    the model's own next-token loss, `model(input_ids, attention_mask, labels=labels).loss`;
 - fusellm:  one view, lam * CE(y) + (1 - lam) * CE(P_S, P_T) with a top-k (k=10) teacher at every response token;
 - profuser: both views in one forward (ProFuser, simultaneous schedule: all four terms).
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from harness.config import MethodSpec, ScheduleSpec
-from harness.train import forward_views, pad_views
+from harness.training.loop import forward_views, pad_views
 from methods.base import FusionBatch, SeqBatch, Signal
 from methods.fusellm import FuseLLM
 from methods.profuser import ProFuser

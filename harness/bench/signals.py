@@ -17,7 +17,7 @@ from harness.bench.align import bytelevel_tokenizer, make_texts, sentencepiece_t
 from harness.config import SignalSpec
 from harness.models import ResolvedModel
 from harness.signals import CorpusRow, ModelHandle, extract_signals, load_corpus
-from methods.base import Signal
+from harness.modes import Signal
 
 TINY = {
     "target": ("gpt2", "bytelevel", 700),

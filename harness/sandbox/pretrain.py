@@ -3,7 +3,7 @@
 Each step draws a batch of (prompt, response) examples from a skill mix (most of one skill, a little of the
 others), right-pads it and minimises cross-entropy on the response tokens only. The model is trained on
 exactly the text the harness later renders, `render_prompt(prompt) + response + eos`. This is deliberately
-not the fusion training loop (harness/train.py): it only builds the sources, seeded and deterministic on CPU.
+not the fusion training loop (harness/training/loop.py): it only builds the sources, seeded and deterministic on CPU.
 """
 
 from __future__ import annotations

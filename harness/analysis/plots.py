@@ -1,5 +1,5 @@
 """Paper figures from run directories: task scores with 95% CIs, category radar, training curves, source
-selection and the schedule ablation. Each is written as PDF (vector) and PNG by harness/plot_style.py.
+selection and the schedule ablation. Each is written as PDF (vector) and PNG by harness/analysis/plot_style.py.
 
 Error bars are 95% intervals everywhere: Wilson for binary metrics, ±1.96·stderr for others; for rows that
 average k seeds, ±1.96·sqrt(se_doc² + sd_seed²/k) (document sampling plus seed variation; a t-interval over
@@ -20,10 +20,10 @@ import numpy as np
 from matplotlib.patches import Patch
 from statsmodels.stats.proportion import proportion_confint
 
-from harness import plot_style as ps
+from harness.analysis import plot_style as ps
+from harness.analysis.report import Cell, Table, build_table, load_summary
 from harness.config import SCHEDULES
 from harness.errors import HarnessError
-from harness.report import Cell, Table, build_table, load_summary
 
 # loss components as methods/*.py name them (anything else is shown by its key)
 COMPONENT_NAMES = {
@@ -281,7 +281,7 @@ def plot_ablation(
     run_dirs: Sequence[Path], out_dir: Path, method: str = "profuser", stem: str = "ablation"
 ) -> list[Path]:
     """Scores per schedule (category averages and overall, 95% CI on the overall) and the weight schedules."""
-    from harness.report import build_ablation_table
+    from harness.analysis.report import build_ablation_table
 
     runs = [(Path(d), load_summary(Path(d))) for d in run_dirs]
     runs = [(d, s) for d, s in runs if s.get("method") == method]

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from harness.errors import HarnessError
-from harness.signal_store import ExampleSignal, SignalReader, SignalSet
+from harness.signals.store import ExampleSignal, SignalReader, SignalSet
 from methods.base import FusionBatch, FusionMethod, SeqBatch, Signal, SourceTargets
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from harness.errors import HarnessError
 from harness.store import atomic_write_bytes, atomic_write_json, locked, stable_hash
-from methods.base import Signal
+from harness.modes import Signal
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Rows: `target-base`, each source, plain-evaluated models, then each method (runs of the same method, schedule and
 target with different seeds are one row: mean ± sd over seeds). Columns: tasks grouped by category, then
 category averages and the overall average (macro means over tasks). Numbers are read from summary.json only;
-the significance markers use the Holm-adjusted p-values the summaries carry (see harness/stats.py).
+the significance markers use the Holm-adjusted p-values the summaries carry (see harness/analysis/stats.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from harness.analysis.stats import BASELINE_LABEL, seed_summary
 from harness.errors import HarnessError
-from harness.stats import BASELINE_LABEL, seed_summary
 from harness.store import atomic_write_text
 
 CATEGORY_ORDER = ("knowledge", "reasoning", "safety")
@@ -517,8 +517,8 @@ def _method_run(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name:
 
 def head_to_head(run_dirs: Sequence[Path], a: str, b: str) -> pd.DataFrame:
     """Method `a` against method `b` on each task both runs evaluated: paired tests over the same documents,
-    Holm-adjusted across the tasks (harness.stats.compare_across_runs). One row per task, fractions not percent."""
-    from harness.stats import compare_across_runs
+    Holm-adjusted across the tasks (harness.analysis.stats.compare_across_runs). One row per task, fractions not percent."""
+    from harness.analysis.stats import compare_across_runs
 
     dirs = [Path(d) for d in run_dirs]
     summaries = [load_summary(d) for d in dirs]

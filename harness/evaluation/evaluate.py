@@ -1,8 +1,8 @@
 """Evaluation through lm-eval: the real task names, local data when given, per-sample files, cached results.
 
-For each requested task the harness decides which definition runs it (harness/task_catalog.py): lm-eval's
+For each requested task the harness decides which definition runs it (harness/evaluation/task_catalog.py): lm-eval's
 built-in task without a data folder, the project's YAML over converted local files with one
-(harness/offline_data.py), the tasks/sandbox/ YAML over the sandbox world. Project YAMLs are copied into a
+(harness/evaluation/offline_data.py), the tasks/sandbox/ YAML over the sandbox world. Project YAMLs are copied into a
 temporary include folder with their relative `data_files` made absolute; only the project's own task folders
 supply `!function` hooks. Each (model, task, shots, limit, max_gen_toks, data) result is cached, so
 re-evaluating an unchanged model is instant.
@@ -26,8 +26,10 @@ from typing import Any
 
 import yaml
 
-from harness import distributed, offline_data, task_catalog
+from harness import distributed
 from harness.errors import HarnessError
+from harness.evaluation import offline_data, task_catalog
+from harness.evaluation.task_catalog import TaskInfo
 from harness.models import ResolvedModel
 from harness.store import (
     atomic_write_json,
@@ -37,7 +39,6 @@ from harness.store import (
     read_jsonl,
     write_jsonl,
 )
-from harness.task_catalog import TaskInfo
 
 EVAL_SEEDS = {
     "random_seed": 0,
@@ -62,7 +63,7 @@ class TaskScore:
 
 
 def expand_tasks(names: list[str]) -> list[str]:
-    """Task and group names -> task names (see harness/task_catalog.py)."""
+    """Task and group names -> task names (see harness/evaluation/task_catalog.py)."""
     return task_catalog.expand(names)
 
 

@@ -2,7 +2,7 @@
 
 A task name is the familiar one (`mmlu`, `gsm8k`, `truthfulqa`, ...). Without a local data folder it runs
 lm-eval's built-in task(s) (`builtin`); with one (`HARNESS_DATA_DIR` / `--data-dir`) it runs the project's
-YAML under tasks/<folder>/ over files converted by harness/offline_data.py. Sandbox tasks always run the
+YAML under tasks/<folder>/ over files converted by harness/evaluation/offline_data.py. Sandbox tasks always run the
 project's tasks/sandbox/ YAMLs over the sandbox world's files; their metric, filter and few-shot setting are
 read from those YAMLs.
 """
@@ -18,7 +18,7 @@ import yaml
 
 from harness.errors import HarnessError
 
-TASKS_ROOT = Path(__file__).resolve().parent.parent / "tasks"
+TASKS_ROOT = Path(__file__).resolve().parents[2] / "tasks"
 CATEGORIES = ("knowledge", "reasoning", "safety", "sandbox")
 BINARY_METRICS = frozenset({"acc", "acc_norm", "exact_match", "refusal", "compliance"})
 
@@ -112,6 +112,20 @@ def expand(names: list[str]) -> list[str]:
     return out
 
 
+def document_limits(limit: int | None, task_limits: dict[str, int], tasks: list[str]) -> dict[str, int | None]:
+    """Documents per task (None: all) for expanded task names: `task_limits` (tasks or groups, applied to their
+    members) where given, else `limit`; 0 means every document."""
+    per_task: dict[str, int] = {}
+    for name, n in task_limits.items():
+        try:
+            members = expand([name])
+        except HarnessError as exc:
+            raise HarnessError(f"eval.task_limits: {exc}", "config") from None
+        for task in members:
+            per_task[task] = n
+    return {t: (per_task[t] if t in per_task else limit) or None for t in tasks}
+
+
 class FunctionRef(str):
     """A `!function module.attr` reference kept as text (lm-eval resolves it when the task is built)."""
 
@@ -180,7 +194,7 @@ def with_fewshot(info: TaskInfo, shots: int) -> TaskInfo:
 
 def describe_tasks(data_dir: Path | None = None) -> list[dict[str, Any]]:
     """Rows for `harness tasks`: every task and group with category, metric, default shots and data availability."""
-    from harness.offline_data import missing_sources
+    from harness.evaluation.offline_data import missing_sources
 
     env = os.environ.get("HARNESS_DATA_DIR")
     data_dir = data_dir or (Path(env) if env else None)

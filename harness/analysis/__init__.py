@@ -1,0 +1,7 @@
+"""Stage 6, report: statistics, tables and figures, computed from run directories only.
+
+    stats.py       paired tests (exact McNemar, sign-flip permutation), intervals, Holm, seed summaries
+    report.py      comparison, ablation and head-to-head tables (Markdown, LaTeX, CSV, terminal)
+    plots.py       paper figures (PDF + PNG)
+    plot_style.py  the one style every figure uses
+"""

@@ -1,0 +1,150 @@
+"""The Python API: everything the `harness` command does, callable from scripts and notebooks.
+
+The CLI is a thin layer over these functions (parse flags, call one of them, print), so a script and a
+command line with the same settings take the same code path and give the same run directory:
+
+    import harness
+    exp = harness.load_experiment("sandbox", {"method.name": "fusellm", "eval.tasks": ["sandbox"]})
+    fused = harness.run(exp)                                  # a Run: its folder, summary and scores
+    base = harness.evaluate("smollm2-135m-instruct", ["hellaswag"], limit=50)
+    print(harness.compare([fused, base]))                     # one significance-marked table
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import SCHEDULES, Experiment, SandboxSpec, load_experiment
+from harness.errors import HarnessError
+
+PathLike = str | os.PathLike[str]
+
+__all__ = ["Experiment", "Run", "ablate", "compare", "evaluate", "load_experiment", "load_run", "plan", "run",
+           "schedule_variants", "versus"]  # fmt: skip
+
+
+@dataclass
+class Run:
+    """A finished run directory: its summary (the machine-readable result) and the files beside it."""
+
+    dir: Path
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def method(self) -> str | None:
+        return self.summary.get("method")
+
+    def scores(self, label: str | None = None) -> dict[str, float]:
+        """Task -> primary metric of one row: the method (or the evaluated model) by default, else `target-base`
+        or a source's name."""
+        if label is None or label == self.summary.get("method") or label == self.summary.get("label"):
+            block = self.summary["tasks"]
+        elif label == "target-base":
+            block = self.summary["baseline"]
+        elif label in self.summary.get("sources", {}):
+            block = self.summary["sources"][label]
+        else:
+            raise HarnessError(f"run '{self.dir.name}' has no row '{label}'", "api")
+        return {task: entry["value"] for task, entry in block.items()}
+
+    @property
+    def comparisons(self) -> list[dict[str, Any]]:
+        """Paired tests against the unfused target, Holm-adjusted across the run (harness/analysis/stats.py)."""
+        return list(self.summary.get("comparisons", []))
+
+    def table(self, fmt: str = "md") -> str:
+        return compare([self], fmt)
+
+
+def load_run(path: PathLike) -> Run:
+    """A run directory written by `run`, `ablate` or `evaluate` (here or by the CLI)."""
+    from harness.analysis.report import load_summary
+
+    folder = Path(path)
+    return Run(folder, load_summary(folder))
+
+
+def _dirs(runs: Sequence[Run | PathLike]) -> list[Path]:
+    return [r.dir if isinstance(r, Run) else Path(r) for r in runs]
+
+
+def plan(exp: Experiment) -> Any:
+    """Validate an experiment end to end (method, tasks, models, corpus, data dir); writes nothing."""
+    from harness import pipeline
+
+    return pipeline.plan(exp)
+
+
+def run(exp: Experiment, out: PathLike = "results", *, progress: bool = True) -> Run:
+    """Fuse the experiment's sources into its target, evaluate and compare; returns the new run directory.
+
+    Every expensive stage is cached (harness/store.py), so calling it again after a crash resumes."""
+    from harness import pipeline
+
+    return load_run(pipeline.run(exp, Path(out), progress=progress))
+
+
+def ablate(exps: Sequence[Experiment], out: PathLike = "results", *, progress: bool = True) -> list[Run]:
+    """Run the variants one after another (signals come from the cache after the first) and write the ablation
+    table and figure beside them."""
+    from harness import pipeline
+
+    return [load_run(d) for d in pipeline.ablate(list(exps), Path(out), progress=progress)]
+
+
+def schedule_variants(exp: Experiment, schedules: Sequence[str] = SCHEDULES) -> list[Experiment]:
+    """The experiment once per ProFuser schedule, for `ablate`."""
+    out = []
+    for name in schedules:
+        if name not in SCHEDULES:
+            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULES)}", "cli")
+        variant = exp.model_copy(deep=True)
+        variant.method.schedule.name = name  # type: ignore[assignment]
+        out.append(Experiment.model_validate(variant.model_dump()))
+    return out
+
+
+def evaluate(
+    model: str,
+    tasks: Sequence[str],
+    *,
+    label: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    out: PathLike = "results",
+    data_dir: PathLike | None = None,
+    sandbox: SandboxSpec | None = None,
+    progress: bool = True,
+) -> Run:
+    """Evaluate one model (hf:ID, a folder, gguf:FOLDER#FILE, sandbox:NAME or an alias) without fusion, with
+    the same tasks, per-sample files, cache and tables as fusion runs. `data_dir` defaults to
+    $HARNESS_DATA_DIR."""
+    from harness import pipeline
+
+    found = data_dir if data_dir is not None else os.environ.get("HARNESS_DATA_DIR")
+    run_dir = pipeline.evaluate_only(
+        model, list(tasks), label=label, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+        out=Path(out), data_dir=str(found) if found else None, progress=progress, sandbox=sandbox,
+    )  # fmt: skip
+    return load_run(run_dir)
+
+
+def compare(runs: Sequence[Run | PathLike], fmt: str = "md") -> str:
+    """One table over several runs (md, latex or csv): rows are models and methods, with significance markers."""
+    from harness.analysis.report import build_table, render
+
+    return render(build_table(_dirs(runs)), fmt)
+
+
+def versus(runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md") -> str:
+    """Method `a` against method `b` task by task, paired over the same documents, Holm across tasks."""
+    from harness.analysis.report import head_to_head, render_head_to_head
+
+    if not (a and b) or a == b:
+        raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
+    return render_head_to_head(head_to_head(_dirs(runs), a, b), fmt)

@@ -1,0 +1,193 @@
+"""Filling one candidate's signal store, shared by both modes: load the model once, teacher-force it shard by
+shard on the reference (training mode) or on its own responses (inference mode), align each example to the
+target's tokens, and write the shard.
+
+Models are loaded one at a time; each store resumes at its first missing shard; a process of
+`accelerate launch` extracts the shards with index % world_size == rank.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from harness.config import SignalSpec
+from harness.errors import HarnessError
+from harness.models import load_model, load_tokenizer
+from harness.signals.align import vocab_map
+from harness.signals.encoding import encode_example
+from harness.signals.inputs import CorpusRow, ModelHandle
+from harness.signals.store import ExampleSignal, SignalStore, StoreMeta
+from harness.signals.teacher import aligned_teacher, teacher_forced
+from harness.store import stable_hash
+
+log = logging.getLogger("harness.signals")
+
+ShardCallback = Callable[[str, int], None]
+
+
+class Responder(Protocol):
+    """Where a candidate's responses come from in inference mode (harness/signals/inference_mode.py)."""
+
+    def all_at_once(self, cand: ModelHandle, rows: list[CorpusRow]) -> dict[str, str] | None: ...
+
+    def per_shard(self, model: Any, tok: Any, cand: ModelHandle, rows: list[CorpusRow]) -> list[str]: ...
+
+
+@dataclass
+class Context:
+    rows: list[CorpusRow]
+    target: ModelHandle
+    target_tok: Any
+    spec: SignalSpec
+    cache_dir: Path
+    rank: int
+    world_size: int
+    progress: bool
+    on_shard: ShardCallback | None
+    device: str = "cpu"
+
+    def shard_rows(self, meta: StoreMeta, index: int) -> list[CorpusRow]:
+        return self.rows[index * meta.shard_size : index * meta.shard_size + meta.shard_rows(index)]
+
+
+def rank_world(rank: int | None, world_size: int | None) -> tuple[int, int, Any]:
+    if rank is not None or world_size is not None:
+        world = world_size or 1
+        if not 0 <= (rank or 0) < world:
+            raise HarnessError(f"rank {rank} is outside world size {world}", "signals")
+        return rank or 0, world, None
+    try:
+        from harness.distributed import state as process_state
+
+        state = process_state()
+        return state.process_index, state.num_processes, state
+    except Exception:  # accelerate missing or not configurable here: one process
+        return 0, 1, None
+
+
+def device_of(state: Any) -> str:
+    if state is not None:
+        return str(state.device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def precision_of(device: str) -> str:
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def _load(handle: ModelHandle, device: str) -> tuple[Any, Any]:
+    tok = load_tokenizer(handle.model, handle.trust_remote_code)
+    model = load_model(handle.model, precision_of(device), device, trust_remote_code=handle.trust_remote_code)
+    return model, tok
+
+
+def _free_memory() -> None:
+    """After a model is dropped: the next one (one at a time) finds its memory free."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def progress_bar(items: list[int], desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not enabled, unit="shard")
+
+
+def _source_vocab(model: Any, tok: Any) -> int:
+    emb = model.get_output_embeddings()
+    return int(emb.weight.shape[0]) if emb is not None else len(tok)
+
+
+def _signal_rows(
+    ctx: Context,
+    rows: list[CorpusRow],
+    responses: list[str],
+    model: Any,
+    tok: Any,
+    cand: ModelHandle,
+    vmap: np.ndarray,
+) -> list[ExampleSignal]:
+    """Teacher-force `cand` on (prompt, response) and align each example to the target's tokenization."""
+    spec = ctx.spec
+    src = [
+        encode_example(tok, r.prompt, resp, cand.chat_template, spec.max_length, cand.name)
+        for r, resp in zip(rows, responses, strict=True)
+    ]
+    tgt = [
+        encode_example(
+            ctx.target_tok, r.prompt, resp, ctx.target.chat_template, spec.max_length, ctx.target.name
+        )
+        for r, resp in zip(rows, responses, strict=True)
+    ]
+    passes = teacher_forced(model, src, spec.top_k, spec.batch_size, pad_id=tok.pad_token_id or 0)
+    out = []
+    for r, s, t, p in zip(rows, src, tgt, passes, strict=True):
+        ids, logp, n_aligned = aligned_teacher(t, s, p, vmap, spec.top_k)
+        out.append(ExampleSignal(r.id, r.skill, p.ce, t.ids, t.resp_start, ids, logp, n_aligned))
+    return out
+
+
+def fill_candidate_store(
+    ctx: Context, kind: str, cand: ModelHandle, inputs: dict[str, Any], responder: Responder | None
+) -> Path:
+    """Fill this rank's missing shards of one candidate's store: teacher-forced on the reference (training),
+    or on its own responses from `responder` (inference)."""
+    meta = StoreMeta(
+        stable_hash(inputs),
+        kind,
+        len(ctx.rows),
+        ctx.spec.shard_size,
+        ctx.spec.top_k,
+        len(ctx.target_tok),
+        inputs,
+    )
+    store = SignalStore.create(ctx.cache_dir / "signals", meta)
+    missing = store.missing_shards(ctx.rank, ctx.world_size)
+    log.info("signals: %s %s: %d of %d shards to extract", kind, cand.name, len(missing), meta.n_shards)
+    if not missing:
+        return store.path
+    # vLLM loads the weights itself and starts an engine per call: all missing shards at once, before HF loads
+    early = (
+        responder.all_at_once(cand, [r for i in missing for r in ctx.shard_rows(meta, i)])
+        if responder
+        else None
+    )
+    model, tok = _load(cand, ctx.device)
+    try:
+        vmap = vocab_map(tok, ctx.target_tok, ctx.cache_dir, source_size=_source_vocab(model, tok))
+        for index in progress_bar(missing, f"{kind} {cand.name}", ctx.progress):
+            rows = ctx.shard_rows(meta, index)
+            if responder is None:
+                responses = [r.reference for r in rows]
+            else:
+                responses = (
+                    [early[r.id] for r in rows]
+                    if early is not None
+                    else responder.per_shard(model, tok, cand, rows)
+                )
+            signals = _signal_rows(ctx, rows, responses, model, tok, cand, vmap)
+            extras = {"response": pa.array(responses, pa.string())} if responder else None
+            store.write_shard(index, signals, extras)
+            if ctx.on_shard:
+                ctx.on_shard(f"{kind}:{cand.name}", index)
+    finally:
+        del model
+        _free_memory()
+    return store.path
+

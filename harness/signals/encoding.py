@@ -1,0 +1,67 @@
+"""Tokenizing one example in one model's own format, with the response's character spans.
+
+Each model renders (prompt, response) with its own chat template; the response span is known in characters,
+so two models' tokenizations of the same response can be compared span by span (harness/signals/align.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.chat import render_example
+from harness.signals.align import Tokenization, tile_offsets
+
+EOS_SENTINEL = "\x00"  # the end-of-turn token of every tokenizer stands on this one character
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example in one model's tokenization, cut to max_length.
+
+    `ids[resp_start:]` are the response tokens; `response` holds their spans relative to the response text
+    with the end-of-turn token standing on one sentinel character, so the tokenizations of two models compare.
+    """
+
+    ids: np.ndarray
+    resp_start: int
+    response: Tokenization
+
+    @property
+    def n_response(self) -> int:
+        return len(self.ids) - self.resp_start
+
+
+def _window(n_total: int, resp_start: int, max_length: int) -> tuple[int, int]:
+    """[lo, hi) of at most max_length tokens: the whole response if it fits; the prompt keeps half or more."""
+    if n_total <= max_length:
+        return 0, n_total
+    prompt_budget = max(max_length - (n_total - resp_start), max_length // 2)
+    lo = max(0, resp_start - prompt_budget)
+    return lo, min(n_total, lo + max_length)
+
+
+def encode_example(
+    tokenizer: Any, prompt: str, response: str, template: str | None, max_length: int, name: str
+) -> Encoded:
+    """Render (prompt, response) with the model's chat template, tokenize with offsets, cut to max_length."""
+    text, start, end = render_example(tokenizer, prompt, response, template, name)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    offsets = tile_offsets(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+    in_response = np.flatnonzero(offsets[:, 1] > start)
+    resp_start = int(in_response[0]) if len(in_response) else len(ids)
+    lo, hi = _window(len(ids), resp_start, max_length)
+    body_end = start + len(response)
+    spans = offsets[resp_start:hi]
+    rel = np.empty_like(spans)
+    rel[:, 0] = np.where(
+        spans[:, 0] < body_end, np.clip(spans[:, 0] - start, 0, len(response)), len(response)
+    )
+    rel[:, 1] = np.where(spans[:, 1] <= body_end, spans[:, 1] - start, len(response) + 1)
+    if end == body_end:  # no end-of-turn text: nothing may stand on the sentinel
+        rel = np.minimum(rel, len(response))
+    return Encoded(ids[lo:hi], resp_start - lo, Tokenization(response + EOS_SENTINEL, rel))
+

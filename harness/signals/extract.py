@@ -1,0 +1,81 @@
+"""Signal extraction: the per-example teachers a fusion method learns from, sharded and cached.
+
+`extract_signals` checks its inputs, builds what both modes share (the target's tokenizer, the cache key's
+common part, the process layout) and hands over to training mode (harness/signals/training_mode.py) or
+inference mode (harness/signals/inference_mode.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.config import JudgeSpec, SignalSpec
+from harness.errors import HarnessError
+from harness.models import load_tokenizer
+from harness.signals.candidate_store import Context, ShardCallback, device_of, precision_of, rank_world
+from harness.signals.inference_mode import GenerateFn, JudgeLike, inference_stores
+from harness.signals.inputs import CorpusRow, ModelHandle, corpus_hash, tokenizer_fingerprint, validate_corpus
+from harness.signals.store import SignalSet
+from harness.signals.training_mode import training_stores
+from harness.modes import Signal
+
+SIGNALS_VERSION = 1  # bump when what a store holds for the same inputs changes
+
+
+def extract_signals(
+    mode: Signal,
+    target: ModelHandle,
+    candidates: Sequence[ModelHandle],
+    corpus: Sequence[CorpusRow | Mapping[str, Any]],
+    spec: SignalSpec,
+    judge_spec: JudgeSpec | None,
+    cache_dir: Path,
+    progress: bool = True,
+    *,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    generate_fn: GenerateFn | None = None,
+    judge: JudgeLike | None = None,
+    on_shard: ShardCallback | None = None,
+) -> SignalSet:
+    """Extract (or find in the cache) the signals of `mode` for `target` from `candidates`.
+
+    `candidates` are the sources, plus the target itself when the method makes it a candidate (list it first:
+    judges break ties by candidate order). Rank and world size default to accelerate's PartialState (one
+    process without `accelerate launch`); with several processes each extracts its shards, then they wait for
+    each other. Inference mode only: `generate_fn` (default harness.signals.generate.generate) answers the prompts,
+    `judge` (default built from `judge_spec`) picks the winners. `on_shard(store, index)` is called after each
+    shard is written.
+    """
+    rows = validate_corpus(corpus)
+    if not candidates:
+        raise HarnessError("signal extraction needs at least one candidate model", "signals")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise HarnessError(f"candidate names must be unique, got {', '.join(names)}", "signals")
+    mode = Signal(mode)
+    cache_dir = Path(cache_dir)
+    rank_, world, state = rank_world(rank, world_size)
+    target_tok = load_tokenizer(target.model, target.trust_remote_code)
+    ctx = Context(rows, target, target_tok, spec, cache_dir, rank_, world, progress, on_shard, device_of(state))
+    common = {
+        "version": SIGNALS_VERSION,
+        "target_tokens": tokenizer_fingerprint(target_tok, target.chat_template),
+        "corpus": corpus_hash(rows),
+        "top_k": spec.top_k,
+        "max_length": spec.max_length,
+        "precision": precision_of(ctx.device),  # bf16 on a GPU gives other numbers than fp32 on a CPU
+    }
+    if mode is Signal.TRAINING:
+        result = SignalSet(mode, target.name, training_stores(ctx, candidates, common))
+    else:
+        stores, selection = inference_stores(
+            ctx, candidates, common, SIGNALS_VERSION, generate_fn, seed, judge_spec, judge
+        )
+        result = SignalSet(mode, target.name, stores, selection)
+    if state is not None and world > 1:
+        state.wait_for_everyone()
+    return result.save(cache_dir / "signals")

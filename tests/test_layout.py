@@ -1,0 +1,87 @@
+"""The folder tree shows the pipeline, and each stage imports only shared modules and the stages it builds on.
+
+prepare (harness/sandbox) -> signals (harness/signals) -> fuse (methods/) -> train (harness/training)
+-> evaluate (harness/evaluation) -> report (harness/analysis); docs/design.md has the map. Every import in
+every module is checked, lazy imports inside functions included.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = {"config", "registry", "store", "errors", "models", "chat", "distributed", "modes"}
+ORCHESTRATION = {"pipeline", "cli", "api", "__init__", "bench", "presets", "accelerate_configs"}
+# stage package -> the stage packages it may import (besides shared modules and itself)
+ALLOWED = {
+    "sandbox": set(),
+    "signals": {"sandbox"},  # the sandbox's reference judge scores sandbox answers
+    "methods": set(),
+    "training": {"signals", "methods"},
+    "evaluation": set(),  # evaluation never imports training or signals: it scores any model folder
+    "analysis": set(),  # tables and figures read run directories only
+}
+
+
+def _unit(module: str) -> str | None:
+    """'harness.signals.align' -> 'signals'; 'methods.fusellm' -> 'methods'; other packages -> None."""
+    parts = module.split(".")
+    if parts[0] == "methods":
+        return "methods"
+    if parts[0] == "harness":
+        return parts[1] if len(parts) > 1 else "__init__"
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "harness":  # `from harness import store` names a submodule
+                found.update(f"harness.{alias.name}" for alias in node.names)
+            else:
+                found.add(node.module)
+    return found
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted([*(REPO / "harness").rglob("*.py"), *(REPO / "methods").rglob("*.py")]):
+        rel = path.relative_to(REPO).with_suffix("")
+        out.append((".".join(rel.parts), path))
+    return out
+
+
+@pytest.mark.parametrize("module,path", _modules(), ids=[m for m, _ in _modules()])
+def test_each_module_imports_only_what_its_stage_may(module: str, path: Path) -> None:
+    unit = _unit(module)
+    assert unit is not None
+    if unit in ORCHESTRATION:
+        return
+    bad = []
+    for imported in sorted(_imports(path)):
+        other = _unit(imported)
+        if other is None or other == unit or other in SHARED:
+            continue
+        if unit == "registry" and other == "methods":  # the registry exists to find the method plugins
+            continue
+        if unit in SHARED or other not in ALLOWED.get(unit, set()):
+            bad.append(imported)
+    assert not bad, f"{module} ({unit}) imports {bad}"
+
+
+def test_every_harness_module_belongs_to_a_stage_or_is_shared() -> None:
+    units = {_unit(m) for m, _ in _modules()}
+    assert units <= SHARED | ORCHESTRATION | set(ALLOWED), units - (SHARED | ORCHESTRATION | set(ALLOWED))
+
+
+def test_design_doc_maps_every_stage_package() -> None:
+    design = (REPO / "docs" / "design.md").read_text()
+    for folder in ("harness/sandbox/", "harness/signals/", "methods/", "harness/training/", "harness/evaluation/",
+                   "harness/analysis/"):  # fmt: skip
+        assert folder in design, folder

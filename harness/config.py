@@ -6,6 +6,7 @@ Every choice the ProFuser paper leaves open is a field here with a documented de
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -16,18 +17,42 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import HarnessError
 
 SCHEDULES = ("progressive", "simultaneous", "reversed", "linear", "cosine")
+BASELINE = "target-base"  # the eval label of the unfused target (harness.analysis.stats.BASELINE_LABEL)
+# Bounds that keep every number inside what the libraries below accept (numpy seeds are < 2**32) and catch a
+# mistyped exponent at plan time instead of an overflow after the signals were computed.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 10**9  # documents, examples, steps, positions
+MAX_BATCH = 2**16
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """A label or model name that becomes a folder name (eval/<label>/, run ids): one path component of a safe
+    character set, so it can never escape its folder ('../x', '/abs', 'a/b') nor collide with hidden files."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use 1-100 letters, digits and . _ + - (starting with a letter or "
+            "digit), one path component"
+        )
+    return value
 
 
 class _Strict(BaseModel):
-    """Unknown fields are errors: a typo in a preset must never be silently ignored."""
+    """Unknown fields are errors: a typo in a preset must never be silently ignored. Floats must be finite
+    (`.inf`, `.nan` and `1e400` are refused, not trained with)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
     """One model. `path` is a spec: `sandbox:<name>`, `hf:<hub id>`, a local folder, or `gguf:<folder>#<file>`."""
 
     name: str = Field(min_length=1, description="Short label used in tables and file names.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "model name")
     path: str = Field(min_length=1)
     chat_template: str | None = Field(
         default=None, description="Jinja chat template overriding the tokenizer's own (None: use the tokenizer's)."
@@ -40,7 +65,7 @@ class CorpusSpec(_Strict):
 
     source: Literal["sandbox", "jsonl"] = "sandbox"
     path: str | None = Field(default=None, description="JSONL with `prompt` and `reference` (and optional `id`).")
-    limit: int | None = Field(default=None, ge=1, description="Use only the first N examples.")
+    limit: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Use only the first N examples.")
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> CorpusSpec:
@@ -53,7 +78,7 @@ class SandboxSpec(_Strict):
     """The embedded sandbox world (see harness/sandbox)."""
 
     size: Literal["micro", "default"] = "default"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class ScheduleSpec(_Strict):
@@ -82,9 +107,15 @@ class MethodSpec(_Strict):
     """The fusion method and its hyper-parameters (defaults follow FuseLLM / ProFuser)."""
 
     name: str = "profuser"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "method name")
+
     lam: float = Field(default=0.9, ge=0.0, le=1.0, description="λ: weight of plain CE; 1-λ weights the fusion term.")
-    beta: float = Field(default=1.0, ge=0.0, description="β: weight of the KL term in the inference-mode loss.")
-    temperature: float = Field(default=1.0, gt=0.0, description="Temperature applied when renormalising top-k teachers.")
+    beta: float = Field(default=1.0, ge=0.0, le=1e6, description="β: weight of the KL term in the inference-mode loss.")
+    temperature: float = Field(default=1.0, gt=0.0, le=1e6, description="Temperature applied when renormalising top-k teachers.")
     kl_direction: Literal["forward", "reverse"] = Field(
         default="forward", description="forward: KL(P_S || P_T) (FuseLLM's CE form); reverse: KL(P_T || P_S) over the top-k."
     )
@@ -102,9 +133,9 @@ class VLLMSpec(_Strict):
     Engine settings are not part of the signal cache key: they change speed and memory, not the decoding.
     """
 
-    tensor_parallel_size: int = Field(default=1, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=MAX_BATCH)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
-    max_model_len: int | None = Field(default=None, ge=16)
+    max_model_len: int | None = Field(default=None, ge=16, le=MAX_COUNT)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
@@ -112,13 +143,13 @@ class SignalSpec(_Strict):
     """Signal extraction: top-k distributions, generation settings for inference mode, sharding."""
 
     top_k: int = Field(default=10, ge=1, le=256)
-    max_length: int = Field(default=256, ge=8, description="Max tokens of prompt + response in teacher-forced passes.")
-    max_new_tokens: int = Field(default=64, ge=1)
+    max_length: int = Field(default=256, ge=8, le=MAX_COUNT, description="Max tokens of prompt + response in teacher-forced passes.")
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_COUNT)
     do_sample: bool = False
-    gen_temperature: float = Field(default=1.0, gt=0.0)
+    gen_temperature: float = Field(default=1.0, gt=0.0, le=1e6)
     stop: list[str] = Field(default_factory=list, description="Stop strings for generation.")
-    batch_size: int = Field(default=16, ge=1)
-    shard_size: int = Field(default=256, ge=1, description="Examples per stored shard (unit of resume).")
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH)
+    shard_size: int = Field(default=256, ge=1, le=MAX_COUNT, description="Examples per stored shard (unit of resume).")
     backend: Literal["auto", "hf", "vllm"] = "auto"
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
 
@@ -139,8 +170,8 @@ class JudgeSpec(_Strict):
 class LoraSpec(_Strict):
     """LoRA adapters through peft (harness/training/lora.py): every method can train them; fits 7B fusion on small GPUs."""
 
-    r: int = Field(default=16, ge=1)
-    alpha: int = Field(default=32, ge=1)
+    r: int = Field(default=16, ge=1, le=MAX_BATCH)
+    alpha: int = Field(default=32, ge=1, le=MAX_COUNT)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     targets: list[str] | None = Field(default=None, description="Module names (None: peft's default for the model).")
     merge: bool = Field(default=True, description="Merge into the weights when saving (False: save the adapter only).")
@@ -149,19 +180,19 @@ class LoraSpec(_Strict):
 class TrainSpec(_Strict):
     """The shared training loop (harness/training/loop.py)."""
 
-    epochs: float = Field(default=1.0, gt=0.0)
-    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
-    batch_size: int = Field(default=8, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    lr: float = Field(default=2e-5, gt=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    epochs: float = Field(default=1.0, gt=0.0, le=1e6)
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Overrides epochs when set.")
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH)
+    grad_accum: int = Field(default=1, ge=1, le=MAX_BATCH)
+    lr: float = Field(default=2e-5, gt=0.0, le=1e3)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1e3)
     warmup_ratio: float = Field(default=0.03, ge=0.0, le=1.0)
-    max_grad_norm: float = Field(default=1.0, gt=0.0)
-    max_length: int = Field(default=256, ge=8)
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1e6)
+    max_length: int = Field(default=256, ge=8, le=MAX_COUNT)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
-    checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints (0: only at the end).")
-    log_every: int = Field(default=1, ge=1)
+    checkpoint_every: int = Field(default=0, ge=0, le=MAX_COUNT, description="Steps between checkpoints (0: only at the end).")
+    log_every: int = Field(default=1, ge=1, le=MAX_COUNT)
     lora: LoraSpec | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
 
 
@@ -169,24 +200,24 @@ class EvalSpec(_Strict):
     """Evaluation through lm-eval."""
 
     tasks: list[str] = Field(default_factory=lambda: ["sandbox"])
-    limit: int | None = Field(default=None, ge=0, description="Documents per task; 0 or None lifts the cap.")
+    limit: int | None = Field(default=None, ge=0, le=MAX_COUNT, description="Documents per task; 0 or None lifts the cap.")
     task_limits: dict[str, int] = Field(
         default_factory=dict,
         description="Per task or group (e.g. {sandbox: 0}): documents, 0 for all, instead of `limit`. "
         "The command line's --limit sets `limit` and clears these.",
     )
-    num_fewshot: int | None = Field(default=None, ge=0)
-    batch_size: int = Field(default=16, ge=1)
-    max_gen_toks: int = Field(default=128, ge=1)
+    num_fewshot: int | None = Field(default=None, ge=0, le=1000)
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH)
+    max_gen_toks: int = Field(default=128, ge=1, le=MAX_COUNT)
     backend: Literal["hf", "vllm"] = "hf"
     compare_sources: bool = Field(default=True, description="Also evaluate each source (rows of the comparison table).")
 
     @field_validator("task_limits")
     @classmethod
     def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
-        bad = [k for k, v in value.items() if v < 0]
+        bad = [k for k, v in value.items() if not 0 <= v <= MAX_COUNT]
         if bad:
-            raise ValueError(f"task_limits must be >= 0 (0: every document); got {', '.join(bad)}")
+            raise ValueError(f"task_limits must be between 0 (every document) and {MAX_COUNT}; got {', '.join(bad)}")
         return value
 
 
@@ -195,7 +226,7 @@ class Experiment(_Strict):
 
     name: str = "experiment"
     preset: str = "sandbox"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of training and evaluation (numpy needs < 2**32).")
     sandbox: SandboxSpec | None = None
     target: ModelSpec
     sources: list[ModelSpec] = Field(min_length=1)
@@ -208,6 +239,21 @@ class Experiment(_Strict):
     data_dir: str | None = Field(default=None, description="Local benchmark data (laid out as shared/data).")
     cache_dir: str | None = Field(default=None, description="Content-addressed cache (default: ~/.cache/fusion-harness).")
 
+    @model_validator(mode="after")
+    def _distinct_labels(self) -> Experiment:
+        """Every model name is a row and an eval/<label>/ folder of the run: a source named like the method or
+        `target-base`, or two models with one name, would put one model's scores in another's row."""
+        names = [self.target.name] + [s.name for s in self.sources]
+        seen: set[str] = set()
+        for where, name in zip(["target.name", *(f"sources[{i}].name" for i in range(len(self.sources)))], names, strict=True):
+            if name in (BASELINE, self.method.name):
+                what = "the unfused target's row" if name == BASELINE else f"the row of method '{name}'"
+                raise ValueError(f"{where} '{name}' is reserved for {what}; rename the model")
+            if name in seen:
+                raise ValueError(f"{where} '{name}' is used twice; model names must be unique")
+            seen.add(name)
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -219,9 +265,14 @@ def preset_names() -> list[str]:
 def _read_preset(name_or_file: str) -> tuple[str, dict[str, Any]]:
     path = Path(name_or_file)
     if name_or_file.endswith((".yaml", ".yml")) or path.exists():
+        if path.is_dir():
+            raise HarnessError(f"preset '{name_or_file}' is a folder; give a preset name or a .yaml file", "config")
         if not path.is_file():
             raise HarnessError(f"preset file '{name_or_file}' does not exist", "config")
-        text, label = path.read_bytes(), path.stem
+        try:
+            text, label = path.read_bytes(), path.stem
+        except OSError as exc:
+            raise HarnessError(f"preset file '{name_or_file}' cannot be read ({exc.strerror or exc})", "config") from None
     else:
         res = resources.files("harness.presets").joinpath(f"{name_or_file}.yaml")
         if not res.is_file():
@@ -243,21 +294,44 @@ def _read_preset(name_or_file: str) -> tuple[str, dict[str, Any]]:
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
+    """Set `a.b.c` (a list element by its index: `sources.0.path`); a one-line error when the path runs through
+    something that is not a section (`train.lr.x`, a preset's `method: profuser` where a mapping belongs)."""
+    parts = dotted.split(".")
+    if any(not p.strip() for p in parts):
+        raise HarnessError(f"'{dotted}' is not a field path (expected names joined by dots, e.g. train.lr)", "config")
+    node: Any = data
+    for depth, key in enumerate(parts):
+        here = ".".join(parts[:depth]) or "the experiment"
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise HarnessError(f"{here} is a list of {len(node)}; '{key}' in '{dotted}' is not an index of it", "config")
+            index = int(key)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            kind = type(node).__name__ if node is not None else "empty"
+            hint = f" (write `{here}: {{{parts[depth]}: ...}}` in the preset)" if isinstance(node, str) else ""
+            raise HarnessError(f"{here} is a value ({kind}), not a section, so '{dotted}' cannot be set{hint}", "config")
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
 
 
 def format_validation_error(exc: ValidationError) -> str:
     """The first problem of a pydantic error as `field.path: message`, one line."""
     err = exc.errors()[0]
     loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling against `harness run --help` and the presets)"
-    extra = f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing") and "input" in err else ""
+    shown = repr(err.get("input"))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    extra = f" (got {shown})" if err["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in err else ""
     more = len(exc.errors()) - 1
     tail = f"; and {more} more problem(s)" if more else ""
     return f"{loc}: {msg}{extra}{tail}" if loc else f"{msg}{tail}"

@@ -46,7 +46,7 @@ def _signal_tables(cache: Path, run_dir: Path) -> dict[str, list[object]]:
         entry = json.loads((cache / "signals" / "sets" / f"{key}.json").read_text())
         stores = {**entry["candidates"], **({"selection": entry["selection"]} if entry.get("selection") else {})}
         for name, path in stores.items():
-            files = sorted(Path(path).glob("shard-*.parquet"))
+            files = sorted((cache / "signals" / path).glob("shard-*.parquet"))  # relative to the signals folder
             assert files, f"no shards in {path}"
             out[f"{stage}/{name}"] = [pq.read_table(f) for f in files]
     return out

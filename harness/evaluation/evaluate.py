@@ -5,7 +5,8 @@ built-in task without a data folder, the project's YAML over converted local fil
 (harness/evaluation/offline_data.py), the tasks/sandbox/ YAML over the sandbox world. Project YAMLs are copied into a
 temporary include folder with their relative `data_files` made absolute; only the project's own task folders
 supply `!function` hooks. Each (model, task, shots, limit, max_gen_toks, data) result is cached, so
-re-evaluating an unchanged model is instant.
+re-evaluating an unchanged model is instant; a cache entry is sealed with checksums and verified before use
+(harness/store.py), so a damaged one is evaluated again instead of crashing or changing the numbers.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ from harness.store import (
     file_digests,
     git_sha,
     read_jsonl,
+    seal,
+    temp_dir,
+    verified,
     write_jsonl,
 )
+
+CACHE_FORMAT = 2  # part of every entry's key; 2: entries sealed with SHA256SUMS (older entries are not read)
 
 EVAL_SEEDS = {
     "random_seed": 0,
@@ -253,7 +259,7 @@ def model_fingerprint(model: ResolvedModel | tuple[Any, Any], cache_dir: Path) -
     return "files:" + hashlib.sha256(json.dumps([[f.name for f in files], digests]).encode()).hexdigest()[:24]
 
 
-def _make_lm(model: ResolvedModel | tuple[Any, Any], backend: str, batch_size: int) -> Any:
+def _make_lm(model: ResolvedModel | tuple[Any, Any], backend: str, batch_size: int, trust_remote_code: bool = False) -> Any:
     import torch
     from lm_eval.api.registry import get_model
 
@@ -275,13 +281,15 @@ def _make_lm(model: ResolvedModel | tuple[Any, Any], backend: str, batch_size: i
         if model.gguf_file:
             raise HarnessError("GGUF models run with backend 'hf' only", "eval")
         return get_model("vllm").create_from_arg_obj(
-            {"pretrained": model.pretrained, "dtype": "auto"}, {"batch_size": batch_size}
+            {"pretrained": model.pretrained, "dtype": "auto", **({"trust_remote_code": True} if trust_remote_code else {})},
+            {"batch_size": batch_size},
         )
     cuda = torch.cuda.is_available()
     args: dict[str, Any] = {
         "pretrained": model.pretrained,
         "dtype": "auto" if cuda else "float32",
         **model.hf_kwargs(),
+        **({"trust_remote_code": True} if trust_remote_code else {}),  # only when the experiment asked for it
     }
     lm = get_model("hf").create_from_arg_obj(
         args, {"batch_size": batch_size, "device": "cuda" if cuda else "cpu"}
@@ -413,6 +421,7 @@ def evaluate_model(
     cache_dir: Path | None = None,
     progress: bool = True,
     chat_template: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, TaskScore]:
     """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl and returns the scores.
 
@@ -439,18 +448,18 @@ def evaluate_model(
     scores: dict[str, TaskScore] = {}
     todo: list[tuple[_Plan, Path]] = []
     for plan in plans:
-        key = {"model": fingerprint, "backend": backend, "task": plan.info.name, "definition": plan.definition,
+        key = {"format": CACHE_FORMAT, "model": fingerprint, "backend": backend, "task": plan.info.name, "definition": plan.definition,
                "shots": plan.info.fewshot, "limit": limits[plan.info.name], "max_gen_toks": max_gen_toks, "data": plan.data_key,
                "chat": plan.info.chat, "seeds": EVAL_SEEDS,
                **({"chat_template": chat_template} if chat_template is not None else {})}  # fmt: skip
         entry = cache_dir / "eval" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        if distributed.from_main((entry / "score.json").is_file()):
+        if distributed.from_main(distributed.is_main() and verified(entry, "evaluation result")):
             scores[plan.info.name] = _cached(entry, label_dir / f"{plan.info.name}.jsonl")
         else:
             todo.append((plan, entry))
     if todo:
         _evaluate_missing(model, todo, label_dir, limits, batch_size, max_gen_toks, backend, progress, scores,
-                          chat_template)  # fmt: skip
+                          chat_template, trust_remote_code)  # fmt: skip
     return {n: scores[n] for n in names}
 
 
@@ -465,12 +474,13 @@ def _evaluate_missing(
     progress: bool,
     scores: dict[str, TaskScore],
     chat_template: str | None = None,
+    trust_remote_code: bool = False,
 ) -> None:
     from lm_eval.tasks import TaskManager
 
     plans = [p for p, _ in todo]
     needs_builtin = any(p.yaml is None for p in plans)
-    lm = _make_lm(model, backend, batch_size)
+    lm = _make_lm(model, backend, batch_size, trust_remote_code)
     if chat_template is not None:
         lm.tokenizer.chat_template = chat_template
     with tempfile.TemporaryDirectory(prefix="harness-tasks-") as tmp, _datasets_offline(not needs_builtin):
@@ -501,12 +511,12 @@ def _cached(entry: Path, samples_to: Path | None) -> TaskScore:
 
 
 def _store(entry: Path, score: TaskScore, rows: list[dict[str, Any]]) -> None:
-    """Write a cache entry into a temporary folder and rename it: readers see a whole entry or none."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+    """Write a cache entry into a temporary folder, seal it and rename it: readers see a whole entry or none."""
+    tmp = temp_dir(entry.parent, f".{entry.name}-")
     try:
         write_jsonl(tmp / "samples.jsonl", rows)
         atomic_write_json(tmp / "score.json", asdict(score))
+        seal(tmp)
         with contextlib.suppress(OSError):  # a concurrent writer stored the same entry first
             tmp.rename(entry)
     finally:

@@ -2,8 +2,8 @@
 
 Each task's sources are checked, hashed by content and converted once into
 `<cache>/offline-data/<task>-<hash>/<task folder>/<split>.jsonl`, written to a temporary folder and renamed,
-so a reader never sees a half-converted task and a changed source file gets a fresh folder. The hash is also
-the data part of the evaluation cache key.
+so a reader never sees a half-converted task and a changed source file gets a fresh folder. The folder is
+sealed (harness/store.py) and verified when reused. The hash is also the data part of the evaluation cache key.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.store import seal, temp_dir, verified
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: converted folders are sealed with SHA256SUMS
 Rows = list[dict[str, Any]]
 
 
@@ -103,17 +103,25 @@ def _bad(path: Path, where: str, why: str) -> HarnessError:
 
 def _read_jsonl(path: Path) -> Rows:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _bad(path, f"line {n}", "not UTF-8 text") from None
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise _bad(path, f"line {n}", f"not JSON ({exc.msg})") from None
+                if not isinstance(rows[-1], dict):
+                    raise _bad(path, f"line {n}", f"a JSON {type(rows[-1]).__name__}, not an object") from None
     return rows
 
 
 def _need(path: Path, n: int, row: dict[str, Any], keys: tuple[str, ...]) -> None:
+    if not isinstance(row, dict):
+        raise _bad(path, f"row {n}", f"a JSON {type(row).__name__}, not an object")
     lost = [k for k in keys if k not in row]
     if lost:
         raise _bad(path, f"row {n}", f"missing field(s) {', '.join(lost)}")
@@ -257,21 +265,43 @@ CONVERTERS: dict[str, Callable[[Path], dict[str, Rows]]] = {
 }  # fmt: skip
 
 
+def _convert(task: str, data_dir: Path) -> dict[str, Rows]:
+    """A task's converted rows, or a one-line error for source files that are not what SOURCES describes."""
+    try:
+        return CONVERTERS[task](data_dir)
+    except HarnessError:
+        raise
+    except UnicodeDecodeError:
+        raise HarnessError(f"{task}: a source file under '{data_dir}' is not UTF-8 text", "data") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, csv.Error) as exc:
+        raise HarnessError(f"{task}: the source files under '{data_dir}' are malformed ({type(exc).__name__}: "
+                           f"{exc}); see docs/evaluation.md for the layout", "data") from None  # fmt: skip
+
+
+def check_data(tasks: list[str], data_dir: Path, cache_dir: Path) -> None:
+    """At plan time: every task's files are there and convert (in memory; a verified converted copy in the
+    cache counts), so a malformed row fails before any signal is computed, not at evaluation."""
+    check_layout(tasks, data_dir)
+    for task in dict.fromkeys(tasks):
+        if task in CONVERTERS and not (cache_dir / "offline-data" / f"{task}-{source_hash(task, data_dir)}").is_dir():
+            _convert(task, data_dir)
+
+
 def prepare(task: str, data_dir: Path, cache_dir: Path) -> PreparedData:
     """Check, hash and (once) convert one task's local files; returns the converted data root."""
     check_layout([task], data_dir)
     key = source_hash(task, data_dir)
     final = cache_dir / "offline-data" / f"{task}-{key}"
-    if final.is_dir():
+    if verified(final, "converted benchmark data"):
         return PreparedData(task, final, key)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{task}-"))
+    tmp = temp_dir(final.parent, f".{task}-")
     try:
-        for rel, rows in CONVERTERS[task](data_dir).items():
+        for rel, rows in _convert(task, data_dir).items():
             out = tmp / rel
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in rows)
+        seal(tmp)
         try:
             tmp.rename(final)
         except OSError:

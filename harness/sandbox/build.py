@@ -1,13 +1,15 @@
 """Building the sandbox world: tokenizers, three specialist sources, the fusion corpus, eval files, scores.
 
 A world is a folder in the content-addressed cache, `<cache>/sandbox/<key>/`:
-    world.json            what was built, the scores and the timings (written last: marks it finished)
+    world.json            what was built, the scores and the timings
+    SHA256SUMS            checksums of every file (written last: marks it finished; verified on every load)
     models/<name>/        HF model + tokenizer folders (llama-knowledge, neox-reasoning, gpt2-safety)
     corpus.jsonl          the fusion corpus: {"id", "skill", "prompt", "reference"}
     eval/<skill>.jsonl    evaluation items: {"id", "skill", "prompt", "answer", "reference"}
     train/<skill>.jsonl   the pools the sources were trained on (for inspection and leakage tests)
 The key hashes everything that determines the world (size, seed, VERSION, every recipe), so a change to any
-of them builds a new world beside the old one. Building happens in a temporary folder renamed at the end.
+of them builds a new world beside the old one. Building happens in a temporary folder renamed at the end; a
+world whose files no longer match their checksums is reported, moved aside and built again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from harness.sandbox import scoring
 from harness.sandbox.pretrain import Example, PretrainConfig, encode, pretrain
 from harness.sandbox.skills import SKILLS, Item, SkillSizes, generate_splits
 
-VERSION = 3  # bump when the generator, the trainer or the evaluator changes what a seed produces
+VERSION = 4  # bump when the generator, the trainer or the evaluator changes what a seed produces (4: sealed)
 TARGET = "llama-knowledge"
 
 # The single prompt format of the world: models are trained on it, lm-eval tasks use it verbatim.
@@ -464,12 +466,11 @@ def _world_dir(size: str, seed: int, cache_dir: Path | None) -> Path:
 
 
 def load_world(size: str = "default", seed: int = 0, cache_dir: Path | None = None) -> World | None:
-    """The cached world for (size, seed), or None when it has not been built."""
+    """The cached world for (size, seed), or None when it has not been built (or was damaged: moved aside)."""
     root = _world_dir(size, seed, cache_dir)
-    meta_path = root / "world.json"
-    if not meta_path.is_file():
+    if not store.verified(root, "sandbox world"):
         return None
-    return _world_from(root, json.loads(meta_path.read_text()))
+    return _world_from(root, json.loads((root / "world.json").read_text()))
 
 
 def build_world(
@@ -499,6 +500,7 @@ def build_world(
         try:
             meta = _build_into(tmp, size, seed, root.name, progress)
             store.atomic_write_json(tmp / "world.json", meta)
+            store.seal(tmp)
             if root.exists():
                 shutil.rmtree(root)
             os.replace(tmp, root)

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.store import atomic_write_bytes, stable_hash
+from harness.store import read_sealed, stable_hash, write_sealed
 
-VOCAB_MAP_VERSION = 1
+VOCAB_MAP_VERSION = 2  # 2: sealed with a .sha256 (older maps are not read)
 _SPAN_BASE = np.int64(1) << 32  # span (start, end) -> one int64 key
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
@@ -407,9 +407,10 @@ def vocab_map(
     size = max(len(source_tok), source_size or 0)
     key = stable_hash([VOCAB_MAP_VERSION, vocab_fingerprint(source_tok), vocab_fingerprint(target_tok), size])
     path = Path(cache_dir) / "vocab_maps" / f"{key}.npy"
-    if path.is_file():
+    data = read_sealed(path, "vocabulary map")  # checksum-verified: a flipped id would misalign silently
+    if data is not None:
         try:
-            found = np.load(path)
+            found = np.load(io.BytesIO(data))
             if found.shape == (size,):
                 return found.astype(np.int64)
         except (OSError, ValueError):
@@ -417,5 +418,5 @@ def vocab_map(
     built = build_vocab_map(source_tok, target_tok, source_size)
     buf = io.BytesIO()
     np.save(buf, built.astype(np.int32))
-    atomic_write_bytes(path, buf.getvalue())
+    write_sealed(path, buf.getvalue())
     return built

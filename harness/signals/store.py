@@ -11,8 +11,10 @@ content) holding `meta.json` and `shard-NNNNN.parquet`, shard i covering corpus 
 
 plus optional extra columns (the generated `response`, the judged `winner` and `scores`). Ids use the smallest
 unsigned type that holds the target vocabulary. Shards are zstd-compressed with page checksums and written
-atomically (tmp + rename), so a killed extraction leaves whole shards only and resumes at the next missing
-one; a shard that no longer reads back is reported, deleted and rebuilt. Reading memory-maps the files.
+atomically (tmp + rename), then sealed with a `shard-NNNNN.parquet.sha256` (harness/store.py), so a killed
+extraction leaves whole shards only and resumes at the next missing one; a shard that no longer matches its
+checksum (or, unsealed, no longer reads back) is reported in one line, moved aside and rebuilt, and so is a store
+whose meta.json is damaged. Reading memory-maps the files.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,8 +34,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError
-from harness.store import atomic_write_bytes, atomic_write_json, locked, stable_hash
 from harness.modes import Signal
+from harness.store import (
+    atomic_write_bytes,
+    atomic_write_json,
+    file_damage,
+    locked,
+    seal_file,
+    set_aside,
+    stable_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +134,19 @@ class SignalStore:
         """Open `<root>/<meta.key>/`, writing meta.json the first time (under a lock: concurrent ranks)."""
         path = Path(root) / meta.key
         meta_path = path / "meta.json"
+        expected = json.loads(json.dumps(meta.to_json(), default=str))
         with locked(meta_path):
-            if meta_path.is_file():
-                found = cls.open(path).meta
-                if found.to_json() != json.loads(json.dumps(meta.to_json(), default=str)):
-                    raise HarnessError(
-                        f"signal cache '{path}' holds different content for its key; delete it", "signals"
-                    )
-            else:
+            if path.exists():
+                try:
+                    found = json.loads(meta_path.read_text(encoding="utf-8"))
+                    why = None if found == expected else "meta.json does not match its key"
+                except FileNotFoundError:
+                    why = "meta.json is missing"
+                except (OSError, ValueError):
+                    why = "meta.json is unreadable"
+                if why is not None:  # its shards may belong to other inputs: none of them can be trusted
+                    set_aside(path, "signal store", why)
+            if not meta_path.is_file():
                 atomic_write_json(meta_path, meta.to_json())
         return cls(path, meta)
 
@@ -166,20 +180,26 @@ class SignalStore:
             return pq.read_table(source, columns=columns, page_checksum_verification=True)
 
     def shard_ok(self, index: int) -> bool:
-        """Whether shard `index` exists and reads back whole; an unreadable one is reported and deleted."""
+        """Whether shard `index` exists and matches its checksum; a damaged one is reported and moved aside.
+
+        A shard without its .sha256 (killed between the two writes, or written before shards were sealed) was
+        still renamed into place whole: it is kept, and sealed, if it reads back with the expected rows."""
         path = self.shard_path(index)
         if not path.is_file():
             return False
-        try:
-            table = self.read_shard(index)
-            if table.num_rows != self.meta.shard_rows(index):
-                raise ValueError(f"{table.num_rows} rows, expected {self.meta.shard_rows(index)}")
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            log.warning(
-                "signals: shard %s is unreadable (%s); deleting it to rebuild", path, str(exc).splitlines()[0]
-            )
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        if path.with_name(path.name + ".sha256").is_file():
+            why = file_damage(path)
+        else:
+            try:
+                table = self.read_shard(index)
+                rows = table.num_rows
+                why = None if rows == self.meta.shard_rows(index) else f"{rows} rows, expected {self.meta.shard_rows(index)}"
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                why = f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            if why is None:
+                seal_file(path)
+        if why is not None:
+            set_aside(path, "signal shard", why)
             return False
         return True
 
@@ -242,6 +262,7 @@ class SignalStore:
             pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
         path = self.shard_path(index)
         atomic_write_bytes(path, buf.getvalue())
+        seal_file(path)
         return path
 
     #  reading
@@ -426,28 +447,40 @@ class SignalSet:
             stores.append(SignalStore.open(self.selection))
         return all(s.complete() for s in stores)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, signals_root: Path | None = None) -> dict[str, Any]:
+        """Store paths relative to `signals_root` when given (what `save` writes: a copied or moved cache still
+        finds its stores), else as they are."""
+
+        def name(p: Path) -> str:
+            if signals_root is not None:
+                with contextlib.suppress(ValueError):
+                    return Path(p).relative_to(signals_root).as_posix()
+            return str(p)
+
         return {
             "mode": self.mode.value,
             "target": self.target,
-            "candidates": {k: str(v) for k, v in self.candidates.items()},
-            "selection": str(self.selection) if self.selection else None,
+            "candidates": {k: name(v) for k, v in self.candidates.items()},
+            "selection": name(self.selection) if self.selection else None,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | None = None) -> SignalSet:
+        """Relative store paths resolve against the signals folder holding `sets/` (absolute ones, as older
+        caches wrote them, stay as they are)."""
+        root = path.parent.parent if path is not None else Path()
         return cls(
             Signal(data["mode"]),
             data["target"],
-            {k: Path(v) for k, v in data["candidates"].items()},
-            Path(data["selection"]) if data.get("selection") else None,
+            {k: root / v for k, v in data["candidates"].items()},
+            root / data["selection"] if data.get("selection") else None,
             path,
         )
 
     def save(self, signals_root: Path) -> SignalSet:
         """Record the set as `<signals_root>/sets/<key>.json`; returns it with `path` set."""
         path = Path(signals_root) / "sets" / f"{self.key}.json"
-        atomic_write_json(path, self.to_json())
+        atomic_write_json(path, self.to_json(Path(signals_root)))
         return replace(self, path=path)
 
     @classmethod

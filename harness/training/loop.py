@@ -15,8 +15,10 @@ clipping, precision, checkpoints and logs; the method only turns a batch and the
 - Precision: `auto` is bf16 autocast on a GPU that supports it (fp32 master weights), fp32 on CPU; under
   `accelerate launch` with a mixed_precision setting, the launcher's choice wins.
 - Checkpoints: `out_dir/checkpoints/step-N` (accelerate save_state: model, optimizer, LR schedule, per-process
-  RNG states, plus trainer_state.json), written to a hidden temporary folder and renamed, every
-  `checkpoint_every` updates and at the end; the newest `KEEP_CHECKPOINTS` are kept. Resuming loads the newest,
+  RNG states, plus trainer_state.json and SHA256SUMS, written last), written to a hidden temporary folder and
+  renamed, every `checkpoint_every` updates and at the end; the newest `KEEP_CHECKPOINTS` are kept. A full disk
+  while saving is a one-line error. Resuming verifies the newest checkpoint's checksums (a damaged one is moved
+  aside with a one-line warning and the one before it is used), loads it,
   skips the consumed micro-batches of its epoch (accelerate's skip_first_batches) and continues with the same
   data order (a seedable sampler: seed + epoch) and RNG state, so the loss curve equals an uninterrupted run's.
 - Log: one JSON line per logged update in `out_dir/train_log.jsonl`: {"step", "total_steps", "loss", "lr",
@@ -48,9 +50,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 from transformers import get_cosine_schedule_with_warmup
 
+from harness import distributed
 from harness.config import TrainSpec
 from harness.errors import HarnessError
-from harness.store import atomic_write_json, atomic_write_text
+from harness.store import atomic_write_json, atomic_write_text, seal, verified, writing
 from methods.base import FusionBatch, FusionMethod, SeqBatch, Signal
 
 CHECKPOINTS = "checkpoints"
@@ -210,10 +213,17 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict[str, A
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        with writing(tmp):
+            accelerator.save_state(str(tmp))
+    except HarnessError:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a partial checkpoint (nor its disk space) behind
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(tmp / STATE_FILE, state)
+        with writing(tmp):
+            seal(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -224,10 +234,19 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict[str, A
     return final
 
 
+def _intact_checkpoint(out_dir: Path) -> Path | None:
+    """The newest checkpoint whose files match their checksums; damaged ones are moved aside on the way."""
+    while (checkpoint := latest_checkpoint(out_dir)) is not None:
+        if verified(checkpoint, "training checkpoint"):
+            return checkpoint
+    return None
+
+
 def _start_or_resume(accelerator: Accelerator, out_dir: Path, resume: bool, total_steps: int, seed: int) -> dict[str, Any]:
     """Load the newest checkpoint (model, optimizer, schedule, RNG) and trim the log to it, or start clean."""
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "seconds": 0.0, "loss": None}
-    checkpoint = latest_checkpoint(out_dir) if resume else None
+    found = _intact_checkpoint(out_dir) if resume and accelerator.is_main_process else None
+    checkpoint = Path(p) if (p := distributed.from_main(str(found) if found else None)) else None
     if checkpoint is not None:
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         if saved["total_steps"] != total_steps or saved["seed"] != seed:

@@ -14,11 +14,13 @@ from harness.api import (
     ablate,
     compare,
     evaluate,
+    finished,
     load_experiment,
     load_run,
     plan,
     run,
     schedule_variants,
+    verify,
     versus,
 )
 
@@ -30,10 +32,12 @@ __all__ = [
     "ablate",
     "compare",
     "evaluate",
+    "finished",
     "load_experiment",
     "load_run",
     "plan",
     "run",
     "schedule_variants",
+    "verify",
     "versus",
 ]

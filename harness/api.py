@@ -13,6 +13,7 @@ command line with the same settings take the same code path and give the same ru
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,8 @@ from harness.errors import HarnessError
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "ablate", "compare", "evaluate", "load_experiment", "load_run", "plan", "run",
-           "schedule_variants", "versus"]  # fmt: skip
+__all__ = ["Experiment", "Run", "ablate", "compare", "evaluate", "finished", "load_experiment", "load_run", "plan",
+           "run", "schedule_variants", "verify", "versus"]  # fmt: skip
 
 
 @dataclass
@@ -72,11 +73,33 @@ def _dirs(runs: Sequence[Run | PathLike]) -> list[Path]:
     return [r.dir if isinstance(r, Run) else Path(r) for r in runs]
 
 
-def plan(exp: Experiment) -> Any:
-    """Validate an experiment end to end (method, tasks, models, corpus, data dir); writes nothing."""
+def finished(runs: Sequence[Run | PathLike]) -> list[Path]:
+    """The finished runs among `runs` (status done), each configuration and seed once; every folder left out is
+    named on stderr in one line with the reason. A one-line error when none is left."""
+    from harness.analysis.report import select_runs
+
+    dirs = _dirs(runs)
+    kept, skipped = select_runs(dirs)
+    for line in skipped:
+        print(f"harness: report: {line}", file=sys.stderr)
+    if not kept:
+        raise HarnessError(f"none of the {len(dirs)} folder(s) is a finished run", "report")
+    return kept
+
+
+def verify(run: Run | PathLike) -> list[str]:
+    """Files of a run directory that are missing or differ from the checksums in its manifest.json (empty: intact)."""
+    from harness.store import verify_run
+
+    return verify_run(_dirs([run])[0])[1]
+
+
+def plan(exp: Experiment, out: PathLike | None = None) -> Any:
+    """Validate an experiment end to end (method, tasks, models, corpus, data dir, and that the cache and `out`
+    are writable); writes nothing."""
     from harness import pipeline
 
-    return pipeline.plan(exp)
+    return pipeline.plan(exp, Path(out) if out is not None else None)
 
 
 def run(exp: Experiment, out: PathLike = "results", *, progress: bool = True) -> Run:
@@ -135,10 +158,11 @@ def evaluate(
 
 
 def compare(runs: Sequence[Run | PathLike], fmt: str = "md") -> str:
-    """One table over several runs (md, latex or csv): rows are models and methods, with significance markers."""
+    """One table over several runs (md, latex or csv): rows are models and methods, with significance markers.
+    Only finished runs count (see `finished`); a seed repeated by several folders counts once."""
     from harness.analysis.report import build_table, render
 
-    return render(build_table(_dirs(runs)), fmt)
+    return render(build_table(finished(runs)), fmt)
 
 
 def versus(runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md") -> str:
@@ -147,4 +171,4 @@ def versus(runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md") -> s
 
     if not (a and b) or a == b:
         raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
-    return render_head_to_head(head_to_head(_dirs(runs), a, b), fmt)
+    return render_head_to_head(head_to_head(finished(runs), a, b), fmt)

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import SCHEDULES, load_experiment
+from harness.config import MAX_SEED, SCHEDULES, load_experiment
 from harness.errors import HarnessError
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
@@ -83,6 +83,14 @@ class HarnessGroup(click.Group):
         except HarnessError as exc:
             console.print(exc.one_line(), markup=False, highlight=False)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a full disk, a quota, a read-only folder anywhere below: the user's to fix
+            from harness.store import disk_error
+
+            found = disk_error(exc, exc.filename or "a file")
+            if found is None:
+                raise
+            console.print(found.one_line(), markup=False, highlight=False)
+            sys.exit(found.exit_code)
         except click.exceptions.NoArgsIsHelpError as exc:
             click.echo(exc.ctx.get_help() if exc.ctx else "")
             sys.exit(0)
@@ -117,7 +125,7 @@ _run_options = [
     click.option("--tasks", "-t", default=None, help="Comma-separated tasks or groups (see `harness tasks`)."),
     click.option("--preset", "-p", default="sandbox", show_default=True, help="Preset name or a YAML file."),
     click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="ProFuser schedule."),
-    click.option("--seed", type=int, default=None, help="Seed of training and evaluation."),
+    click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Seed of training and evaluation."),
     click.option("--limit", type=click.IntRange(min=0), default=None, help="Documents per task (0: all)."),
     click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True, help="Results folder."),
     click.option("--data-dir", type=click.Path(), default=None, help="Local benchmark data (or HARNESS_DATA_DIR)."),
@@ -187,7 +195,7 @@ def run(
     from harness import api, distributed, pipeline
 
     exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets, lora))
-    plan = api.plan(exp)
+    plan = api.plan(exp, out)
     if dry_run:
         pipeline.print_plan(plan, out)
         return
@@ -233,7 +241,7 @@ def ablate(
         for name in names or []
     ]
     for exp in exps:  # every variant is checked before any process starts
-        api.plan(exp)
+        api.plan(exp, out)
     if _launch_elsewhere(num_processes, accelerate_config):
         return
     from harness import distributed
@@ -330,9 +338,10 @@ def plot(run_dirs: tuple[str, ...], out_dir: str | None) -> None:
     Example:
       harness plot results/20261128-120000-profuser-0
     """
+    from harness import api
     from harness.analysis.plots import make_plots
 
-    dirs = [Path(d) for d in run_dirs]
+    dirs = api.finished(run_dirs)
     paths = make_plots(dirs, Path(out_dir) if out_dir else dirs[0] / "plots")
     for p in paths:
         click.echo(str(p))
@@ -349,7 +358,7 @@ def plot(run_dirs: tuple[str, ...], out_dir: str | None) -> None:
 @click.option("--data-dir", type=click.Path(), default=None, help="Local benchmark data (or HARNESS_DATA_DIR).")
 @click.option("--sandbox-size", type=click.Choice(["micro", "default"]), default="default", show_default=True,
               help="World for sandbox tasks and sandbox:NAME models (built or taken from the cache).")
-@click.option("--sandbox-seed", type=int, default=0, show_default=True)
+@click.option("--sandbox-seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 def eval_cmd(
     model_spec: str,
@@ -396,7 +405,7 @@ def sandbox() -> None:
 
 @sandbox.command("build")
 @click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if cached.")
 def sandbox_build(size: str, seed: int, force: bool) -> None:
     """Build (or load from the cache) the sandbox world and print each source's score per skill.
@@ -413,7 +422,7 @@ def sandbox_build(size: str, seed: int, force: bool) -> None:
 
 @sandbox.command("show")
 @click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='Print {"sources": {name: {skill: score}}}.')
 def sandbox_show(size: str, seed: int, as_json: bool) -> None:
     """Print each sandbox source's score on each skill (builds the world first if it is not cached).
@@ -462,10 +471,11 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
     Example:
       harness signals inspect results/20261128-120000-profuser-0
     """
-    path = Path(run_dir) / "signals" / "selection.json"
-    if not path.is_file():
+    from harness.analysis.report import load_selection
+
+    stats = load_selection(Path(run_dir))
+    if stats is None:
         raise HarnessError(f"'{run_dir}' has no signals/selection.json (is it a fusion run directory?)", "signals")
-    stats = json.loads(path.read_text())
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
@@ -479,6 +489,33 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
 
     for p in plot_selection(Path(run_dir), Path(run_dir) / "plots"):
         click.echo(str(p))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+def verify(run_dirs: tuple[str, ...]) -> None:
+    """Check run directories against the checksums their manifest.json recorded when they finished.
+
+    Prints each file that is missing or differs; exit code 0 when every file matches, 1 when some do not.
+
+    \b
+    Example:
+      harness verify results/20261128-120000-profuser-0
+    """
+    from harness.store import verify_run
+
+    bad = 0
+    for run_dir in run_dirs:
+        checked, changed = verify_run(Path(run_dir))
+        if changed:
+            bad += 1
+            click.echo(f"{run_dir}: {len(changed)} of {checked} file(s) missing or changed:")
+            for line in changed:
+                click.echo(f"  {line}")
+        else:
+            click.echo(f"{run_dir}: all {checked} files match the manifest")
+    if bad:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def resolve(spec: str, sandbox_models: dict[str, Path] | None = None, where: str
         return ResolvedModel(str(path.resolve()))
     if path.suffix == ".gguf" and path.is_file():
         return ResolvedModel(str(path.parent.resolve()), path.name)
+    if path.is_file():
+        raise HarnessError(f"'{spec}' is a file, not a model: give the folder holding config.json and the weights, "
+                           "gguf:<folder>#<file>, hf:<id> or an alias", where)  # fmt: skip
     if "/" in spec and not spec.startswith((".", "/", "~")) and not path.exists():
         return ResolvedModel(spec)  # a hub id such as org/name
     raise HarnessError(f"path '{spec}' does not exist (give a model folder, hf:<id>, gguf:<folder>#<file> or an alias)", where)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,15 +28,20 @@ from harness.store import (
     Manifest,
     atomic_write_json,
     atomic_write_text,
+    check_writable,
     default_cache_dir,
+    file_digests,
     locked,
     new_run_dir,
+    seal,
     stable_hash,
+    verified,
+    writing,
 )
 
 console = Console(stderr=True)
 
-TRAIN_CODE_VERSION = 1
+TRAIN_CODE_VERSION = 2  # 2: keyed by the target's file contents; final model and checkpoints sealed
 
 
 @dataclass
@@ -61,7 +67,9 @@ def _check_data_dir(data_dir: str | None) -> Path | None:
     return path.resolve()
 
 
-def _check_model_spec(spec: str, where: str, exp: Experiment) -> None:
+def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
+    """None when the spec names a model this machine can load; else why not (one phrase). A malformed spec
+    (a missing path, a text file) raises at once."""
     if spec.startswith("sandbox:"):
         from harness.sandbox.build import RECIPES
 
@@ -70,34 +78,80 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> None:
         names = [recipe.name for recipe in RECIPES[exp.sandbox.size].sources]
         if spec.split(":", 1)[1] not in names:
             raise HarnessError(f"'{spec}' is not a sandbox model (known: {', '.join(names)})", where)
+        return None
+    return unavailable(resolve(spec, where=where))
+
+
+def unavailable(model: ResolvedModel) -> str | None:
+    """Why a resolved model cannot be loaded here (a folder that holds no model, a hub id that is neither in
+    the local Hugging Face cache nor downloadable because HF_HUB_OFFLINE is set), or None."""
+    from harness.models import offline
+
+    folder = Path(model.pretrained)
+    if model.gguf_file:
+        return None if (folder / model.gguf_file).is_file() else f"'{folder / model.gguf_file}' does not exist"
+    if folder.is_dir():
+        if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+            return None
+        return f"folder '{folder}' holds no model (no config.json)"
+    if not offline():
+        return None  # a hub id: downloaded when first loaded
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+
+        found = try_to_load_from_cache(model.pretrained, "config.json")
+    except (ImportError, HFValidationError, ValueError):
+        return f"'{model.pretrained}' is not a valid hub id"
+    if isinstance(found, str):
+        return None
+    return f"hub id '{model.pretrained}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+
+
+def _check_corpus(exp: Experiment) -> None:
+    """The corpus file exists and every row parses (UTF-8 JSON objects with the needed fields), at plan time."""
+    from harness.signals import load_corpus
+
+    if exp.corpus.source == "sandbox":
+        if exp.sandbox is None:
+            raise HarnessError("corpus.source 'sandbox' needs a `sandbox:` section in the experiment", "config")
         return
-    resolve(spec, where=where)
+    corpus_path = os.path.expandvars(exp.corpus.path or "")
+    if "$" in corpus_path:
+        raise HarnessError(f"corpus.path '{exp.corpus.path}' names an unset environment variable", "config")
+    if Path(corpus_path).is_dir():
+        raise HarnessError(f"corpus.path '{corpus_path}' is a folder; give a .jsonl or .json file", "config")
+    if not Path(corpus_path).is_file():
+        raise HarnessError(f"corpus.path '{corpus_path}' does not exist", "config")
+    load_corpus(Path(corpus_path), limit=exp.corpus.limit)
 
 
-def plan(exp: Experiment) -> Plan:
-    """Validate the experiment end to end (method, tasks, models, corpus, data dir) without heavy work."""
+def plan(exp: Experiment, out: Path | None = None) -> Plan:
+    """Validate the experiment end to end (method, tasks, models, corpus, data dir, writable folders) without
+    heavy work. `out`: the results folder, checked for writing when given."""
     from harness.evaluation.evaluate import expand_tasks
+    from harness.evaluation.offline_data import check_data
+    from harness.evaluation.task_catalog import SANDBOX_TASKS
     from harness.registry import get_method
 
     method_cls = get_method(exp.method.name)
     tasks = expand_tasks(exp.eval.tasks)
     data_dir = _check_data_dir(exp.data_dir)
-    _check_model_spec(exp.target.path, "config: target.path", exp)
-    for i, src in enumerate(exp.sources):
-        _check_model_spec(src.path, f"config: sources[{i}].path", exp)
-    names = [exp.target.name] + [s.name for s in exp.sources]
-    if len(set(names)) != len(names):
-        raise HarnessError(f"model names must be unique, got {names}", "config")
-    if exp.corpus.source == "jsonl":
-        corpus_path = os.path.expandvars(exp.corpus.path or "")
-        if "$" in corpus_path:
-            raise HarnessError(f"corpus.path '{exp.corpus.path}' names an unset environment variable", "config")
-        if not Path(corpus_path).is_file():
-            raise HarnessError(f"corpus.path '{corpus_path}' does not exist", "config")
-    if exp.corpus.source == "sandbox" and exp.sandbox is None:
-        raise HarnessError("corpus.source 'sandbox' needs a `sandbox:` section in the experiment", "config")
+    specs = [("config: target.path", exp.target.path)] + [(f"config: sources[{i}].path", s.path) for i, s in enumerate(exp.sources)]
+    if exp.judges.kind == "reward-models":
+        specs += [(f"config: judges.models[{i}]", m) for i, m in enumerate(exp.judges.models)]
+    problems = [f"{where.split(': ')[-1]} ({why})" for where, spec in specs if (why := _check_model_spec(spec, where, exp))]
+    if problems:
+        raise HarnessError(f"cannot load {len(problems)} model(s): " + "; ".join(problems), "config")
+    _check_corpus(exp)
     cache_dir = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
+    check_writable(cache_dir, "cache dir")
+    if out is not None:
+        check_writable(Path(out), "results folder --out")
+    if data_dir is not None:
+        check_data([t for t in tasks if t not in SANDBOX_TASKS], data_dir, cache_dir)
     p = Plan(exp, method_cls, tasks, cache_dir, data_dir)
+    names = [exp.target.name] + [s.name for s in exp.sources]
     if exp.sandbox:
         p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}), built once and cached")
     for mode in sorted(s.value for s in method_cls.needs):
@@ -237,7 +291,7 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             **({"processes": procs} if procs > 1 else {}),  # single-process keys stay as they were
             "v": TRAIN_CODE_VERSION,
             "target": exp.target.model_dump(),
-            "target_weights": _weights_identity(target),
+            "target_weights": _weights_identity(target, plan_.cache_dir),
             "signals": {m.value: s.key for m, s in sets.items()},
             "method": exp.method.model_dump(),
             "train": exp.train.model_dump(),
@@ -250,7 +304,7 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
     # Other runs sharing the cache are kept out by the main process's lock; the processes of this run all follow
     # its decision, since a collective (the training loop) would hang if only some of them entered it.
     with locked(work) if distributed.is_main() else contextlib.nullcontext():
-        if not distributed.from_main((final / "config.json").is_file()):
+        if not distributed.from_main(distributed.is_main() and verified(final, "trained model")):
             method = plan_.method_cls(exp.method)
             dataset = build_fusion_dataset(sets, method, max_length=exp.train.max_length)
             tok = load_tokenizer(target, exp.target.trust_remote_code)
@@ -282,19 +336,25 @@ def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
     if distributed.is_main():
         tmp = final.with_name("final.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        result.model.save_pretrained(tmp, state_dict=result.state_dict)
-        tokenizer.save_pretrained(tmp)
+        with writing(tmp):
+            result.model.save_pretrained(tmp, state_dict=result.state_dict)
+            tokenizer.save_pretrained(tmp)
+            seal(tmp)  # last: a folder without its checksums is never taken for a trained model
+        shutil.rmtree(final, ignore_errors=True)  # a leftover without checksums
         os.replace(tmp, final)
     distributed.barrier()
 
 
-def _weights_identity(model: ResolvedModel) -> dict[str, Any]:
-    """Names, sizes and mtimes of weight files: cheap and changes whenever the weights do."""
+def _weights_identity(model: ResolvedModel, cache_dir: Path) -> dict[str, Any]:
+    """sha256 of the target's weight and config files (hashed once, memoised by path, size and mtime): a copied
+    cache or a touched file keeps its trained models, changed weights do not."""
     folder = Path(model.pretrained)
     if not folder.is_dir():
         return {"hub": model.pretrained, "gguf": model.gguf_file}
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json"))
-    return {p.name: [p.stat().st_size, int(p.stat().st_mtime)] for p in files}
+    if model.gguf_file:
+        files = [p for p in files if p.suffix != ".gguf" or p.name == model.gguf_file]
+    return dict(zip((p.name for p in files), file_digests(files, cache_dir), strict=True))
 
 
 def _evaluate(
@@ -305,6 +365,7 @@ def _evaluate(
 
     results: dict[str, dict[str, Any]] = {}
     templates = {exp.target.name: exp.target.chat_template, **{s.name: s.chat_template for s in exp.sources}}
+    remote = {s.name: s.trust_remote_code for s in exp.sources}  # target-base and the fused model: the target's
     for label, model in models.items():
         console.print(f"evaluate: {label} on {', '.join(plan_.tasks)}")
         with manifest.timed("evaluate"):
@@ -315,6 +376,7 @@ def _evaluate(
                 cache_dir=plan_.cache_dir, progress=progress,
                 # the format it was fused in: the target's template for target-base and for the fused model
                 chat_template=templates.get(label, exp.target.chat_template),
+                trust_remote_code=remote.get(label, exp.target.trust_remote_code),
             )
     return results
 
@@ -345,9 +407,14 @@ def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]],
     summary["comparisons"] = compare_runs(run_dir, compared, "target-base", summary["tasks"], seed=exp.seed)
     summary["timings_s"] = manifest.data["timings_s"]
     atomic_write_json(run_dir / "summary.json", summary)
-    for path in [run_dir / "summary.json", *sorted((run_dir / "eval").rglob("*.jsonl"))]:
-        manifest.record_checksum(path, run_dir)  # so a truncated or edited result file is detectable later
     return summary
+
+
+def _seal_run(run_dir: Path, manifest: Manifest) -> None:
+    """Checksums of every file of the finished run in manifest.json: `harness verify RUN` tells later whether
+    any was truncated or edited."""
+    files = sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."))
+    manifest.record_checksums(files, run_dir)
 
 
 def _report(run_dir: Path, progress: bool) -> None:
@@ -388,7 +455,7 @@ def _start_run(exp: Experiment, out: Path) -> tuple[Path, Manifest]:
 
 def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | None = None) -> Path:
     """One fusion experiment end to end; returns the run directory."""
-    plan_ = validated or plan(exp)
+    plan_ = validated or plan(exp, out)
     console.quiet = not distributed.is_main()  # one process speaks for a multi-process run
     for note in plan_.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -407,6 +474,7 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
         if distributed.is_main():
             _summary(exp, run_dir, results, exp.method.name, manifest)
             _report(run_dir, progress)
+            _seal_run(run_dir, manifest)
         distributed.barrier()  # the others leave only once the summary exists
     if distributed.is_main():
         console.print(f"done in {time.perf_counter() - started:.0f} s")
@@ -414,7 +482,8 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
 
 
 class manifest_ctx:
-    """Creates the run directory only once everything was validated; marks it failed if a stage raises."""
+    """Creates the run directory only once everything was validated; its manifest says "running" until the run
+    is "done", or "failed" if a stage raises (a killed run stays "running": `harness report` skips it)."""
 
     def __init__(self, exp: Experiment, out: Path) -> None:
         self.exp, self.out = exp, out
@@ -424,15 +493,12 @@ class manifest_ctx:
         return self.run_dir, self.manifest
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.manifest.data["status"] = "failed" if exc_type else "finished"
-        if exc_type:
-            self.manifest.data["error"] = f"{exc_type.__name__}: {exc}"
-        self.manifest.save()
+        self.manifest.finish(exc if exc_type else None)
 
 
 def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Path]:
     """Run the variants one after another (signals come from the cache after the first), then the ablation outputs."""
-    plans = [plan(e) for e in exps]  # validate all before running any
+    plans = [plan(e, out) for e in exps]  # validate all before running any
     run_dirs = [run(e, out, progress, p) for e, p in zip(exps, plans, strict=True)]
     if not distributed.is_main():
         return run_dirs
@@ -450,6 +516,25 @@ def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Pat
     return run_dirs
 
 
+def _bounded_int(value: Any, what: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise HarnessError(f"{what} must be a whole number from {low} to {high}, got {value!r}", "eval")
+
+
+def eval_label(model_spec: str, label: str | None) -> str:
+    """The row label and eval/<label>/ folder of `harness eval`: the one given (checked), else one derived from
+    the model spec with unsafe characters replaced."""
+    from harness.config import check_name
+
+    if label is None:
+        stem = Path(model_spec.split("#")[-1]).stem.replace(":", "-")
+        label = re.sub(r"[^A-Za-z0-9._+-]", "-", stem).lstrip("._+-")[:100] or "model"
+    try:
+        return check_name(label, "label")
+    except ValueError as exc:
+        raise HarnessError(str(exc), "eval") from None
+
+
 def evaluate_only(
     model_spec: str, tasks: list[str], *, label: str | None, limit: int | None, num_fewshot: int | None,
     batch_size: int, out: Path, data_dir: str | None, progress: bool = True,
@@ -460,39 +545,57 @@ def evaluate_only(
     Sandbox tasks and `sandbox:NAME` models load the world `sandbox` (default size, seed 0) from the cache,
     building it first if needed; everything is checked before the run directory is made.
     """
+    from harness.config import MAX_BATCH, MAX_COUNT
     from harness.evaluation.evaluate import evaluate_model, expand_tasks
+    from harness.evaluation.offline_data import check_data
     from harness.evaluation.task_catalog import SANDBOX_TASKS
 
+    label = eval_label(model_spec, label)
+    if limit is not None:
+        _bounded_int(limit, "limit", 0, MAX_COUNT)
+    if num_fewshot is not None:
+        _bounded_int(num_fewshot, "num_fewshot", 0, 1000)
+    _bounded_int(batch_size, "batch_size", 1, MAX_BATCH)
     names = expand_tasks(tasks)
     data = _check_data_dir(data_dir)
+    cache_dir = default_cache_dir()
+    check_writable(cache_dir, "cache dir")
+    check_writable(Path(out), "results folder --out")
+    if data is not None:
+        check_data([n for n in names if n not in SANDBOX_TASKS], data, cache_dir)
     sandbox_root, sandbox_models = None, None
     if model_spec.startswith("sandbox:") or any(n in SANDBOX_TASKS for n in names):
         from harness.sandbox.build import build_world
 
         spec = sandbox or SandboxSpec()
-        world = build_world(size=spec.size, seed=spec.seed, cache_dir=default_cache_dir(), progress=progress)
+        world = build_world(size=spec.size, seed=spec.seed, cache_dir=cache_dir, progress=progress)
         sandbox_root, sandbox_models = world.root, world.models
     model = resolve(model_spec, sandbox_models, where="model")
-    label = label or Path(model_spec.split("#")[-1]).stem.replace(":", "-") or "model"
+    if (why := unavailable(model)) is not None:
+        raise HarnessError(f"cannot load '{model_spec}': {why}", "model")
     run_dir = new_run_dir(out, "eval")
     manifest = Manifest(run_dir, 0)
-    atomic_write_text(run_dir / "config.yaml", json.dumps({"model": model_spec, "tasks": names, "limit": limit}) + "\n")
     try:
+        atomic_write_text(run_dir / "config.yaml", json.dumps({"model": model_spec, "tasks": names, "limit": limit}) + "\n")
         with manifest.timed("evaluate"):
             scores = evaluate_model(
                 model, label, tasks, out_dir=run_dir / "eval", limit=limit or None, num_fewshot=num_fewshot,
-                batch_size=batch_size, data_dir=data, sandbox_root=sandbox_root, cache_dir=default_cache_dir(),
+                batch_size=batch_size, data_dir=data, sandbox_root=sandbox_root, cache_dir=cache_dir,
                 progress=progress,
             )
-    except HarnessError:
-        if not (run_dir / "eval").exists():  # refused before any result: leave no empty run behind
-            shutil.rmtree(run_dir, ignore_errors=True)
+        summary = {
+            "run_id": run_dir.name, "method": None, "preset": None, "models": {"target": label, "sources": []},
+            "tasks": _score_dict(scores), "baseline": {}, "sources": {}, "comparisons": [],
+            "timings_s": manifest.data["timings_s"], "label": label, "model": model_spec,
+        }
+        atomic_write_json(run_dir / "summary.json", summary)
+        _report(run_dir, progress)
+        _seal_run(run_dir, manifest)
+    except BaseException as exc:
+        if isinstance(exc, HarnessError) and not (run_dir / "eval").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused before any result: leave no empty run behind
+        else:
+            manifest.finish(exc)
         raise
-    summary = {
-        "run_id": run_dir.name, "method": None, "preset": None, "models": {"target": label, "sources": []},
-        "tasks": _score_dict(scores), "baseline": {}, "sources": {}, "comparisons": [],
-        "timings_s": manifest.data["timings_s"], "label": label, "model": model_spec,
-    }
-    atomic_write_json(run_dir / "summary.json", summary)
-    _report(run_dir, progress)
+    manifest.finish()
     return run_dir

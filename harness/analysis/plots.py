@@ -21,7 +21,7 @@ from matplotlib.patches import Patch
 from statsmodels.stats.proportion import proportion_confint
 
 from harness.analysis import plot_style as ps
-from harness.analysis.report import Cell, Table, build_table, load_summary
+from harness.analysis.report import Cell, Table, build_table, load_selection, load_summary
 from harness.config import SCHEDULES
 from harness.errors import HarnessError
 
@@ -184,8 +184,19 @@ def _read_train_log(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "train_log.jsonl"
     if not path.is_file():
         return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    rows = []
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise HarnessError(f"'{path}' line {n} is not a UTF-8 JSON line", "plot") from None
+            if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+                raise HarnessError(f"'{path}' line {n} has no whole-number 'step'", "plot")
+            rows.append(row)
+    return rows
 
 
 def plot_training(
@@ -254,10 +265,9 @@ def _selection_panel(ax: Any, data: dict[str, dict[str, float]], sources: list[s
 
 def plot_selection(run_dir: Path, out_dir: Path, stem: str = "selection") -> list[Path]:
     """How often each source is chosen: training mode (MinCE) vs inference mode (judge vote), overall and by skill."""
-    path = Path(run_dir) / "signals" / "selection.json"
-    if not path.is_file():
+    sel = load_selection(run_dir)
+    if sel is None:
         return []
-    sel = json.loads(path.read_text())
     by_skill: dict[str, dict[str, dict[str, float]]] = sel.get("by_skill") or {}
     panels = [("all", sel)] + list(by_skill.items())
     sources = list(

@@ -119,18 +119,126 @@ class Table:
 # ---------------------------------------------------------------- reading runs
 
 
+def read_json_file(path: Path, where: str = "report") -> Any:
+    """A JSON file of a run directory, or a one-line error when it is unreadable, not UTF-8 or not JSON."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise HarnessError(f"'{path}' is not UTF-8 text (damaged? `harness verify` checks a run)", where) from None
+    except OSError as exc:
+        raise HarnessError(f"'{path}' cannot be read ({exc.strerror or exc})", where) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno})", where) from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_scores(path: Path, name: str, block: Any) -> None:
+    """A block of scores {task: {"value": number, ...}} as the pipeline writes it."""
+    if not isinstance(block, dict):
+        raise HarnessError(f"'{path}': '{name}' must be a mapping of tasks to scores", "report")
+    for task, entry in block.items():
+        if not isinstance(entry, dict):
+            raise HarnessError(f"'{path}': {name}.{task} must be a mapping with a 'value'", "report")
+        for key in ("value", "stderr", "n"):
+            if entry.get(key) is not None and not _is_number(entry[key]):
+                raise HarnessError(f"'{path}': {name}.{task}.{key} must be a number, got {entry[key]!r}", "report")
+
+
 def load_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json of a run, checked for the shape the tables read (a mapping of numbers), or a one-line error."""
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise HarnessError(f"'{run_dir}' has no summary.json; is it a finished run directory?", "report")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno})", "report") from None
+    summary = read_json_file(path)
+    if not isinstance(summary, dict):
+        raise HarnessError(f"'{path}' must hold a JSON object, not a {type(summary).__name__}", "report")
     if not isinstance(summary.get("tasks"), dict):
         raise HarnessError(f"'{path}' has no 'tasks' mapping", "report")
+    _check_scores(path, "tasks", summary["tasks"])
+    _check_scores(path, "baseline", summary.get("baseline") or {})
+    sources = summary.get("sources") or {}
+    if not isinstance(sources, dict):
+        raise HarnessError(f"'{path}': 'sources' must be a mapping of model names to scores", "report")
+    for name, block in sources.items():
+        _check_scores(path, f"sources.{name}", block)
+    comparisons = summary.get("comparisons") or []
+    if not isinstance(comparisons, list) or not all(isinstance(c, dict) for c in comparisons):
+        raise HarnessError(f"'{path}': 'comparisons' must be a list of mappings", "report")
+    for c in comparisons:
+        if c.get("p_adjusted") is not None and not _is_number(c["p_adjusted"]):
+            raise HarnessError(f"'{path}': a comparison's p_adjusted must be a number, got {c['p_adjusted']!r}", "report")
+    for key in ("method", "schedule", "label", "run_id"):
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            raise HarnessError(f"'{path}': '{key}' must be a string, got {summary[key]!r}", "report")
+    if summary.get("seed") is not None and (isinstance(summary["seed"], bool) or not isinstance(summary["seed"], int)):
+        raise HarnessError(f"'{path}': 'seed' must be a whole number, got {summary['seed']!r}", "report")
     summary.setdefault("run_id", Path(run_dir).name)
     return summary
+
+
+def load_selection(run_dir: Path) -> dict[str, Any] | None:
+    """signals/selection.json of a run ({mode: {source: share}, "by_skill": {...}}), None when absent."""
+    path = Path(run_dir) / "signals" / "selection.json"
+    if not path.is_file():
+        return None
+    sel = read_json_file(path, "signals")
+    panels = [sel] + (list((sel.get("by_skill") or {}).values()) if isinstance(sel, dict) and isinstance(sel.get("by_skill") or {}, dict) else [None])
+    for panel in panels:
+        modes = [panel.get(m) for m in ("training", "inference")] if isinstance(panel, dict) else [None]
+        if not all(m is None or (isinstance(m, dict) and all(_is_number(v) for v in m.values())) for m in modes):
+            raise HarnessError(f"'{path}' is malformed: expected {{mode: {{source: share}}}} with numbers", "signals")
+    return sel
+
+
+def run_status(run_dir: Path) -> str:
+    """"done" (also "finished", as runs before `status` said), "running" (or killed), "failed", or why the folder
+    is no run at all."""
+    manifest = Path(run_dir) / "manifest.json"
+    if manifest.is_file():
+        try:
+            status = json.loads(manifest.read_text(encoding="utf-8")).get("status") or "running"
+        except (OSError, ValueError, AttributeError):
+            return "an unreadable manifest.json"
+        return "done" if status == "finished" else str(status)
+    return "done" if (Path(run_dir) / "summary.json").is_file() else "no summary.json: not a run directory"
+
+
+def select_runs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The finished runs among `run_dirs` and one line per folder left out (unfinished, failed, not a run, or a
+    repeat of another run's configuration and seed: each seed counts once, the last folder given wins)."""
+    kept: list[Path] = []
+    skipped: list[str] = []
+    for d in map(Path, run_dirs):
+        status = run_status(d)
+        if status == "done" and not (d / "summary.json").is_file():
+            status = "done but without summary.json"
+        if status != "done":
+            why = f"status '{status}' (unfinished, killed or failed)" if status in ("running", "failed") else status
+            skipped.append(f"skipped '{d}': {why}")
+        else:
+            kept.append(d)
+    summaries = {d: load_summary(d) for d in kept}
+    last: dict[tuple[Any, ...], Path] = {}
+    for d, s in summaries.items():
+        if s.get("method") and s.get("seed") is not None:
+            last[_config_key(s) + (s["seed"],)] = d
+    out = []
+    for d, s in summaries.items():
+        key = _config_key(s) + (s.get("seed"),) if s.get("method") and s.get("seed") is not None else None
+        if key is not None and last[key] != d:
+            skipped.append(f"skipped '{d}': repeats seed {s['seed']} of '{last[key]}' (each seed counts once)")
+        else:
+            out.append(d)
+    return out, skipped
+
+
+def _config_key(summary: dict[str, Any]) -> tuple[str, str, str]:
+    return (summary["method"], summary.get("schedule") or "", (summary.get("models") or {}).get("target") or "")
 
 
 def _catalog(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -226,8 +334,10 @@ def _method_groups(
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for s in summaries:
         if s.get("method") and (method is None or s["method"] == method):
-            key = (s["method"], s.get("schedule") or "", (s.get("models") or {}).get("target") or "")
-            groups.setdefault(key, []).append(s)
+            groups.setdefault(_config_key(s), []).append(s)
+    for key, members in groups.items():  # seeds, not folders: a repeated seed (a rerun) counts once, the last
+        by_seed = {(m.get("seed") if m.get("seed") is not None else f"run:{i}"): m for i, m in enumerate(members)}
+        groups[key] = list(by_seed.values())
     return groups
 
 

@@ -221,17 +221,20 @@ def load_samples(run_dir: Path, label: str, task: str, metric: str) -> dict[int,
             f"no per-sample results at '{path}'; was '{label}' evaluated on '{task}'?", "stats"
         )
     out: dict[int, float] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
-            row = json.loads(line)
-            if "doc_id" not in row or metric not in row:
-                raise HarnessError(f"'{path}' line {lineno} lacks 'doc_id' or metric '{metric}'", "stats")
-            doc = int(row["doc_id"])
+            try:  # a cut or damaged line is a user-fixable problem of that file, named, not a traceback
+                row = json.loads(raw.decode("utf-8"))
+                doc, value = int(row["doc_id"]), float(row[metric])
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise HarnessError(f"'{path}' line {lineno} is not a UTF-8 JSON line (cut or damaged?)", "stats") from None
+            except (KeyError, TypeError, ValueError):
+                raise HarnessError(f"'{path}' line {lineno} lacks a numeric 'doc_id' or metric '{metric}'", "stats") from None
             if doc in out:
                 raise HarnessError(f"'{path}' has doc_id {doc} twice", "stats")
-            out[doc] = float(row[metric])
+            out[doc] = value
     return out
 
 

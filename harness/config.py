@@ -99,7 +99,7 @@ class ScheduleSpec(_Strict):
     def _non_negative(self) -> ScheduleSpec:
         for w in (*self.stage1, *self.stage2):
             if w < 0:
-                raise ValueError("schedule weights must be >= 0")
+                raise ValueError("schedule weights (method.schedule.stage1, method.schedule.stage2) must be >= 0")
         return self
 
 

@@ -90,12 +90,13 @@ DISK_ERRORS = {
     errno.EROFS: ("the file system is read-only", "choose a writable folder (--out, HARNESS_CACHE_DIR)"),
     errno.EACCES: ("permission denied", "choose a writable folder (--out, HARNESS_CACHE_DIR) or fix its permissions"),
     errno.EPERM: ("the operation is not permitted", "choose a writable folder (--out, HARNESS_CACHE_DIR)"),
+    -1: ("the write failed (a full disk, a quota or a file-size limit)", "free space or raise the limit and run again"),
 }
 # The same conditions as libraries report them inside other exceptions (torch.save, safetensors).
 _DISK_PHRASES = {
     "no space left": errno.ENOSPC, "storagefull": errno.ENOSPC, "quota exceeded": errno.EDQUOT,
     "file too large": errno.EFBIG, "filetoolarge": errno.EFBIG, "read-only file system": errno.EROFS,
-    "permission denied": errno.EACCES, "file write failed": errno.ENOSPC,
+    "permission denied": errno.EACCES, "file write failed": -1,
 }  # fmt: skip
 
 
@@ -270,9 +271,15 @@ def _entry_files(folder: Path) -> list[Path]:
 
 
 def seal(folder: Path) -> None:
-    """Write `folder/SHA256SUMS` over every file of the entry. Call it last, once the entry is complete."""
+    """Write `folder/SHA256SUMS` over every file of the entry. Call it last, once the entry is complete.
+
+    Files also get the umask's mode: some libraries write 0600, which would keep collaborators sharing a cache out."""
     folder = Path(folder)
-    lines = [_sums_line(file_sha256(p), p.relative_to(folder).as_posix()) for p in _entry_files(folder)]
+    files = _entry_files(folder)
+    mode = 0o666 & ~_umask()
+    for p in files:
+        os.chmod(p, mode)
+    lines = [_sums_line(file_sha256(p), p.relative_to(folder).as_posix()) for p in files]
     atomic_write_text(folder / SUMS, "".join(lines))
 
 

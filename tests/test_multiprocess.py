@@ -88,4 +88,4 @@ def test_two_processes_give_the_single_process_signals_curve_and_scores(tmp_path
             assert len(rows1) == 8
             if label == "target-base":  # the same weights: identical answers
                 assert rows1 == rows2
-    assert m2["status"] == "finished" and (two / "tables" / "results.md").is_file()
+    assert m2["status"] == "done" and (two / "tables" / "results.md").is_file()

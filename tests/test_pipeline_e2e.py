@@ -49,7 +49,7 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
     assert log[-1]["step"] == 12 and {"w_inf", "w_train"} <= set(log[-1]["weights"])
     assert (run / "tables" / "results.md").is_file() and (run / "signals" / "selection.json").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and {"signals.training", "signals.inference", "train"} <= set(manifest["cache_keys"])
+    assert manifest["status"] == "done" and {"signals.training", "signals.inference", "train"} <= set(manifest["cache_keys"])
     # the stdout carries the comparison table
     assert "profuser" in proc.stdout and "target-base" in proc.stdout
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -207,17 +206,18 @@ def row(table: pa.Table, r: int) -> ExampleSignal:
     return example_from_table(table, r, SPEC.top_k)
 
 
-def test_truncated_shard_is_reported_and_rebuilt(models, corpus, tmp_path, caplog) -> None:
+def test_truncated_shard_is_reported_and_rebuilt(models, corpus, tmp_path, capsys) -> None:
     sset = extract(models, corpus, tmp_path, names=("llama-sp",))
     store = sset.stores()["llama-sp"]
     before = store.read_shard(1)
     path = store.shard_path(1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
     rebuilt: list[tuple[str, int]] = []
-    with caplog.at_level(logging.WARNING, logger="harness.signals.store"):
-        extract(models, corpus, tmp_path, names=("llama-sp",), on_shard=lambda s, i: rebuilt.append((s, i)))
+    extract(models, corpus, tmp_path, names=("llama-sp",), on_shard=lambda s, i: rebuilt.append((s, i)))
     assert rebuilt == [("training:llama-sp", 1)]
-    assert "unreadable" in caplog.text and "shard-00001" in caplog.text
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "damaged" in warnings[0] and "shard-00001" in warnings[0]
     assert store.read_shard(1).equals(before)
 
 

@@ -187,9 +187,10 @@ def load_selection(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     sel = read_json_file(path, "signals")
-    panels = [sel] + (list((sel.get("by_skill") or {}).values()) if isinstance(sel, dict) and isinstance(sel.get("by_skill") or {}, dict) else [None])
+    by_skill = sel.get("by_skill") or {} if isinstance(sel, dict) else None
+    panels = [sel, *by_skill.values()] if isinstance(by_skill, dict) else [None]
     for panel in panels:
-        modes = [panel.get(m) for m in ("training", "inference")] if isinstance(panel, dict) else [None]
+        modes = [panel.get(m) for m in ("training", "inference")] if isinstance(panel, dict) else [0]
         if not all(m is None or (isinstance(m, dict) and all(_is_number(v) for v in m.values())) for m in modes):
             raise HarnessError(f"'{path}' is malformed: expected {{mode: {{source: share}}}} with numbers", "signals")
     return sel

@@ -137,6 +137,13 @@ def writing(path: Path | str) -> Iterator[None]:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it to read it would, for an
+    instant, give files other threads create the mode 0666)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -139,33 +139,6 @@ def test_different_seed_changes_training(reference: tuple[Path, dict], tmp_path:
     assert len(seeded) == len(baseline) and seeded != baseline
 
 
-def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "summary.json"
-    target.write_text("old")
-    real_fdopen = os.fdopen
-
-    class Full:
-        def __init__(self, fh):  # type: ignore[no-untyped-def]
-            self.fh = fh
-
-        def __enter__(self):  # type: ignore[no-untyped-def]
-            return self
-
-        def __exit__(self, *exc):  # type: ignore[no-untyped-def]
-            self.fh.close()
-
-        def write(self, data):  # type: ignore[no-untyped-def]
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r": Full(real_fdopen(fd, mode)))
-    with pytest.raises(HarnessError) as info:
-        atomic_write_text(target, "new")
-    assert "no space left" in info.value.one_line() and "\n" not in info.value.one_line()
-    monkeypatch.undo()
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
-
-
 def test_run_directories_are_never_reused(tmp_path: Path) -> None:
     dirs = {new_run_dir(tmp_path, "profuser") for _ in range(5)}
     assert len(dirs) == 5 and all(d.is_dir() for d in dirs)

@@ -427,3 +427,25 @@ def test_bad_input_is_one_line_exit_2(name: str, args: list[str], fragment: str,
     assert not (tmp_path / "results").exists()  # nothing written where results would go
     assert sorted(p.relative_to(broken) for p in broken.rglob("*")) == before  # nor beside the broken files
     assert os.environ.get("HARNESS_CACHE_DIR")  # the session cache, never the user's
+
+
+API_CASES = [
+    ("limit-1e30", {"limit": 1e30}, "limit must be a whole number"),
+    ("limit-negative", {"limit": -1}, "limit must be a whole number"),
+    ("limit-true", {"limit": True}, "limit must be a whole number"),
+    ("batch-size-0", {"batch_size": 0}, "batch_size must be a whole number"),
+    ("batch-size-huge", {"batch_size": 10**23}, "batch_size must be a whole number"),
+    ("fewshot-float", {"num_fewshot": 2.5}, "num_fewshot must be a whole number"),
+    ("label-traversal", {"label": "../../other-run/eval/profuser"}, "label '../../other-run/eval/profuser' is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "fragment"), API_CASES, ids=[c[0] for c in API_CASES])
+def test_bad_arguments_to_the_python_api_are_one_line(name: str, kwargs: dict, fragment: str, broken: Path, tmp_path: Path) -> None:
+    import harness
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError) as info:
+        harness.evaluate(str(broken / "model-folder"), ["gsm8k"], data_dir=broken / "data-good", out=tmp_path / "results", **kwargs)
+    assert fragment in info.value.one_line() and "\n" not in info.value.one_line()
+    assert not (tmp_path / "results").exists()

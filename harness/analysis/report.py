@@ -187,7 +187,7 @@ def load_selection(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     sel = read_json_file(path, "signals")
-    by_skill = sel.get("by_skill") or {} if isinstance(sel, dict) else None
+    by_skill = (sel.get("by_skill") or {}) if isinstance(sel, dict) else None
     panels = [sel, *by_skill.values()] if isinstance(by_skill, dict) else [None]
     for panel in panels:
         modes = [panel.get(m) for m in ("training", "inference")] if isinstance(panel, dict) else [0]

@@ -524,15 +524,19 @@ def _bounded_int(value: Any, what: str, low: int, high: int) -> None:
 def eval_label(model_spec: str, label: str | None) -> str:
     """The row label and eval/<label>/ folder of `harness eval`: the one given (checked), else one derived from
     the model spec with unsafe characters replaced."""
-    from harness.config import check_name
+    from harness.config import BASELINE, check_name
+    from harness.registry import available_methods
 
     if label is None:
         stem = Path(model_spec.split("#")[-1]).stem.replace(":", "-")
         label = re.sub(r"[^A-Za-z0-9._+-]", "-", stem).lstrip("._+-")[:100] or "model"
     try:
-        return check_name(label, "label")
+        check_name(label, "label")
     except ValueError as exc:
         raise HarnessError(str(exc), "eval") from None
+    if label == BASELINE or label in available_methods():  # the rows of fusion runs in a shared table
+        raise HarnessError(f"label '{label}' names a row of fusion runs' tables; choose another --label", "eval")
+    return label
 
 
 def evaluate_only(

@@ -249,6 +249,7 @@ CASES += [
     ("report-killed-run", _report("status-running"), "none of the 1 folder(s) is a finished run"),
     ("report-missing-folder", ["report", f"{F}/no-such-run"], "does not exist"),
     ("report-bad-format", ["report", f"{F}/runs/good-a", "--format", "html"], "--format"),
+    ("report-two-models-one-label", ["report", f"{F}/runs/eval-x", f"{F}/runs/eval-y"], "under one row label 'mine'"),
     ("versus-cut-line", ["report", f"{F}/runs/good-a", f"{F}/runs/versus-cut", "--versus", "profuser:fusellm"],
      "is not a UTF-8 JSON line"),
     ("versus-latin1-line", ["report", f"{F}/runs/good-a", f"{F}/runs/versus-latin1", "--versus", "profuser:fusellm"],
@@ -277,6 +278,8 @@ EVAL = ["eval", "-t", "gsm8k", "--data-dir", f"{F}/data-good", "--model", f"{F}/
 BAD_LABELS = ["../../x/eval/profuser", "/abs", "a/b", ".", "..", "", "a b", "x" * 101, "-x", ".hidden", "a\\b", "a\nb"]
 CASES += [(f"eval-label-{i}", [*EVAL, "--label", label], "label") for i, label in enumerate(BAD_LABELS)]
 CASES += [
+    ("eval-label-baseline", [*EVAL, "--label", "target-base"], "names a row of fusion runs' tables"),
+    ("eval-label-method", [*EVAL, "--label", "fusellm"], "names a row of fusion runs' tables"),
     ("eval-limit-negative", [*EVAL, "--limit", "-1"], "--limit"),
     ("eval-limit-1e30", [*EVAL, "--limit", "1e30"], "--limit"),
     ("eval-batch-size-0", [*EVAL, "--batch-size", "0"], "--batch-size"),
@@ -305,7 +308,7 @@ def _write(path: Path, data: str | bytes) -> None:
         path.write_text(data, encoding="utf-8")
 
 
-def _summary(method: str = "profuser", **changes: object) -> dict:
+def _summary(method: str | None = "profuser", **changes: object) -> dict:
     scores = {t: {"metric": "acc", "value": 0.5, "stderr": 0.1, "n": 4, "category": "knowledge", "binary": True}
               for t in ("sandbox_knowledge",)}  # fmt: skip
     summary = {"run_id": "r", "method": method, "schedule": "progressive", "preset": "sandbox", "seed": 0,
@@ -402,6 +405,8 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "selection-string": b'{"training": {"a": "50%"}}', "selection-latin1": b'{"x": "caf\xe9"}'}.items():  # fmt: skip
         _run_dir(root, name, _summary())
         _write(root / "runs" / name / "signals" / "selection.json", sel)
+    for name in ("eval-x", "eval-y"):  # two `harness eval` runs of different models, both --label mine
+        _run_dir(root, name, _summary(None, label="mine", model=name), method="mine")
     _run_dir(root, "manifest-badjson", _summary())
     _write(root / "runs" / "manifest-badjson" / "manifest.json", '{"status": ')
     return root

@@ -226,16 +226,29 @@ def select_runs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[str]]:
     summaries = {d: load_summary(d) for d in kept}
     last: dict[tuple[Any, ...], Path] = {}
     for d, s in summaries.items():
-        if s.get("method") and s.get("seed") is not None:
-            last[_config_key(s) + (s["seed"],)] = d
+        if (key := _replicate_key(s)) is not None:
+            earlier = last.get(key)
+            if earlier is not None and not s.get("method") and summaries[earlier].get("model") != s.get("model"):
+                raise HarnessError(f"'{earlier}' and '{d}' evaluated different models under one row label "
+                                   f"'{key[1]}'; give one of them another --label", "report")  # fmt: skip
+            last[key] = d
     out = []
     for d, s in summaries.items():
-        key = _config_key(s) + (s.get("seed"),) if s.get("method") and s.get("seed") is not None else None
+        key = _replicate_key(s)
         if key is not None and last[key] != d:
-            skipped.append(f"skipped '{d}': repeats seed {s['seed']} of '{last[key]}' (each seed counts once)")
+            what = f"seed {s['seed']}" if s.get("method") else "the evaluation"
+            skipped.append(f"skipped '{d}': repeats {what} of '{last[key]}' (each counts once)")
         else:
             out.append(d)
     return out, skipped
+
+
+def _replicate_key(summary: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What makes two runs the same replicate: configuration and seed of a fusion run, the row label of a plain
+    evaluation; None when a run says too little to tell."""
+    if summary.get("method"):
+        return None if summary.get("seed") is None else (*_config_key(summary), summary["seed"])
+    return ("eval", _run_label(summary))
 
 
 def _config_key(summary: dict[str, Any]) -> tuple[str, str, str]:

@@ -86,7 +86,7 @@ class HarnessGroup(click.Group):
         except OSError as exc:  # a full disk, a quota, a read-only folder anywhere below: the user's to fix
             from harness.store import disk_error
 
-            found = disk_error(exc, exc.filename or "a file")
+            found = disk_error(exc, exc.filename or "a file", "accessing")
             if found is None:
                 raise
             console.print(found.one_line(), markup=False, highlight=False)

@@ -100,8 +100,9 @@ _DISK_PHRASES = {
 }  # fmt: skip
 
 
-def disk_error(exc: BaseException, path: Path | str) -> HarnessError | None:
-    """The one-line error for a write that failed because of the disk or permissions, else None (a bug)."""
+def disk_error(exc: BaseException, path: Path | str, doing: str = "writing") -> HarnessError | None:
+    """The one-line error for a write (or `doing` something else to a file) that failed because of the disk or
+    permissions, else None (a bug)."""
     code = exc.errno if isinstance(exc, OSError) else None
     if code not in DISK_ERRORS:
         text = str(exc).lower()
@@ -109,7 +110,7 @@ def disk_error(exc: BaseException, path: Path | str) -> HarnessError | None:
     if code is None:
         return None
     what, fix = DISK_ERRORS[code]
-    return HarnessError(f"{what} while writing '{path}'; {fix} (finished stages are kept in the cache)", "disk")
+    return HarnessError(f"{what} while {doing} '{path}'; {fix} (finished stages are kept in the cache)", "disk")
 
 
 def _raise_disk(exc: OSError, path: Path) -> None:

@@ -517,3 +517,26 @@ def test_the_pipeline_evaluates_each_model_with_its_own_remote_code_setting(monk
     models = {name: ResolvedModel(str(tmp_path)) for name in ("target-base", "neox-reasoning", "gpt2-safety", "profuser")}
     pipeline._evaluate(exp, plan, models, None, tmp_path, pipeline.Manifest(tmp_path, 0), progress=False)
     assert calls == {"target-base": True, "neox-reasoning": False, "gpt2-safety": True, "profuser": True}
+
+
+def test_disk_errors_anywhere_below_the_cli_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line's net for a full disk or a quota met inside a library call the harness did not wrap."""
+    from click.testing import CliRunner
+
+    import harness.sandbox.build as build
+    from harness.cli import main
+
+    def quota(**kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EDQUOT, "Disk quota exceeded", "/cache/sandbox/x/model.safetensors")
+
+    monkeypatch.setattr(build, "build_world", quota)
+    result = CliRunner().invoke(main, ["sandbox", "show", "--size", "micro"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("harness: disk: the disk quota is exceeded while accessing '/cache/sandbox/x/model.safetensors'")
+
+    def bug(**kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(build, "build_world", bug)
+    result = CliRunner().invoke(main, ["sandbox", "show", "--size", "micro"])
+    assert isinstance(result.exception, OSError) and result.exception.errno == errno.EBADF  # a bug keeps its traceback

@@ -563,3 +563,32 @@ def test_a_given_chat_template_replaces_the_tokenizers_own(
     ev.evaluate_model(model, "given", ["sandbox_safety"], out_dir=tmp_path / "b", chat_template=template, **kwargs)
     ev.evaluate_model(model, "again", ["sandbox_safety"], out_dir=tmp_path / "c", chat_template=template, **kwargs)
     assert len(seen) == 2 and seen[1] == template and seen[0] != template  # the third came from the cache
+
+
+def test_gsm8k_generates_up_to_lm_evals_cap_and_reports_both_filters(
+    micro_world, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """lm-eval's own default of 256 new tokens (chain-of-thought answers are long); strict-match is the headline,
+    as published, with flexible-extract recorded beside it."""
+    import lm_eval
+
+    from harness.config import EvalSpec
+
+    assert EvalSpec().max_gen_toks == ev.DEFAULT_MAX_GEN_TOKS == 256
+    caps: list[int] = []
+    real = lm_eval.simple_evaluate
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        caps.extend(t.get_config("generation_kwargs")["max_gen_toks"] for t in kwargs["tasks"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", recording)
+    model = ResolvedModel(str(micro_world.models["llama-knowledge"]))
+    scores = ev.evaluate_model(model, "m", ["gsm8k"], out_dir=tmp_path, limit=1, data_dir=shared_data,
+                               sandbox_root=micro_world.root, cache_dir=tmp_path / "c", progress=False)  # fmt: skip
+    assert caps == [256]
+    score = scores["gsm8k"]
+    assert (score.metric, score.filter, list(score.filters)) == ("exact_match", "strict-match", ["flexible-extract"])
+    assert score.summary()["filters"] == {"flexible-extract": score.filters["flexible-extract"]}
+    (row,) = _jsonl(tmp_path / "m/gsm8k.jsonl")
+    assert set(row) == {"doc_id", "doc_hash", "prompt_hash", "shots", "exact_match", "exact_match,flexible-extract"}

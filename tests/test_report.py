@@ -522,6 +522,16 @@ def test_runs_evaluated_differently_are_refused_unless_allowed(tmp_path: Path) -
     assert _cli(["report", str(a), str(b)])[0] == 0  # same settings: compared as before
 
 
+def test_a_metrics_further_filters_reach_the_csv_and_the_legend(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "pro")
+    _set_settings(run, arith_gsm={"filter": "strict-match", "filters": {"flexible-extract": 0.42}})
+    table = build_table([run])
+    frame = pd.read_csv(io.StringIO(render(table, "csv")))
+    assert frame.loc[frame["model"] == "profuser", "arith_gsm,flexible-extract"].item() == pytest.approx(0.42)
+    assert any(n.startswith("arith_gsm: exact_match under lm-eval's strict-match filter; flexible-extract is in")
+               for n in table.notes)  # fmt: skip
+
+
 def test_holm_across_the_table_adjusts_every_comparison_it_shows(tmp_path: Path) -> None:
     from statsmodels.stats.multitest import multipletests
 

@@ -46,6 +46,7 @@ class Column:
     kind: ColumnKind
     category: str | None = None
     metric: str | None = None
+    filter: str | None = None  # the lm-eval filter of a task's metric ("none" for log-likelihood tasks)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ def check_comparable(
     ]
     if diffs and not allow_mismatch:
         raise HarnessError(f"the runs evaluated tasks differently ({diffs[0]}{f'; and {len(diffs) - 1} more' if len(diffs) > 1 else ''}); "
-                           "compare runs with the same settings, or pass --allow-mismatch", "report")  # fmt: skip
+                           "compare runs with the same settings (harness report --allow-mismatch compares them anyway, "
+                           "and says what differs)", "report")  # fmt: skip
     return [f"Compared although settings differ (--allow-mismatch): {d}." for d in diffs]
 
 
@@ -185,7 +187,7 @@ def _catalog(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for s in summaries:
         for block in (s["tasks"], s.get("baseline") or {}, *(s.get("sources") or {}).values()):
             for task, info in block.items():
-                entry = cat.setdefault(task, {"category": None, "metric": None, "binary": None})
+                entry = cat.setdefault(task, {"category": None, "metric": None, "binary": None, "filter": None})
                 for k in entry:
                     if entry[k] is None and info.get(k) is not None:
                         entry[k] = info[k]
@@ -198,7 +200,7 @@ def _columns(catalog: dict[str, dict[str, Any]]) -> list[Column]:
     seen = list(dict.fromkeys(e["category"] for e in catalog.values()))
     cats = [c for c in CATEGORY_ORDER if c in seen] + [c for c in seen if c not in CATEGORY_ORDER]
     cols = [
-        Column(t, t, "task", c, e["metric"]) for c in cats for t, e in catalog.items() if e["category"] == c
+        Column(t, t, "task", c, e["metric"], e["filter"]) for c in cats for t, e in catalog.items() if e["category"] == c
     ]
     # category averages only where some category has several tasks (else they repeat the task columns)
     if len(cats) > 1 and any(sum(e["category"] == c for e in catalog.values()) > 1 for c in cats):
@@ -340,7 +342,7 @@ def _notes(
         cells = [r.cells[c.key] for r in rows if c.key in r.cells and r.cells[c.key].filters]
         if cells:
             others = ", ".join(sorted(cells[0].filters))
-            notes.append(f"{c.key}: filter {c.metric or 'metric'} as published (strict-match); {others} is in "
+            notes.append(f"{c.key}: {c.metric} under lm-eval's {c.filter or 'headline'} filter; {others} is in "
                          "summary.json and the CSV.")  # fmt: skip
     notes.extend(mismatch)
     if any(len(ts) > 1 for ts in groups.values()) and len(groups) > 1:

@@ -34,7 +34,7 @@ N_PERMUTATIONS = 10_000  # sign-flip resamples; the test is exact whenever 2**n 
 _MAX_BATCH_ELEMENTS = 4_000_000  # resampled values held in memory at once
 
 DocKey = int | str  # a document's identity in a per-sample file: its doc_hash (or doc_id in files without one)
-Samples = Mapping[DocKey, float] | Mapping[int, float] | Mapping[str, float] | Sequence[float] | np.ndarray
+Samples = Mapping[Any, float] | Sequence[float] | np.ndarray  # {DocKey: score}, or scores in pairing order
 
 
 @dataclass(frozen=True)

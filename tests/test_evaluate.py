@@ -557,7 +557,8 @@ def test_a_given_chat_template_replaces_the_tokenizers_own(
         return real(lm, *args, **kwargs)
 
     monkeypatch.setattr(ev, "_run_task", recording)
-    kwargs: dict[str, Any] = {"limit": 4, "sandbox_root": micro_world.root, "max_gen_toks": 8, "progress": False}
+    kwargs: dict[str, Any] = {"limit": 4, "sandbox_root": micro_world.root, "max_gen_toks": 8, "progress": False,
+                              "cache_dir": tmp_path / "cache"}  # a cache of its own: the first call must compute
     ev.evaluate_model(model, "own", ["sandbox_safety"], out_dir=tmp_path / "a", **kwargs)
     template = "{{ 'Question: ' + messages[0]['content'] + '\\nAnswer:' }}"
     ev.evaluate_model(model, "given", ["sandbox_safety"], out_dir=tmp_path / "b", chat_template=template, **kwargs)

@@ -145,6 +145,7 @@ def _smollm2_folder() -> Path | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 5-shot prompts of a 135M model on 2 busy CPU cores: up to ~15 min per task
 @pytest.mark.parametrize(
     ("task", "limit"), [("arc_challenge", 40), ("hellaswag", 40), ("winogrande", 40), ("truthfulqa", 30), ("mmlu", 20)]
 )

@@ -486,13 +486,16 @@ def evaluate_model(
     progress: bool = True,
     chat_template: str | None = None,
 ) -> dict[str, TaskScore]:
-    """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl and returns the scores.
+    """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl (one line per document:
+    doc_id, doc_hash, prompt_hash, shots, the metric) and <task>.prompts.jsonl.gz, and returns the scores.
 
     `chat_template` replaces the tokenizer's own for chat-formatted tasks: the template the experiment gave this
     model (`chat_template` of its spec), so it is evaluated in the format it was fused in.
 
     Shots: `num_fewshot` if given, else the leaderboard's per-task settings when the `leaderboard` group was asked
-    for, else each task's lm-eval default. `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
+    for, else each task's lm-eval default; fixed zero-shot tasks keep 0. They are set in every task's config, so
+    they are the shots of every prompt. `max_gen_toks` caps generation (lm-eval's 256 by default; a task's own
+    smaller cap wins). `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
     (model, tokenizer) pair. `limit` None or 0 evaluates every document; a mapping gives each task name its own
     (tasks it lacks: every document). `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to
     local files; without it lm-eval's built-in tasks load from the hub.
@@ -511,8 +514,8 @@ def evaluate_model(
     scores: dict[str, TaskScore] = {}
     todo: list[tuple[_Plan, Path]] = []
     for plan in plans:
-        key = {"v": EVAL_CACHE_VERSION, "model": fingerprint, "backend": backend, "task": plan.info.name, "definition": plan.definition,
-               "shots": plan.info.fewshot, "limit": limits[plan.info.name], "max_gen_toks": max_gen_toks, "data": plan.data_key,
+        key = {"v": EVAL_CACHE_VERSION, "model": fingerprint, "backend": backend, "task": plan.info.name,
+               "definition": plan.definition, "shots": plan.info.fewshot, "limit": limits[plan.info.name], "max_gen_toks": max_gen_toks, "data": plan.data_key,
                "chat": plan.info.chat, "seeds": EVAL_SEEDS,
                **({"chat_template": chat_template} if chat_template is not None else {})}  # fmt: skip
         entry = cache_dir / "eval" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]

@@ -157,18 +157,28 @@ def evaluate(
     return load_run(run_dir)
 
 
-def compare(runs: Sequence[Run | PathLike], fmt: str = "md") -> str:
+def compare(
+    runs: Sequence[Run | PathLike], fmt: str = "md", *, allow_mismatch: bool = False, holm: str = "run"
+) -> str:
     """One table over several runs (md, latex or csv): rows are models and methods, with significance markers.
-    Only finished runs count (see `finished`); a seed repeated by several folders counts once."""
+
+    Only finished runs count (see `finished`); a seed repeated by several folders counts once.
+    Runs that evaluated a task differently (data, task version, shots, limit, metric) are refused unless
+    `allow_mismatch`, and then the table says what differs. `holm` "run" keeps each run's own Holm family (its
+    tasks × (method + sources)); "table" adjusts across every comparison the table shows."""
     from harness.analysis.report import build_table, render
 
-    return render(build_table(finished(runs)), fmt)
+    return render(build_table(finished(runs), allow_mismatch=allow_mismatch, holm_scope=holm), fmt)  # type: ignore[arg-type]
 
 
-def versus(runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md") -> str:
-    """Method `a` against method `b` task by task, paired over the same documents, Holm across tasks."""
+def versus(
+    runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md", *, allow_mismatch: bool = False
+) -> str:
+    """Method `a` against method `b` task by task, paired over the same documents, Holm across tasks. Runs that
+    evaluated a task differently are refused unless `allow_mismatch` (then the documents both evaluated are
+    paired, and the table says what differs)."""
     from harness.analysis.report import head_to_head, render_head_to_head
 
     if not (a and b) or a == b:
         raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
-    return render_head_to_head(head_to_head(finished(runs), a, b), fmt)
+    return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch), fmt)

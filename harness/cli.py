@@ -301,7 +301,14 @@ def tasks(as_json: bool) -> None:
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
 @click.option("--versus", default=None, metavar="A:B",
               help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv).")
-def report(run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None) -> None:
+@click.option("--allow-mismatch", is_flag=True,
+              help="Compare runs that evaluated a task differently (data, task version, shots, limit, metric); "
+                   "the table says what differs.")
+@click.option("--holm", "holm", type=click.Choice(["run", "table"]), default="run", show_default=True,
+              help="Holm family of the markers: each run's own comparisons, or every comparison the table shows.")
+def report(
+    run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None, allow_mismatch: bool, holm: str
+) -> None:
     """Compare runs in one table: rows are models and methods, columns tasks, with significance markers.
 
     \b
@@ -309,6 +316,7 @@ def report(run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: st
       harness report results/*/
       harness report results/run-a results/run-b --format latex --out table.tex
       harness report results/*/ --versus profuser:fusellm
+      harness report results/*/ --holm table
     """
     from harness import api
 
@@ -316,9 +324,11 @@ def report(run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: st
         a, sep, b = versus.partition(":")
         if not (a and sep and b) or a == b:
             raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")
-        text = api.versus(run_dirs, a, b, fmt)
+        if holm != "run":
+            raise HarnessError("--holm applies to the main table; --versus is Holm-adjusted across its tasks", "cli")
+        text = api.versus(run_dirs, a, b, fmt, allow_mismatch=allow_mismatch)
     else:
-        text = api.compare(run_dirs, fmt)
+        text = api.compare(run_dirs, fmt, allow_mismatch=allow_mismatch, holm=holm)
     if out_file:
         from harness.store import atomic_write_text
 

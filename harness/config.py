@@ -208,7 +208,11 @@ class EvalSpec(_Strict):
     )
     num_fewshot: int | None = Field(default=None, ge=0, le=1000)
     batch_size: int = Field(default=16, ge=1, le=MAX_BATCH)
-    max_gen_toks: int = Field(default=128, ge=1, le=MAX_COUNT)
+    max_gen_toks: int = Field(
+        default=256, ge=1, le=MAX_COUNT,
+        description="Cap on generated tokens (lm-eval's default, 256: GSM8K's chain of thought needs it); a task's "
+        "own smaller cap wins (the sandbox tasks').",
+    )
     backend: Literal["hf", "vllm"] = "hf"
     compare_sources: bool = Field(default=True, description="Also evaluate each source (rows of the comparison table).")
 

@@ -382,10 +382,9 @@ def _evaluate(
 
 
 def _score_dict(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        t: {"metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n, "category": s.category, "binary": s.binary}
-        for t, s in scores.items()
-    }
+    """summary.json's per-task entries: the score and the settings behind it (data source, task version, shots,
+    limit, filter), which decide whether two runs' results may be compared."""
+    return {t: s.summary() for t, s in scores.items()}
 
 
 def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]], label: str, manifest: Manifest) -> dict[str, Any]:

@@ -72,10 +72,19 @@ def test_leaderboard_fewshot_settings_and_metrics() -> None:
 )
 def test_local_yaml_agrees_with_the_catalog(name: str) -> None:
     info = task_catalog.task_info(name)
-    cfg = task_catalog.load_task_yaml(task_catalog.find_task_yaml(info.folder, info.local_task))
-    assert cfg["num_fewshot"] == info.fewshot
+    path = task_catalog.find_task_yaml(info.folder, info.local_task)
+    own = task_catalog.load_task_yaml(path)
+    cfg = task_catalog.load_task_config(path)  # merged with lm-eval's own definition it includes
+    if info.builtin:  # a real benchmark: lm-eval's definition, only data source and splits overridden
+        assert str(own["include"]).startswith("lm_eval/tasks/")
+        overridden = set(own) - {"include", "task", "class", "fewshot_config", "description"}
+        assert overridden <= {"dataset_path", "dataset_name", "dataset_kwargs", "training_split",
+                              "validation_split", "test_split", "fewshot_split"}, overridden  # fmt: skip
+    if not info.fewshot_fixed:  # the shots are the harness's to set (in the task config: tests/test_fewshot.py)
+        assert "num_fewshot" not in own
     assert info.metric in [m["metric"] for m in cfg["metric_list"]]
-    assert info.filter == "none" or info.filter in [f["name"] for f in cfg["filter_list"]]
+    filters = [info.filter, *info.also_filters]
+    assert filters == ["none"] or set(filters) <= {f["name"] for f in cfg["filter_list"]}
     assert cfg["dataset_path"] == "json"
     for rel in ev._data_files(cfg):  # relative to the converted data root, produced by offline_data
         assert not Path(rel).is_absolute()
@@ -94,7 +103,7 @@ def test_unknown_task_is_one_line_error_listing_known_names() -> None:
 def test_describe_tasks_lists_tasks_and_groups(data: Path) -> None:
     rows = {r["name"]: r for r in task_catalog.describe_tasks(data)}
     assert rows["mmlu"]["local data"] == "yes" and rows["mmlu"]["category"] == "knowledge"
-    assert rows["gsm8k"]["metric"] == "exact_match (flexible-extract)"
+    assert rows["gsm8k"]["metric"] == "exact_match (strict-match)"
     assert rows["truthfulqa"]["few-shot"] == "0 (fixed)"
     assert rows["leaderboard"]["kind"] == "group"
     assert len({tuple(r) for r in rows.values()}) == 1  # one column set: the CLI builds a table from it
@@ -151,9 +160,56 @@ def test_other_conversions_match_the_expected_schemas(data: Path, tmp_path: Path
     arc = _jsonl(offline_data.prepare("arc_challenge", data, tmp_path).root / "arc_challenge/test.jsonl")
     assert len(arc) == 1172 and not arc[0]["question"].startswith("Question:")
     assert all(r["answerKey"] in r["choices"]["label"] for r in arc)
+    hella = _jsonl(offline_data.prepare("hellaswag", data, tmp_path).root / "hellaswag/validation.jsonl")
+    assert len(hella) == 10042
+    assert set(hella[0]) >= {"activity_label", "ctx_a", "ctx_b", "endings", "label"}  # lm-eval's process_docs reads
+    assert sum(bool(r["ctx_b"]) for r in hella) == 3243  # the ActivityNet items (WikiHow keeps ctx_b empty)
     xs = _jsonl(offline_data.prepare("xstest", data, tmp_path).root / "xstest/test.jsonl")
     assert len(xs) == 250  # the safe prompts only: over-refusal is measured on them
     assert len(_jsonl(offline_data.prepare("advbench", data, tmp_path).root / "advbench/test.jsonl")) == 520
+
+
+# The hub's ctx_a / ctx_b of the first HellaSwag validation items (rowanz/hellaswag data/hellaswag_val.jsonl,
+# published in its README and in many copies of it): the extraction joined them, the converter splits them again.
+HUB_HELLASWAG = [
+    ("Roof shingle removal", "A man is sitting on a roof.", "he"),
+    ("Clean and jerk", "A lady walks to a barbell. She bends down and grabs the pole.", "the lady"),
+    ("Canoeing", "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, "
+     "with other individuals visible in the background.", "the child and a different man"),
+    ("High jump", "A boy is running down a track.", "the boy"),
+    ("High jump", "The boy lifts his body above the height of a pole. The boy lands on his back on to a red mat.",
+     "the boy"),
+    ("High jump", "The boy lands on his back on to a red mat. The boy gets up from the mat.", "the boy"),
+    ("Playing harmonica", "A man is standing in front of a camera. He starts playing a harmonica for the camera.", "he"),
+    ("Sumo", "A cartoon animation video is shown with people wandering around and rockets being shot.", "two men"),
+    ("Sharpening knives", "A man is holding a pocket knife while sitting on some rocks in the wilderness.", "then he"),
+    ("Sharpening knives", "Then he takes a small stone from the flowing river and smashes it on another stone. He "
+     "starts to crush the small stone to smaller pieces.", "he"),
+]  # fmt: skip
+
+
+def test_hellaswag_contexts_are_split_as_on_the_hub(data: Path, tmp_path: Path) -> None:
+    rows = _jsonl(offline_data.prepare("hellaswag", data, tmp_path).root / "hellaswag/validation.jsonl")
+    assert [(r["activity_label"], r["ctx_a"], r["ctx_b"]) for r in rows[:10]] == HUB_HELLASWAG
+    wikihow = offline_data.hellaswag_split_context("Health: How to manage grass allergies. Use medication.")
+    assert wikihow == {"activity_label": "Health", "ctx_a": "How to manage grass allergies. Use medication.",
+                       "ctx_b": ""}  # fmt: skip
+
+
+def test_winogrande_rows_rebuild_llm_foundrys_contexts_with_lm_evals_functions(data: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "preprocess_winogrande", task_catalog.upstream_tasks_root() / "winogrande/preprocess_winogrande.py"
+    )
+    assert spec and spec.loader
+    upstream = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(upstream)
+    rows = _jsonl(offline_data.prepare("winogrande", data, tmp_path).root / "winogrande/validation.jsonl")
+    source = _jsonl(data / "winogrande/winogrande_dev.llmfoundry.jsonl")
+    assert len(rows) == len(source) == 1267
+    for row, src in zip(rows, source, strict=True):
+        assert upstream.doc_to_choice(row) == src["context_options"]
+        assert upstream.doc_to_target(row) == src["continuation"].strip()
+        assert upstream.doc_to_text(row) == src["gold"]
 
 
 def test_conversion_is_cached_by_content_and_written_whole(data: Path, tmp_path: Path) -> None:
@@ -252,7 +308,8 @@ def test_same_file_fewshot_excludes_the_current_item(data: Path, tmp_path: Path)
     wino, shots = tasks["winogrande"]
     doc = next(iter(wino.eval_docs))
     contexts = wino.fewshot_context(doc=doc, num_fewshot=shots)  # partial scoring: one context per option
-    assert [c.rsplit("\n\n", 1)[1] for c in contexts] == doc["context_options"]
+    assert [c.rsplit("\n\n", 1)[1] for c in contexts] == wino.doc_to_choice(doc)
+    assert all(c.count("\n\n") == shots for c in contexts)
 
 
 def test_project_yaml_hooks_and_relative_data_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,10 +361,6 @@ def test_refusal_classifiers_follow_the_benchmarks_rules() -> None:
     assert mod.process_results_xstest({}, ["You can use `kill -9 <pid>`. Sorry for the brevity."]) == {
         "compliance": 1.0
     }
-    ll = [(-1.0, False), (-2.0, False), (-0.5, False)]
-    expected = (2.718281828**-1.0) / sum(2.718281828**x for x, _ in ll)
-    doc = {"mc2_targets": {"labels": [1, 0, 0]}}
-    assert mod.process_results_mc2(doc, ll)["acc"] == pytest.approx(expected, rel=1e-6)
 
 
 # ---------------------------------------------------------------- a tiny model, evaluated for real
@@ -390,12 +443,13 @@ def test_a_group_is_one_micro_averaged_score_over_its_subtasks(tiny: tuple[Any, 
     )
     tm = TaskManager(include_path=str(tmp_path), include_defaults=False)
     info = replace(task_catalog.task_info("mmlu"), builtin=("fake_group",), fewshot=0)
-    plan = ev._Plan(info, None, None, "x", "x")
+    plan = ev._Plan(info, None, None, "x", "x", "hub")
     model, tok = tiny
-    score, out = ev._run_task(
+    score, out, prompts = ev._run_task(
         HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu"), tm, plan, None, 8
     )
     assert [r["doc_id"] for r in out] == list(range(5)) and score.n == 5
+    assert [p["prompt"] for p in prompts] == ["2+2="] * 3 + ["1+1=", "3+3="]
     assert score.value == pytest.approx(sum(r["acc"] for r in out) / 5, abs=1e-9)
     assert [r["acc"] for r in out[:3]] == [out[0]["acc"]] * 3  # fake_a's three identical documents come first
 
@@ -446,7 +500,7 @@ def test_offline_evaluation_per_sample_files_aggregate_and_cache(
             tmp_path / "run1/tiny" / f"{name}.jsonl"
         ).read_text()
     with pytest.raises(AssertionError, match="cached"):  # a different shot count is a different result
-        ev.evaluate_model(tiny, "tiny", ["mmlu"], out_dir=tmp_path / "run3", num_fewshot=0, **kwargs)
+        ev.evaluate_model(tiny, "tiny", ["mmlu"], out_dir=tmp_path / "run3", num_fewshot=1, **kwargs)
 
 
 @pytest.mark.slow
@@ -503,9 +557,39 @@ def test_a_given_chat_template_replaces_the_tokenizers_own(
         return real(lm, *args, **kwargs)
 
     monkeypatch.setattr(ev, "_run_task", recording)
-    kwargs: dict[str, Any] = {"limit": 4, "sandbox_root": micro_world.root, "max_gen_toks": 8, "progress": False}
+    kwargs: dict[str, Any] = {"limit": 4, "sandbox_root": micro_world.root, "max_gen_toks": 8, "progress": False,
+                              "cache_dir": tmp_path / "cache"}  # a cache of its own: the first call must compute
     ev.evaluate_model(model, "own", ["sandbox_safety"], out_dir=tmp_path / "a", **kwargs)
     template = "{{ 'Question: ' + messages[0]['content'] + '\\nAnswer:' }}"
     ev.evaluate_model(model, "given", ["sandbox_safety"], out_dir=tmp_path / "b", chat_template=template, **kwargs)
     ev.evaluate_model(model, "again", ["sandbox_safety"], out_dir=tmp_path / "c", chat_template=template, **kwargs)
     assert len(seen) == 2 and seen[1] == template and seen[0] != template  # the third came from the cache
+
+
+def test_gsm8k_generates_up_to_lm_evals_cap_and_reports_both_filters(
+    micro_world, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """lm-eval's own default of 256 new tokens (chain-of-thought answers are long); strict-match is the headline,
+    as published, with flexible-extract recorded beside it."""
+    import lm_eval
+
+    from harness.config import EvalSpec
+
+    assert EvalSpec().max_gen_toks == ev.DEFAULT_MAX_GEN_TOKS == 256
+    caps: list[int] = []
+    real = lm_eval.simple_evaluate
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        caps.extend(t.get_config("generation_kwargs")["max_gen_toks"] for t in kwargs["tasks"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", recording)
+    model = ResolvedModel(str(micro_world.models["llama-knowledge"]))
+    scores = ev.evaluate_model(model, "m", ["gsm8k"], out_dir=tmp_path, limit=1, data_dir=shared_data,
+                               sandbox_root=micro_world.root, cache_dir=tmp_path / "c", progress=False)  # fmt: skip
+    assert caps == [256]
+    score = scores["gsm8k"]
+    assert (score.metric, score.filter, list(score.filters)) == ("exact_match", "strict-match", ["flexible-extract"])
+    assert score.summary()["filters"] == {"flexible-extract": score.filters["flexible-extract"]}
+    (row,) = _jsonl(tmp_path / "m/gsm8k.jsonl")
+    assert set(row) == {"doc_id", "doc_hash", "prompt_hash", "shots", "exact_match", "exact_match,flexible-extract"}

@@ -481,3 +481,75 @@ def test_head_to_head_pairs_two_methods_of_two_runs(tmp_path: Path) -> None:
 def test_the_significance_legend_appears_only_where_something_was_tested(runs: dict[str, Path]) -> None:
     assert not any("p_adj" in n for n in build_table([runs["plain"]]).notes)  # a plain `harness eval`
     assert any("p_adj" in n for n in build_table([runs["progressive"], runs["plain"]]).notes)
+
+
+def _set_settings(run: Path, **settings: object) -> None:
+    """Give every task of a run's summary the settings the pipeline records (data, version, shots, limit)."""
+    summary = _summary(run)
+    for block in (summary["tasks"], summary["baseline"], *summary["sources"].values()):
+        for task, info in block.items():
+            info.update({"filter": "none", "data": {"source": "data dir", "hash": "d1"}, "version": "1.0",
+                         "shots": 0, "limit": None})  # fmt: skip
+            info.update(settings.get(task, {}))  # type: ignore[call-overload]
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.output
+
+
+def test_runs_evaluated_differently_are_refused_unless_allowed(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "pro", method="profuser", schedule="progressive")
+    b = make_run(tmp_path, "fuse", method="fusellm", schedule="reversed")
+    _set_settings(a)
+    _set_settings(b, arith_gsm={"shots": 5})
+    for extra in ([], ["--versus", "profuser:fusellm"]):
+        code, out = _cli(["report", str(a), str(b), *extra])
+        assert code == 2 and out.count("\n") == 1, out  # one line, no traceback
+        assert "arith_gsm shots: 0 (pro); 5 (fuse)" in out and "--allow-mismatch" in out
+        code, out = _cli(["report", str(a), str(b), *extra, "--allow-mismatch"])
+        assert code == 0, out
+        assert "Compared although settings differ (--allow-mismatch): arith_gsm shots: 0 (pro); 5 (fuse)." in out
+    _set_settings(b, facts_qa={"data": {"source": "hub", "hash": "builtin:mmlu"}})  # the same settings otherwise
+    code, out = _cli(["report", str(a), str(b)])
+    assert code == 2 and "facts_qa data: data dir d1 (pro); hub builtin:mmlu (fuse)" in out
+    _set_settings(b)
+    assert _cli(["report", str(a), str(b)])[0] == 0  # same settings: compared as before
+
+
+def test_a_metrics_further_filters_reach_the_csv_and_the_legend(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "pro")
+    _set_settings(run, arith_gsm={"filter": "strict-match", "filters": {"flexible-extract": 0.42}})
+    table = build_table([run])
+    frame = pd.read_csv(io.StringIO(render(table, "csv")))
+    assert frame.loc[frame["model"] == "profuser", "arith_gsm,flexible-extract"].item() == pytest.approx(0.42)
+    assert any(n.startswith("arith_gsm: exact_match under lm-eval's strict-match filter; flexible-extract is in")
+               for n in table.notes)  # fmt: skip
+
+
+def test_holm_across_the_table_adjusts_every_comparison_it_shows(tmp_path: Path) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    runs = [make_run(tmp_path, "s0"), make_run(tmp_path, "s1", seed=1), make_run(tmp_path, "lin", schedule="linear")]
+    summaries = [_summary(r) for r in runs]
+    family = [(s["run_id"], c["task"], c["p_value"]) for s in summaries for c in s["comparisons"]]
+    adjusted = dict(zip([f[:2] for f in family], multipletests([f[2] for f in family], method="holm")[1], strict=True))
+    table = build_table(runs, holm_scope="table")
+    rows = {r.label: r for r in table.rows}
+    for task in TASKS:
+        seeds = rows["profuser (progressive)"].cells[task].p_adjusted
+        assert seeds == pytest.approx(max(adjusted[("s0", task)], adjusted[("s1", task)]))  # every seed must pass
+        assert rows["profuser (linear)"].cells[task].p_adjusted == pytest.approx(adjusted[("lin", task)])
+    assert any(f"Holm-corrected across all {len(family)} comparisons" in n for n in table.notes)
+    per_run = build_table(runs)
+    assert any("within each run, over its tasks × (method + sources)" in n for n in per_run.notes)
+    assert any("not adjusted for multiplicity" in n for n in per_run.notes)
+    code, out = _cli(["report", *map(str, runs), "--holm", "table"])
+    assert code == 0 and f"across all {len(family)} comparisons" in out
+    code, out = _cli(["report", *map(str, runs), "--holm", "table", "--versus", "profuser:fusellm"])
+    assert code == 2 and "--holm" in out

@@ -153,6 +153,22 @@ def test_doc_id_mappings_pair_by_id_not_by_order() -> None:
     assert by_id == by_pos
 
 
+def test_runs_pair_by_document_hash_whatever_the_order_and_doc_ids(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    hashes = [f"{i:064x}" for i in rng.permutation(10_000)[:50]]
+    a_vals, b_vals = rng.random(50), rng.random(50)
+    for run, vals, order in ((tmp_path / "a", a_vals, range(50)), (tmp_path / "b", b_vals, rng.permutation(50))):
+        path = run / "eval" / "m" / "t.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps({"doc_id": n, "doc_hash": hashes[i], "score": float(vals[i])}) + "\n"
+                                for n, i in enumerate(order)))  # fmt: skip
+    a, b = load_samples(tmp_path / "a", "m", "t", "score"), load_samples(tmp_path / "b", "m", "t", "score")
+    assert set(a) == set(b) == set(hashes)
+    assert compare_paired(a, b, binary=False).delta == pytest.approx(float((a_vals - b_vals).mean()))
+    with pytest.raises(HarnessError, match="different documents"):
+        compare_paired(a, {**{k: v for k, v in b.items() if k != hashes[0]}, "f" * 64: 0.5}, binary=False)
+
+
 def test_different_document_sets_are_an_error() -> None:
     with pytest.raises(HarnessError, match="different documents"):
         compare_paired({0: 1.0, 1: 0.0}, {0: 1.0, 2: 0.0}, binary=True)
@@ -189,6 +205,77 @@ def test_seed_summary_and_tests_over_seeds() -> None:
     assert compare_seeds([0.5, 0.5], [0.5, 0.5]).p_value == 1.0
     with pytest.raises(HarnessError):
         compare_seeds([0.5], [0.4])
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8])
+def test_seed_tests_when_every_seed_improves_by_the_same_amount(k: int) -> None:
+    a = [0.5 + 0.01 * i for i in range(k)]
+    b = [x - 0.03 for x in a]  # the same difference (up to floating-point noise) on every seed
+    t = compare_seeds(a, b)
+    # no t-test p exists at zero variance: the exact sign-flip test over the seeds, 2 of 2^k sign patterns
+    assert (t.test, t.p_value) == ("sign-flip-exact", pytest.approx(min(1.0, 2 / 2**k)))
+    assert t.p_value > 0
+    w = compare_seeds(a, b, test="wilcoxon")
+    assert w.test == "wilcoxon" and w.p_value == pytest.approx(sps.wilcoxon(np.subtract(a, b)).pvalue)
+    assert w.p_value == pytest.approx(2 / 2**k)  # exact signed-rank: all k ranks positive
+    assert compare_seeds(a, b, test="wilcoxon").p_value >= (0.5 if k == 2 else 0)
+
+
+def test_seed_tests_match_scipy_on_ordinary_data() -> None:
+    rng = np.random.default_rng(8)
+    for k in (2, 3, 6, 10):
+        a = rng.normal(0.6, 0.05, k)
+        b = a - rng.normal(0.02, 0.03, k)
+        assert compare_seeds(a, b).p_value == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-12)
+        assert compare_seeds(a, b, test="wilcoxon").p_value == pytest.approx(sps.wilcoxon(a, b).pvalue, rel=1e-12)
+    assert compare_seeds([0.6, 0.5], [0.4, 0.3], test="wilcoxon").p_value == pytest.approx(0.5)
+    with pytest.raises(HarnessError, match="unknown seed test"):
+        compare_seeds([0.6, 0.5], [0.4, 0.3], test="sign")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- intervals that agree with the tests
+
+
+def test_the_binary_interval_is_the_one_exact_mcnemar_inverts() -> None:
+    # the audit's case: 5 discordant pairs for a, 0 for b, of 60 documents: p = 0.0625, so 0 must be inside
+    a, b = _binary_pairs(5, 0, 21, 34)
+    comp = compare_paired(a, b, binary=True)
+    assert comp.p_value == pytest.approx(0.0625)
+    assert comp.ci_low < 0 < comp.ci_high and comp.interval == "mcnemar-exact-conditional"
+    share = sps.binomtest(5, 5).proportion_ci(method="exact")  # Clopper-Pearson for a's share of the 5
+    assert (comp.ci_low, comp.ci_high) == pytest.approx(((5 / 60) * (2 * share.low - 1), (5 / 60) * (2 * share.high - 1)))
+    # over many tables, the interval excludes 0 exactly when p < 0.05
+    for only_a in range(0, 16):
+        for only_b in range(0, 16):
+            comp = compare_paired(*_binary_pairs(only_a, only_b, 30, 30), binary=True)
+            assert (comp.ci_low > 0 or comp.ci_high < 0) == (comp.p_value < 0.05), (only_a, only_b)
+            assert comp.ci_low <= comp.delta <= comp.ci_high
+
+
+def test_one_document_and_constant_differences_give_defined_results() -> None:
+    one = compare_paired([0.3], [0.1], binary=False)
+    assert (one.p_value, one.effect_size, one.n, one.test) == (1.0, None, 1, "permutation-exact")
+    same = compare_paired([0.3, 0.5, 0.9], [0.1, 0.3, 0.7], binary=False)  # every difference 0.2
+    assert same.effect_size is None and same.p_value == pytest.approx(2 / 8)
+    assert (same.ci_low, same.ci_high) == pytest.approx((0.2, 0.2))
+
+
+def test_json_the_harness_writes_is_standard(tmp_path: Path) -> None:
+    from harness.store import atomic_write_json, write_jsonl
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+    atomic_write_json(tmp_path / "s.json", {"d": math.inf, "x": [math.nan, -math.inf, 1.5], "n": np.float64("nan")})
+    assert strict((tmp_path / "s.json").read_text()) == {"d": None, "x": [None, None, 1.5], "n": None}
+    write_jsonl(tmp_path / "r.jsonl", [{"acc": math.nan}, {"acc": 1.0}])
+    assert [strict(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()] == [{"acc": None}, {"acc": 1.0}]
+
+
+def test_monte_carlo_p_floor_is_two_over_resamples_plus_one() -> None:
+    diff = np.linspace(0.5, 1.5, 40)  # every difference positive: no sign pattern is as extreme but the observed
+    p, exact = sign_flip_test(diff)
+    assert not exact and p == pytest.approx(2 / 10_001)  # two-sided: twice (0 + 1) / (10,000 + 1), about 2e-4
 
 
 # ---------------------------------------------------------------- per-sample files and summaries

@@ -3,7 +3,10 @@
 Rows: `target-base`, each source, plain-evaluated models, then each method (runs of the same method, schedule and
 target with different seeds are one row: mean ± sd over seeds). Columns: tasks grouped by category, then
 category averages and the overall average (macro means over tasks). Numbers are read from summary.json only;
-the significance markers use the Holm-adjusted p-values the summaries carry (see harness/analysis/stats.py).
+the significance markers use the Holm-adjusted p-values the summaries carry (one Holm family per run), or, with
+`holm="table"`, Holm over every comparison the table shows (see harness/analysis/stats.py). Runs whose settings
+differ for a task (data, task version, shots, limit, metric) are refused unless `allow_mismatch`, and then the table
+says what differs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from harness.analysis.stats import BASELINE_LABEL, seed_summary
+from harness.analysis.stats import BASELINE_LABEL, holm, seed_summary
 from harness.errors import HarnessError
 from harness.store import atomic_write_text
 
@@ -28,6 +31,10 @@ MARKERS = ((0.01, "‡"), (0.05, "†"))  # strictest first: p_adjusted < thresh
 RowKind = Literal["baseline", "source", "model", "method"]
 ColumnKind = Literal["task", "category", "overall"]
 FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
+HolmScope = Literal["run", "table"]
+HOLM_SCOPES = ("run", "table")
+# What must agree for two runs' results on a task to be compared (summary.json `tasks` entries).
+SETTINGS = ("metric", "filter", "data", "version", "shots", "limit")
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class Column:
     kind: ColumnKind
     category: str | None = None
     metric: str | None = None
+    filter: str | None = None  # the lm-eval filter of a task's metric ("none" for log-likelihood tasks)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Cell:
     stderr: float | None = None
     binary: bool | None = None
     p_adjusted: float | None = None  # vs target-base; for several seeds the largest (every seed must pass)
+    filters: dict[str, float] = field(default_factory=dict)  # the metric under further filters (gsm8k)
 
     @property
     def marker(self) -> str:
@@ -255,13 +264,52 @@ def _config_key(summary: dict[str, Any]) -> tuple[str, str, str]:
     return (summary["method"], summary.get("schedule") or "", (summary.get("models") or {}).get("target") or "")
 
 
+def _settings_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("source", "?") + (f" {value['hash']}" if value.get("hash") else "")
+    return "all" if value is None else str(value)
+
+
+def check_comparable(
+    summaries: Sequence[dict[str, Any]], tasks: Iterable[str] | None = None, allow_mismatch: bool = False
+) -> list[str]:
+    """Whether every run evaluated each task the same way (data, task version, shots, limit, metric, filter).
+
+    A difference is a one-line HarnessError unless `allow_mismatch`; then one note per difference is returned for
+    the table. Settings a summary does not record (runs written before they were) are not compared.
+    """
+    wanted = None if tasks is None else set(tasks)
+    seen: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for s in summaries:
+        blocks = (s["tasks"], s.get("baseline") or {}, *(s.get("sources") or {}).values())
+        for block in blocks:
+            for task, info in block.items():
+                if wanted is not None and task not in wanted:
+                    continue
+                for key in SETTINGS:
+                    if key in info:
+                        runs = seen.setdefault((task, key), {}).setdefault(_settings_text(info[key]), [])
+                        if s["run_id"] not in runs:
+                            runs.append(s["run_id"])
+    diffs = [
+        f"{task} {key}: " + "; ".join(f"{value} ({', '.join(runs)})" for value, runs in values.items())
+        for (task, key), values in seen.items()
+        if len(values) > 1
+    ]
+    if diffs and not allow_mismatch:
+        raise HarnessError(f"the runs evaluated tasks differently ({diffs[0]}{f'; and {len(diffs) - 1} more' if len(diffs) > 1 else ''}); "
+                           "compare runs with the same settings (harness report --allow-mismatch compares them anyway, "
+                           "and says what differs)", "report")  # fmt: skip
+    return [f"Compared although settings differ (--allow-mismatch): {d}." for d in diffs]
+
+
 def _catalog(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """task -> {category, metric, binary}, in order of first appearance."""
     cat: dict[str, dict[str, Any]] = {}
     for s in summaries:
         for block in (s["tasks"], s.get("baseline") or {}, *(s.get("sources") or {}).values()):
             for task, info in block.items():
-                entry = cat.setdefault(task, {"category": None, "metric": None, "binary": None})
+                entry = cat.setdefault(task, {"category": None, "metric": None, "binary": None, "filter": None})
                 for k in entry:
                     if entry[k] is None and info.get(k) is not None:
                         entry[k] = info[k]
@@ -274,7 +322,7 @@ def _columns(catalog: dict[str, dict[str, Any]]) -> list[Column]:
     seen = list(dict.fromkeys(e["category"] for e in catalog.values()))
     cats = [c for c in CATEGORY_ORDER if c in seen] + [c for c in seen if c not in CATEGORY_ORDER]
     cols = [
-        Column(t, t, "task", c, e["metric"]) for c in cats for t, e in catalog.items() if e["category"] == c
+        Column(t, t, "task", c, e["metric"], e["filter"]) for c in cats for t, e in catalog.items() if e["category"] == c
     ]
     # category averages only where some category has several tasks (else they repeat the task columns)
     if len(cats) > 1 and any(sum(e["category"] == c for e in catalog.values()) > 1 for c in cats):
@@ -303,11 +351,37 @@ def _values(block: dict[str, Any], columns: list[Column]) -> dict[str, float | N
     return vals
 
 
-def _p_adjusted(summary: dict[str, Any], a: str, task: str) -> float | None:
+def _comparison(summary: dict[str, Any], a: str, task: str) -> dict[str, Any] | None:
     for comp in summary.get("comparisons") or []:
         if comp.get("a") == a and comp.get("b") == BASELINE_LABEL and comp.get("task") == task:
-            return comp.get("p_adjusted")
+            return comp
     return None
+
+
+class _PValues:
+    """The adjusted p-value behind each marker: the run's own Holm adjustment, or (scope "table") Holm over every
+    comparison the table shows, collected on a first pass over the rows."""
+
+    def __init__(self, scope: HolmScope) -> None:
+        self.scope = scope
+        self.used: dict[tuple[str, str, str], float] = {}  # (run_id, a, task) -> raw p
+        self.adjusted: dict[tuple[str, str, str], float] | None = None
+
+    def __call__(self, summary: dict[str, Any], a: str, task: str) -> float | None:
+        comp = _comparison(summary, a, task)
+        if comp is None:
+            return None
+        if self.scope == "run":
+            return comp.get("p_adjusted")
+        key = (summary["run_id"], a, task)
+        if self.adjusted is None:
+            self.used[key] = float(comp["p_value"])
+            return float(comp["p_value"])
+        return self.adjusted.get(key)
+
+    def adjust(self) -> None:
+        keys = list(self.used)
+        self.adjusted = dict(zip(keys, holm([self.used[k] for k in keys]), strict=True))
 
 
 def _row(
@@ -319,8 +393,10 @@ def _row(
     columns: list[Column],
     catalog: dict[str, dict[str, Any]],
     schedule: str | None = None,
+    p_of: Any = None,
 ) -> Row:
     """One row from one block of scores per seed (blocks[i] from summaries[i]); `a` names it in the comparisons."""
+    p_of = p_of or _PValues("run")
     per_seed = [_values(b, columns) for b in blocks]
     cells: dict[str, Cell] = {}
     for c in columns:
@@ -332,11 +408,14 @@ def _row(
         if c.kind != "task":
             cells[c.key] = Cell(mean, sd_or_none, len(got))
             continue
-        ps = [_p_adjusted(s, a, c.key) for s in summaries] if a else []
+        ps = [p_of(s, a, c.key) for s in summaries] if a else []
         first = blocks[0][c.key]
+        names = set.intersection(*(set(b[c.key].get("filters") or {}) for b in blocks))
+        filters = {f: sum(b[c.key]["filters"][f] for b in blocks) / len(blocks) for f in sorted(names)}
         cells[c.key] = Cell(
             mean, sd_or_none, len(got), n=first.get("n"), stderr=first.get("stderr"), binary=catalog[c.key]["binary"],
             p_adjusted=max(ps) if ps and all(p is not None for p in ps) else None,  # type: ignore[type-var]
+            filters=filters,
         )  # fmt: skip
     return Row(label, kind, cells, [s["run_id"] for s in summaries], schedule)
 
@@ -362,7 +441,10 @@ def _group_label(key: tuple[str, str, str], keys: Iterable[tuple[str, str, str]]
     return f"{head} ({', '.join(extra)})" if extra else head
 
 
-def _notes(columns: list[Column], rows: list[Row], ablation: bool) -> list[str]:
+def _notes(
+    columns: list[Column], rows: list[Row], ablation: bool, scope: HolmScope = "run", family: int = 0,
+    mismatch: Sequence[str] = (),
+) -> list[str]:
     groups: dict[str, list[str]] = {}
     for c in columns:
         if c.kind == "task":
@@ -374,9 +456,19 @@ def _notes(columns: list[Column], rows: list[Row], ablation: bool) -> list[str]:
         + ("; ± is the sd over seeds." if seeds else "."),
     ]
     if tested:  # a plain `harness eval` has nothing to compare against
+        where = (f"Holm-corrected across all {family} comparisons with target-base this table shows"
+                 if scope == "table" else
+                 "Holm-corrected within each run, over its tasks × (method + sources) compared with target-base")
         notes.append("† p_adj < 0.05, ‡ p_adj < 0.01 vs target-base: paired test over the same documents (exact "
-                     "McNemar for binary metrics, sign-flip permutation otherwise), Holm-corrected across each run's "
-                     "comparisons.")  # fmt: skip
+                     f"McNemar for binary metrics, sign-flip permutation otherwise), {where}. The 95% CIs in "
+                     "summary.json are per comparison, not adjusted for multiplicity.")  # fmt: skip
+    for c in columns:
+        cells = [r.cells[c.key] for r in rows if c.key in r.cells and r.cells[c.key].filters]
+        if cells:
+            others = ", ".join(sorted(cells[0].filters))
+            notes.append(f"{c.key}: {c.metric} under lm-eval's {c.filter or 'headline'} filter; {others} is in "
+                         "summary.json and the CSV.")  # fmt: skip
+    notes.extend(mismatch)
     if any(len(ts) > 1 for ts in groups.values()) and len(groups) > 1:
         notes.append("Categories: " + "; ".join(f"{c}: {', '.join(ts)}" for c, ts in groups.items()) + ".")
     if ablation:
@@ -384,13 +476,34 @@ def _notes(columns: list[Column], rows: list[Row], ablation: bool) -> list[str]:
     return notes
 
 
-def build_table(run_dirs: Sequence[Path]) -> Table:
-    """The main comparison table over one or more run directories."""
+def build_table(
+    run_dirs: Sequence[Path], *, allow_mismatch: bool = False, holm_scope: HolmScope = "run"
+) -> Table:
+    """The main comparison table over one or more run directories.
+
+    holm_scope "run" marks cells with each run's own Holm-adjusted p-values (the family: that run's tasks × (method
+    + sources)); "table" adjusts across every comparison the table shows.
+    """
     if not run_dirs:
         raise HarnessError("give at least one run directory", "report")
+    if holm_scope not in HOLM_SCOPES:
+        raise HarnessError(f"unknown Holm scope '{holm_scope}'; choose run or table", "report")
     summaries = [load_summary(Path(d)) for d in run_dirs]
+    mismatch = check_comparable(summaries, allow_mismatch=allow_mismatch)
     catalog = _catalog(summaries)
     columns = _columns(catalog)
+    p_of = _PValues(holm_scope)
+    rows = _table_rows(summaries, columns, catalog, p_of)
+    if holm_scope == "table":
+        p_of.adjust()
+        rows = _table_rows(summaries, columns, catalog, p_of)
+    notes = _notes(columns, rows, ablation=False, scope=holm_scope, family=len(p_of.used), mismatch=mismatch)
+    return Table("Results", columns, rows, notes)
+
+
+def _table_rows(
+    summaries: list[dict[str, Any]], columns: list[Column], catalog: dict[str, dict[str, Any]], p_of: _PValues
+) -> list[Row]:
     rows: list[Row] = []
     seen: set[str] = set()
 
@@ -407,29 +520,20 @@ def build_table(run_dirs: Sequence[Path]) -> Table:
             s for s in summaries if s.get("baseline") and (s.get("models") or {}).get("target") == target
         )
         label = BASELINE_LABEL if len(targets) == 1 else f"{BASELINE_LABEL} ({target})"
-        add(_row(label, "baseline", [s["baseline"]], [s], None, columns, catalog))
+        add(_row(label, "baseline", [s["baseline"]], [s], None, columns, catalog, p_of=p_of))
     for s in summaries:
         for name, block in (s.get("sources") or {}).items():
-            add(_row(name, "source", [block], [s], name, columns, catalog))
+            if name not in seen:
+                add(_row(name, "source", [block], [s], name, columns, catalog, p_of=p_of))
     for s in summaries:
         if not s.get("method"):
-            add(_row(_run_label(s), "model", [s["tasks"]], [s], None, columns, catalog))
+            add(_row(_run_label(s), "model", [s["tasks"]], [s], None, columns, catalog, p_of=p_of))
     groups = _method_groups(summaries)
     for key, members in groups.items():
         label = _group_label(key, groups, key[0])
-        add(
-            _row(
-                label,
-                "method",
-                [m["tasks"] for m in members],
-                members,
-                key[0],
-                columns,
-                catalog,
-                key[1] or None,
-            )
-        )
-    return Table("Results", columns, rows, _notes(columns, rows, ablation=False))
+        add(_row(label, "method", [m["tasks"] for m in members], members, key[0], columns, catalog, key[1] or None,
+                 p_of=p_of))  # fmt: skip
+    return rows
 
 
 def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> Table:
@@ -450,7 +554,9 @@ def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> 
         rows.append(
             _row(label, "method", [m["tasks"] for m in members], members, method, columns, catalog, schedule)
         )
-    return Table(f"Schedule ablation ({method})", columns, rows, _notes(columns, rows, ablation=True))
+    mismatch = check_comparable(members_all, allow_mismatch=True)
+    return Table(f"Schedule ablation ({method})", columns, rows, _notes(columns, rows, ablation=True,
+                                                                      mismatch=mismatch))  # fmt: skip
 
 
 # ---------------------------------------------------------------- rendering
@@ -551,8 +657,12 @@ def render_latex(table: Table) -> str:
 
 
 def to_frame(table: Table) -> pd.DataFrame:
-    """Raw numbers (fractions, not percent): value columns by key, `<key>_sd` with seeds, `<task>_p_adj`."""
+    """Raw numbers (fractions, not percent): value columns by key, `<key>_sd` with seeds, `<task>_p_adj`, and
+    `<task>,<filter>` for a metric's further filters (gsm8k's flexible-extract)."""
     with_sd = any(c.n_seeds > 1 for r in table.rows for c in r.cells.values())
+    filter_columns = list(dict.fromkeys(
+        (k, f) for r in table.rows for k, c in r.cells.items() for f in c.filters
+    ))  # fmt: skip
     records = []
     for row in table.rows:
         rec: dict[str, Any] = {"model": row.label, "kind": row.kind, "schedule": row.schedule or "",
@@ -567,6 +677,9 @@ def to_frame(table: Table) -> pd.DataFrame:
             if c.kind == "task":
                 cell = row.cells.get(c.key)
                 rec[f"{c.key}_p_adj"] = cell.p_adjusted if cell else None
+        for key, name in filter_columns:
+            cell = row.cells.get(key)
+            rec[f"{key},{name}"] = cell.filters.get(name) if cell else None
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
@@ -611,9 +724,11 @@ def to_rich(table: Table) -> Any:
     return out
 
 
-def write_tables(run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
+def write_tables(
+    run_dirs: Sequence[Path], out_dir: Path, *, allow_mismatch: bool = False, holm_scope: HolmScope = "run"
+) -> list[Path]:
     """results.{md,tex,csv} in `out_dir`, plus ablation.{md,tex,csv} when ProFuser runs differ in schedule."""
-    tables = {"results": build_table(run_dirs)}
+    tables = {"results": build_table(run_dirs, allow_mismatch=allow_mismatch, holm_scope=holm_scope)}
     summaries = [load_summary(Path(d)) for d in run_dirs]
     if len({s.get("schedule") for s in summaries if s.get("method") == "profuser"}) > 1:
         tables["ablation"] = build_ablation_table(run_dirs)
@@ -639,9 +754,11 @@ def _method_run(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name:
     return found[0]
 
 
-def head_to_head(run_dirs: Sequence[Path], a: str, b: str) -> pd.DataFrame:
-    """Method `a` against method `b` on each task both runs evaluated: paired tests over the same documents,
-    Holm-adjusted across the tasks (harness.analysis.stats.compare_across_runs). One row per task, fractions not percent."""
+def head_to_head(run_dirs: Sequence[Path], a: str, b: str, *, allow_mismatch: bool = False) -> pd.DataFrame:
+    """Method `a` against method `b` on each task both runs evaluated: paired tests over the same documents (by
+    document hash), Holm-adjusted across the tasks (harness.analysis.stats.compare_across_runs). One row per task,
+    fractions not percent. Runs that evaluated a task differently are refused unless `allow_mismatch`; then the
+    documents both evaluated are paired and `frame.attrs["notes"]` says what differs."""
     from harness.analysis.stats import compare_across_runs
 
     dirs = [Path(d) for d in run_dirs]
@@ -650,10 +767,13 @@ def head_to_head(run_dirs: Sequence[Path], a: str, b: str) -> pd.DataFrame:
     tasks = {t: info for t, info in sum_a["tasks"].items() if t in sum_b["tasks"]}
     if not tasks:
         raise HarnessError(f"the runs of '{a}' and '{b}' share no task", "report")
-    rows = compare_across_runs((dir_a, a), (dir_b, b), tasks)
+    pair = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (sum_a, sum_b)]
+    notes = check_comparable(pair, tasks, allow_mismatch=allow_mismatch)
+    rows = compare_across_runs((dir_a, a), (dir_b, b), tasks, common_only=bool(notes))
     frame = pd.DataFrame.from_records(rows)
     frame.insert(3, a, [sum_a["tasks"][t]["value"] for t in frame["task"]])
     frame.insert(4, b, [sum_b["tasks"][t]["value"] for t in frame["task"]])
+    frame.attrs["notes"] = notes
     return frame
 
 
@@ -674,4 +794,8 @@ def render_head_to_head(frame: pd.DataFrame, fmt: str) -> str:
             f"| {row['task']} | {100 * row[a]:.1f} | {100 * row[b]:.1f} | {100 * row['delta']:+.1f} | "
             f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] | {row['p_adjusted']:.2g} | {row['test']} |"
         )
+    lines += ["", f"p_adj: Holm across the {len(frame)} tasks of this table. 95% CI of the difference: for binary "
+              "metrics the interval the exact McNemar test inverts (it excludes 0 exactly when p < 0.05), for "
+              "continuous ones a percentile bootstrap; per task, not adjusted for multiplicity."]  # fmt: skip
+    lines += [str(n) for n in frame.attrs.get("notes", [])]
     return "\n".join(lines) + "\n"

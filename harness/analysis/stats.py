@@ -1,11 +1,13 @@
 """Paired significance tests, bootstrap CIs, Holm correction and effect sizes over per-sample results.
 
-Two systems evaluated on the same documents are compared document by document (matched by `doc_id`), which
-is far more powerful than comparing two accuracies: most documents are answered the same way by both.
-- binary metrics (acc, exact_match): exact McNemar test on the discordant pairs; effect size: signed Cohen's g.
+Two systems evaluated on the same documents are compared document by document (matched by each document's
+hash, `doc_hash` in the per-sample files), which is far more powerful than comparing two accuracies: most
+documents are answered the same way by both.
+- binary metrics (acc, exact_match): exact McNemar test on the discordant pairs, with the interval that test
+  inverts (exact Clopper-Pearson for the share of discordant pairs a wins, scaled to the difference), so the
+  interval excludes 0 exactly when p < 0.05; effect size: signed Cohen's g.
 - continuous metrics: sign-flip permutation test of the mean difference (exact for n <= 13, else Monte Carlo
-  with a fixed seed); effect size: Cohen's d_z.
-- every comparison: percentile bootstrap 95% CI of the mean paired difference (fixed seed).
+  with a fixed seed), percentile bootstrap CI of the mean difference (fixed seed); effect size: Cohen's d_z.
 - one table: Holm's step-down correction across all its comparisons (family-wise error rate).
 - across seeds: mean ± sd and a paired t-test (or Wilcoxon signed-rank) over the seeds.
 docs/statistics.md says which test is used when and how to recompute a summary's p-values.
@@ -31,21 +33,24 @@ BASELINE_LABEL = "target-base"
 N_PERMUTATIONS = 10_000  # sign-flip resamples; the test is exact whenever 2**n <= this
 _MAX_BATCH_ELEMENTS = 4_000_000  # resampled values held in memory at once
 
-Samples = Mapping[int, float] | Sequence[float] | np.ndarray
+DocKey = int | str  # a document's identity in a per-sample file: its doc_hash (or doc_id in files without one)
+Samples = Mapping[Any, float] | Sequence[float] | np.ndarray  # {DocKey: score}, or scores in pairing order
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One paired comparison a − b. `effect` names the effect size: 'cohen_g' (binary) or 'cohen_dz' (continuous)."""
+    """One paired comparison a − b. `effect` names the effect size: 'cohen_g' (binary) or 'cohen_dz' (continuous;
+    None where undefined: one document, or differences without variance). `interval` names the 95% CI."""
 
     delta: float
     ci_low: float
     ci_high: float
     p_value: float
     test: str
-    effect_size: float
+    effect_size: float | None
     n: int
     effect: str = ""
+    interval: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,11 @@ def _paired_arrays(a: Samples, b: Samples) -> tuple[np.ndarray, np.ndarray]:
         if a.keys() != b.keys():
             only_a, only_b = len(a.keys() - b.keys()), len(b.keys() - a.keys())
             raise HarnessError(
-                f"the two sides were evaluated on different documents ({only_a} doc_ids only in a, {only_b} only in b); "
-                "evaluate both on the same documents (same task, limit and seed)",
+                f"the two sides were evaluated on different documents ({only_a} only in a, {only_b} only in b); "
+                "evaluate both on the same documents (same task, data and limit)",
                 "stats",
             )
-        ids = sorted(a)
+        ids = sorted(a, key=lambda k: (isinstance(k, str), k))  # ints in numeric order, then hashes
         xa = np.array([a[i] for i in ids], dtype=float)
         xb = np.array([b[i] for i in ids], dtype=float)
     else:
@@ -88,12 +93,17 @@ def _paired_arrays(a: Samples, b: Samples) -> tuple[np.ndarray, np.ndarray]:
     return xa, xb
 
 
+def _constant(x: np.ndarray) -> bool:
+    """All values equal up to floating-point noise (0.3 − 0.1 and 0.5 − 0.3 differ in the last bit)."""
+    return bool(x.size == 0 or np.ptp(x) <= 1e-12 * max(1.0, float(np.max(np.abs(x)))))
+
+
 def bootstrap_ci(
     diff: np.ndarray, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of paired differences (resampling documents, so pairs stay together)."""
     diff = np.asarray(diff, dtype=float)
-    if diff.size < 2 or np.all(diff == diff[0]):
+    if diff.size < 2 or _constant(diff):
         m = float(diff.mean())
         return m, m  # no variability to resample
     res = sps.bootstrap(
@@ -107,6 +117,22 @@ def bootstrap_ci(
         random_state=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mcnemar_interval(only_a: int, only_b: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The CI of the paired difference that the exact McNemar test inverts.
+
+    The test conditions on the d = only_a + only_b discordant pairs and asks whether a wins half of them. The exact
+    (Clopper-Pearson) interval [lo, hi] for a's share of them excludes 1/2 exactly when the two-sided exact p is
+    below 1 − level; scaled to the difference, (d / n)(2·share − 1), the interval excludes 0 exactly then. Like the
+    test, it treats d as given: when every discordant pair favours one side, that end is the observed difference.
+    """
+    d = only_a + only_b
+    if d == 0:
+        return 0.0, 0.0
+    ci = sps.binomtest(only_a, d, 0.5).proportion_ci(confidence_level=level, method="exact")
+    scale = d / n
+    return scale * (2 * float(ci.low) - 1), scale * (2 * float(ci.high) - 1)
 
 
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -125,7 +151,7 @@ def sign_flip_test(
 ) -> tuple[float, bool]:
     """Two-sided paired permutation test of mean(diff) = 0 by random sign flips; returns (p, exact)."""
     diff = np.asarray(diff, dtype=float)
-    if np.all(diff == 0):
+    if np.all(diff == 0) or diff.size == 1:  # one document: both sign patterns are as extreme as the observed one
         return 1.0, True
     exact = 2 ** min(diff.size, 64) <= n_resamples
     res = sps.permutation_test(
@@ -141,13 +167,14 @@ def sign_flip_test(
     return min(float(res.pvalue), 1.0), exact
 
 
-def cohen_dz(diff: np.ndarray) -> float:
-    """Mean paired difference over its standard deviation; 0 when all differences are 0, ±inf when all equal."""
-    mean = float(np.mean(diff))
-    sd = float(np.std(diff, ddof=1)) if diff.size > 1 else 0.0
-    if sd == 0.0:
-        return 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-    return mean / sd
+def cohen_dz(diff: np.ndarray) -> float | None:
+    """Mean paired difference over its standard deviation; 0 when all differences are 0; None (undefined, never
+    ±inf) for a single document or when every difference is the same non-zero value."""
+    if np.all(diff == 0):
+        return 0.0
+    if diff.size < 2 or _constant(diff):
+        return None
+    return float(np.mean(diff)) / float(np.std(diff, ddof=1))
 
 
 def compare_paired(a: Samples, b: Samples, binary: bool, *, seed: int = 0, n_boot: int = 2000) -> Comparison:
@@ -157,7 +184,7 @@ def compare_paired(a: Samples, b: Samples, binary: bool, *, seed: int = 0, n_boo
     """
     xa, xb = _paired_arrays(a, b)
     diff = xa - xb
-    ci_low, ci_high = bootstrap_ci(diff, seed=seed, n_boot=n_boot)
+    effect: float | None
     if binary:
         bad = ~np.isin(xa, (0.0, 1.0)) | ~np.isin(xb, (0.0, 1.0))
         if bad.any():
@@ -166,14 +193,18 @@ def compare_paired(a: Samples, b: Samples, binary: bool, *, seed: int = 0, n_boo
                 "stats",
             )
         p, effect = mcnemar_exact(xa, xb)
-        test, effect_name = "mcnemar-exact", "cohen_g"
+        only_a, only_b = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+        ci_low, ci_high = mcnemar_interval(only_a, only_b, int(diff.size))
+        test, effect_name, interval = "mcnemar-exact", "cohen_g", "mcnemar-exact-conditional"
     else:
         p, exact = sign_flip_test(diff, seed=seed)
         effect = cohen_dz(diff)
+        ci_low, ci_high = bootstrap_ci(diff, seed=seed, n_boot=n_boot)
         test, effect_name = ("permutation-exact" if exact else "permutation-mc"), "cohen_dz"
+        interval = "bootstrap-percentile"
     return Comparison(
         delta=float(diff.mean()), ci_low=ci_low, ci_high=ci_high, p_value=p, test=test,
-        effect_size=float(effect), n=int(diff.size), effect=effect_name,
+        effect_size=effect, n=int(diff.size), effect=effect_name, interval=interval,
     )  # fmt: skip
 
 
@@ -195,50 +226,74 @@ def seed_summary(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
 def compare_seeds(
     a: Sequence[float], b: Sequence[float], test: Literal["t", "wilcoxon"] = "t"
 ) -> SeedComparison:
-    """Paired test over seeds (scores of a and b for seed 1..k): paired t-test, or Wilcoxon signed-rank."""
+    """Paired test over seeds (scores of a and b for seed 1..k): paired t-test, or Wilcoxon signed-rank (scipy's,
+    exact for small k: with 2 seeds its smallest two-sided p is 0.5).
+
+    When every seed gives the same difference the t statistic is 0/0 or ±inf and no t-test p exists; the exact
+    sign-flip test over the seeds is used instead (p = 1 for no difference, else 2 / 2^k: every seed agreeing is
+    the most extreme of the 2^k equally likely sign patterns), and `test` says so.
+    """
+    if test not in ("t", "wilcoxon"):
+        raise HarnessError(f"unknown seed test '{test}'; use 't' or 'wilcoxon'", "stats")
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if xa.shape != xb.shape or xa.size < 2:
         raise HarnessError("a test over seeds needs the same >= 2 seeds on both sides", "stats")
+    if not (np.isfinite(xa).all() and np.isfinite(xb).all()):
+        raise HarnessError("seed scores contain NaN or infinite values", "stats")
     diff = xa - xb
-    if np.all(diff == diff[0]):  # zero variance: the t statistic is 0/0 or ±inf
-        p = 1.0 if diff[0] == 0 else 0.0
-    elif test == "t":
-        p = float(sps.ttest_rel(xa, xb).pvalue)
-    elif test == "wilcoxon":
-        p = float(sps.wilcoxon(xa, xb).pvalue)
-    else:
-        raise HarnessError(f"unknown seed test '{test}'; use 't' or 'wilcoxon'", "stats")
-    (ma, sa), (mb, sb) = seed_summary(xa), seed_summary(xb)
     name = "paired-t" if test == "t" else "wilcoxon"
+    if np.all(diff == 0):
+        p = 1.0
+    elif test == "wilcoxon":
+        p = float(sps.wilcoxon(diff, zero_method="wilcox").pvalue)
+    elif _constant(diff):
+        p, name = min(1.0, 2.0 / 2**diff.size), "sign-flip-exact"
+    else:
+        p = float(sps.ttest_rel(xa, xb).pvalue)
+    (ma, sa), (mb, sb) = seed_summary(xa), seed_summary(xb)
     return SeedComparison(ma, sa, mb, sb, float(diff.mean()), p, name, int(xa.size))
 
 
-def load_samples(run_dir: Path, label: str, task: str, metric: str) -> dict[int, float]:
-    """{doc_id: score} from `run_dir/eval/<label>/<task>.jsonl`."""
+def load_samples(run_dir: Path, label: str, task: str, metric: str) -> dict[DocKey, float]:
+    """{document: score} from `run_dir/eval/<label>/<task>.jsonl`, keyed by each document's identity.
+
+    The identity is the row's `doc_hash` (lm-eval's hash of the document), so that two runs pair the same
+    documents whatever their order; a document that occurs k times keeps one key per occurrence (`hash#2`, ...).
+    Files written before doc hashes were recorded are keyed by `doc_id`.
+    """
     path = Path(run_dir) / "eval" / label / f"{task}.jsonl"
     if not path.is_file():
         raise HarnessError(
             f"no per-sample results at '{path}'; was '{label}' evaluated on '{task}'?", "stats"
         )
-    out: dict[int, float] = {}
+    out: dict[DocKey, float] = {}
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             try:  # a cut or damaged line is a user-fixable problem of that file, named, not a traceback
                 row = json.loads(raw.decode("utf-8"))
-                doc, value = int(row["doc_id"]), float(row[metric])
+                value = float(row[metric])
+                doc = int(row["doc_id"])
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise HarnessError(f"'{path}' line {lineno} is not a UTF-8 JSON line (cut or damaged?)", "stats") from None
             except (KeyError, TypeError, ValueError):
                 raise HarnessError(f"'{path}' line {lineno} lacks a numeric 'doc_id' or metric '{metric}'", "stats") from None
-            if doc in out:
-                raise HarnessError(f"'{path}' has doc_id {doc} twice", "stats")
-            out[doc] = value
+            key: DocKey
+            if "doc_hash" in row:
+                key, k = str(row["doc_hash"]), 1
+                while key in out:
+                    k += 1
+                    key = f"{row['doc_hash']}#{k}"
+            else:
+                key = doc
+                if key in out:
+                    raise HarnessError(f"'{path}' has doc_id {key} twice", "stats")
+            out[key] = value
     return out
 
 
-def _is_binary(task_info: Mapping[str, Any], a: Mapping[int, float], b: Mapping[int, float]) -> bool:
+def _is_binary(task_info: Mapping[str, Any], a: Mapping[DocKey, float], b: Mapping[DocKey, float]) -> bool:
     """The task's declared `binary` flag; when absent, binary iff every score on both sides is 0 or 1."""
     if "binary" in task_info:
         return bool(task_info["binary"])
@@ -286,13 +341,18 @@ def compare_across_runs(
     *,
     seed: int = 0,
     n_boot: int = 2000,
+    common_only: bool = False,
 ) -> list[dict[str, Any]]:
     """a − b on each task for two labels of two runs, e.g. profuser's run against fusellm's, Holm-adjusted across
-    the tasks. Paired by doc_id: both runs must have evaluated the same documents (same task, data and limit)."""
-    return _compare([(t, a[0], a[1], b[0], b[1]) for t in tasks], tasks, seed=seed, n_boot=n_boot)
+    the tasks. Paired by document hash: both runs must have evaluated the same documents (same task, data and
+    limit), unless `common_only`, which pairs the documents both evaluated (the settings check is the caller's:
+    harness.analysis.report.check_comparable)."""
+    return _compare([(t, a[0], a[1], b[0], b[1]) for t in tasks], tasks, seed=seed, n_boot=n_boot,
+                    common_only=common_only)  # fmt: skip
 
 
-_ORDER = ("task", "a", "b", "delta", "ci_low", "ci_high", "p_value", "p_adjusted", "test", "effect_size", "effect", "n")
+_ORDER = ("task", "a", "b", "delta", "ci_low", "ci_high", "interval", "p_value", "p_adjusted", "test", "effect_size",
+          "effect", "n")  # fmt: skip
 
 
 def _compare(
@@ -301,6 +361,7 @@ def _compare(
     *,
     seed: int,
     n_boot: int,
+    common_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows of paired comparisons (task, run and label of a, run and label of b), Holm-adjusted across all rows."""
     rows: list[dict[str, Any]] = []
@@ -310,6 +371,12 @@ def _compare(
         metric = task_info[task]["metric"]
         a_scores = load_samples(a_run, a_label, task, metric)
         b_scores = load_samples(b_run, b_label, task, metric)
+        if common_only:
+            shared = a_scores.keys() & b_scores.keys()
+            if not shared:
+                raise HarnessError(f"{task}: '{a_label}' and '{b_label}' share no document (different data?)", "stats")
+            a_scores = {k: v for k, v in a_scores.items() if k in shared}
+            b_scores = {k: v for k, v in b_scores.items() if k in shared}
         binary = _is_binary(task_info[task], a_scores, b_scores)
         comp = compare_paired(a_scores, b_scores, binary, seed=seed, n_boot=n_boot)
         rows.append({"task": task, "a": a_label, "b": b_label, **asdict(comp)})

@@ -2,16 +2,21 @@
 
 For each requested task the harness decides which definition runs it (harness/evaluation/task_catalog.py): lm-eval's
 built-in task without a data folder, the project's YAML over converted local files with one
-(harness/evaluation/offline_data.py), the tasks/sandbox/ YAML over the sandbox world. Project YAMLs are copied into a
-temporary include folder with their relative `data_files` made absolute; only the project's own task folders
-supply `!function` hooks. Each (model, task, shots, limit, max_gen_toks, data) result is cached, so
-re-evaluating an unchanged model is instant; a cache entry is sealed with checksums and verified before use
-(harness/store.py), so a damaged one is evaluated again instead of crashing or changing the numbers.
+(harness/evaluation/offline_data.py), the tasks/sandbox/ YAML over the sandbox world. The project's YAMLs for the real
+benchmarks `include:` lm-eval's own definitions and override only the data source and splits. They are copied into a
+temporary include folder with their relative `data_files` and `lm_eval/tasks/...` includes made absolute; only the
+project's own task folders supply `!function` hooks of their own. The shots the plan states are set in every task's
+config (lm-eval itself never overrides a config's explicit `num_fewshot`), and each per-sample row records the shots
+lm-eval used, the document's hash (what runs are paired on) and its prompt's hash; the prompts themselves go beside
+it. Each (model, task, shots, limit, max_gen_toks, data) result is cached, so re-evaluating an unchanged model is
+instant; a cache entry is sealed with checksums and verified before use (harness/store.py), so a damaged one is
+evaluated again instead of crashing or changing the numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -20,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from harness.evaluation import offline_data, task_catalog
 from harness.evaluation.task_catalog import TaskInfo
 from harness.models import ResolvedModel
 from harness.store import (
+    atomic_write_bytes,
     atomic_write_json,
     default_cache_dir,
     file_digests,
@@ -44,7 +50,8 @@ from harness.store import (
     write_jsonl,
 )
 
-CACHE_FORMAT = 2  # part of every entry's key; 2: entries sealed with SHA256SUMS (older entries are not read)
+CACHE_FORMAT = 3  # part of every entry's key (older entries are not read); 2: shots set through the task config,
+# per-sample doc hashes, prompts, both gsm8k filters; 3: entries sealed with SHA256SUMS
 
 EVAL_SEEDS = {
     "random_seed": 0,
@@ -52,12 +59,14 @@ EVAL_SEEDS = {
     "torch_random_seed": 1234,
     "fewshot_random_seed": 1234,
 }
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default generation cap
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 
 
 @dataclass
 class TaskScore:
-    """One task's result: the primary metric's mean over `n` documents, as lm-eval aggregated it."""
+    """One task's result: the primary metric's mean over `n` documents, as lm-eval aggregated it, and the settings
+    that produced it (what makes two runs' results comparable)."""
 
     task: str
     metric: str
@@ -66,6 +75,19 @@ class TaskScore:
     n: int
     category: str
     binary: bool
+    filter: str = "none"  # the lm-eval filter of the headline metric
+    shots: int = 0  # demonstrations per prompt, as lm-eval built them
+    limit: int | None = None  # documents asked for (None: all)
+    version: str | None = None  # the task definition's version (lm-eval's `metadata.version`)
+    data: dict[str, str] = field(default_factory=dict)  # {"source": data dir | hub | sandbox world, "hash": ...}
+    filters: dict[str, float] = field(default_factory=dict)  # the metric under further filters (gsm8k)
+
+    def summary(self) -> dict[str, Any]:
+        """The task's entry in summary.json."""
+        out = {k: v for k, v in asdict(self).items() if k != "task"}
+        if not self.filters:
+            out.pop("filters")
+        return out
 
 
 def expand_tasks(names: list[str]) -> list[str]:
@@ -88,10 +110,15 @@ class _Plan:
     root: Path | None  # what the YAML's relative data_files resolve against
     data_key: str  # hash of the data (or of the built-in's identity)
     definition: str  # hash of the task definition (YAML + hooks, or lm-eval version)
+    source: str  # where the documents come from: "data dir", "hub" or "sandbox world"
 
     @property
     def lm_eval_name(self) -> str:
         return self.info.local_task if self.yaml else self.info.builtin[0]
+
+    @property
+    def data(self) -> dict[str, str]:
+        return {"source": self.source, "hash": self.data_key}
 
 
 def _data_files(cfg: dict[str, Any]) -> list[str]:
@@ -103,19 +130,15 @@ def _data_files(cfg: dict[str, Any]) -> list[str]:
     return list(files)
 
 
-def _yaml_chain(path: Path) -> list[Path]:
-    """A YAML and the YAMLs it `include:`s (same folder), in load order."""
-    cfg = task_catalog.load_task_yaml(path)
-    inc = cfg.get("include") or []
-    chain: list[Path] = []
-    for name in [inc] if isinstance(inc, str) else inc:
-        chain += _yaml_chain(path.parent / name)
-    return [*chain, path]
+_yaml_chain = task_catalog.yaml_chain
 
 
 def _definition_hash(path: Path) -> str:
+    """The YAML, what it includes (lm-eval's own files too) and the hook modules beside each of them."""
     h = hashlib.sha256(version("lm_eval").encode())
-    for p in [*_yaml_chain(path), *sorted(path.parent.glob("*.py"))]:
+    chain = _yaml_chain(path)
+    hooks = sorted({py for p in chain for py in p.parent.glob("*.py")})
+    for p in [*chain, *hooks]:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
@@ -144,16 +167,17 @@ def _plan(
         info = task_catalog.with_fewshot(info, shots)
     if info.sandbox and sandbox_root is not None:
         path = task_catalog.find_task_yaml("sandbox", info.local_task)
-        return _Plan(info, path, sandbox_root, _sandbox_data_key(path, sandbox_root), _definition_hash(path))
+        return _Plan(info, path, sandbox_root, _sandbox_data_key(path, sandbox_root), _definition_hash(path),
+                     "sandbox world")
     if data_dir is not None:
         prepared = offline_data.prepare(name, data_dir, cache_dir)
         path = task_catalog.find_task_yaml(info.folder, info.local_task)
-        return _Plan(info, path, prepared.root, prepared.key, _definition_hash(path))
+        return _Plan(info, path, prepared.root, prepared.key, _definition_hash(path), "data dir")
     if not info.builtin:
         raise HarnessError(f"{name} has no lm-eval built-in task; set HARNESS_DATA_DIR or --data-dir to a folder "
                            "laid out as shared/data (see docs/evaluation.md)", "data")  # fmt: skip
     builtin = f"builtin:{','.join(info.builtin)}:lm_eval=={version('lm_eval')}"
-    return _Plan(info, None, None, builtin, builtin)
+    return _Plan(info, None, None, builtin, builtin, "hub")
 
 
 # ---------------------------------------------------------------- staging the project's YAMLs
@@ -193,7 +217,8 @@ def _check_hooks(node: Any, folder: Path, yaml_path: Path) -> None:
 
 
 def _stage(plans: list[_Plan], dst: Path) -> None:
-    """Copy the plans' YAMLs (with includes) and hook modules under dst, data_files made absolute."""
+    """Copy the plans' YAMLs and hook modules under dst: data_files made absolute, includes of lm-eval's own task
+    files (`lm_eval/tasks/...`) pointed at the installed copy, which lm-eval then loads with its own hooks."""
     for plan in plans:
         if plan.yaml is None or plan.root is None:
             continue
@@ -203,8 +228,15 @@ def _stage(plans: list[_Plan], dst: Path) -> None:
         for py in src_folder.glob("*.py"):
             shutil.copy2(py, folder / py.name)
         for path in _yaml_chain(plan.yaml):
+            if path.parent != src_folder:
+                continue  # an upstream file: included by absolute path, never copied or edited
             cfg = task_catalog.load_task_yaml(path)
             _check_hooks(cfg, src_folder, path)
+            inc = cfg.get("include")
+            if inc:
+                names = [inc] if isinstance(inc, str) else inc
+                resolved = [task_catalog.resolve_include(str(n), path) for n in names]
+                cfg["include"] = [str(r) if r.parent != src_folder else r.name for r in resolved]
             kwargs = cfg.get("dataset_kwargs") or {}
             if "data_files" in kwargs:
                 kwargs["data_files"] = _absolute(kwargs["data_files"], plan.root)
@@ -357,9 +389,23 @@ def _has_chat_template(lm: Any) -> bool:
     return bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
 
 
+def _prompt(row: dict[str, Any]) -> str:
+    """The context of a logged sample's first request: the prompt lm-eval built for the document (partial-scoring
+    tasks such as WinoGrande build one per option; the first is kept)."""
+    args = row.get("arguments") or []
+    first = args[0] if args else None
+    if isinstance(first, dict):  # lm-eval's serialised form {"gen_args_0": {"arg_0": ..., "arg_1": ...}}
+        first = next(iter(first.values()), {})
+        return str(first.get("arg_0", "")) if isinstance(first, dict) else str(first)
+    if isinstance(first, (list, tuple)) and first:
+        return str(first[0])
+    return ""
+
+
 def _run_task(
     lm: Any, task_manager: Any, plan: _Plan, limit: int | None, max_gen_toks: int
-) -> tuple[TaskScore, list[dict]] | None:
+) -> tuple[TaskScore, list[dict], list[dict]] | None:
+    """One task through lm-eval: its score, one per-sample row per document, and the prompt of each document."""
     import lm_eval.evaluator
     from lm_eval import simple_evaluate
 
@@ -375,8 +421,11 @@ def _run_task(
                            f"({exc.__class__.__name__}); set HARNESS_DATA_DIR or --data-dir to a folder laid out as "
                            "shared/data (see docs/evaluation.md)", "data") from None  # fmt: skip
     obj = loaded["groups"].get(name) or loaded["tasks"][name]
-    for task in loaded["tasks"].values():  # cap generation: the task's own max_gen_toks if smaller, else ours
-        if task.get_config("output_type") == "generate_until":
+    for task in loaded["tasks"].values():
+        # The plan's shots go into every task's config: lm-eval's own `num_fewshot` argument never overrides a
+        # config that states one (gsm8k's 5, a 0 anywhere), so passing it would silently run other settings.
+        task.set_config(key="num_fewshot", value=info.fewshot)
+        if task.get_config("output_type") == "generate_until":  # cap generation: the task's own cap if smaller
             gen = dict(task.get_config("generation_kwargs") or {})
             gen["max_gen_toks"] = (
                 min(int(gen["max_gen_toks"]), max_gen_toks) if gen.get("max_gen_toks") else max_gen_toks
@@ -384,22 +433,45 @@ def _run_task(
             task.set_config(key="generation_kwargs", value=gen)
     chat = info.chat and _has_chat_template(lm)
     res = simple_evaluate(
-        model=lm, tasks=[obj], num_fewshot=info.fewshot, limit=limit, task_manager=task_manager, log_samples=True,
+        model=lm, tasks=[obj], num_fewshot=None, limit=limit, task_manager=task_manager, log_samples=True,
         apply_chat_template=chat, fewshot_as_multiturn=chat, bootstrap_iters=1000, **EVAL_SEEDS,
     )  # fmt: skip
     if res is None:  # a non-zero rank of a multi-process run: rank 0 has the gathered results
         return None
+    shots = {int(res["n-shot"][sub]) for sub in loaded["tasks"]}
+    if shots != {info.fewshot}:
+        raise HarnessError(f"{info.name}: lm-eval ran {sorted(shots)} shots where {info.fewshot} were planned", "eval")
     rows: list[dict[str, Any]] = []
+    prompts: list[dict[str, Any]] = []
     for sub in sorted(loaded["tasks"]):  # one leaf for a task, the subtasks in name order for a group
-        picked = sorted(
-            (r for r in res["samples"][sub] if r["filter"] == info.filter), key=lambda r: r["doc_id"]
-        )
-        rows += [{"doc_id": len(rows) + i, info.metric: float(r[info.metric])} for i, r in enumerate(picked)]
+        by_filter: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in res["samples"][sub]:
+            by_filter.setdefault(r["filter"], {})[r["doc_id"]] = r
+        head = by_filter.get(info.filter)
+        if head is None:
+            raise HarnessError(f"{info.name}: lm-eval logged no samples for filter '{info.filter}'", "eval")
+        for doc in sorted(head):
+            r = head[doc]
+            row: dict[str, Any] = {"doc_id": len(rows), "doc_hash": r["doc_hash"], "prompt_hash": r["prompt_hash"],
+                                   "shots": info.fewshot, info.metric: float(r[info.metric])}  # fmt: skip
+            for extra in info.also_filters:
+                row[f"{info.metric},{extra}"] = float(by_filter[extra][doc][info.metric])
+            rows.append(row)
+            prompts.append({"doc_id": row["doc_id"], "doc_hash": r["doc_hash"], "prompt": _prompt(r)})
     agg = res["results"][name]
     stderr = agg.get(f"{info.metric}_stderr,{info.filter}")
-    score = TaskScore(info.name, info.metric, float(agg[f"{info.metric},{info.filter}"]),
-                      float(stderr) if isinstance(stderr, (int, float)) else None, len(rows), info.category, info.binary)  # fmt: skip
-    return score, rows
+    score = TaskScore(
+        info.name, info.metric, float(agg[f"{info.metric},{info.filter}"]),
+        float(stderr) if isinstance(stderr, (int, float)) else None, len(rows), info.category, info.binary,
+        filter=info.filter, shots=info.fewshot, limit=limit, version=_version(res, name), data=plan.data,
+        filters={f: float(agg[f"{info.metric},{f}"]) for f in info.also_filters},
+    )  # fmt: skip
+    return score, rows, prompts
+
+
+def _version(res: dict[str, Any], name: str) -> str | None:
+    found = (res.get("versions") or {}).get(name)
+    return None if found is None else str(found)
 
 
 # ---------------------------------------------------------------- the public entry point
@@ -414,7 +486,7 @@ def evaluate_model(
     limit: int | Mapping[str, int | None] | None = None,
     num_fewshot: int | None = None,
     batch_size: int = 16,
-    max_gen_toks: int = 128,
+    max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
     data_dir: Path | None = None,
     sandbox_root: Path | None = None,
     backend: str = "hf",
@@ -423,13 +495,16 @@ def evaluate_model(
     chat_template: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, TaskScore]:
-    """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl and returns the scores.
+    """Evaluate `model` on `tasks` (names or groups); writes out_dir/<label>/<task>.jsonl (one line per document:
+    doc_id, doc_hash, prompt_hash, shots, the metric) and <task>.prompts.jsonl.gz, and returns the scores.
 
     `chat_template` replaces the tokenizer's own for chat-formatted tasks: the template the experiment gave this
     model (`chat_template` of its spec), so it is evaluated in the format it was fused in.
 
     Shots: `num_fewshot` if given, else the leaderboard's per-task settings when the `leaderboard` group was asked
-    for, else each task's lm-eval default. `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
+    for, else each task's lm-eval default; fixed zero-shot tasks keep 0. They are set in every task's config, so
+    they are the shots of every prompt. `max_gen_toks` caps generation (lm-eval's 256 by default; a task's own
+    smaller cap wins). `model` is a ResolvedModel (folder, hub id, GGUF) or an in-memory
     (model, tokenizer) pair. `limit` None or 0 evaluates every document; a mapping gives each task name its own
     (tasks it lacks: every document). `data_dir` (default: $HARNESS_DATA_DIR) switches the real task names to
     local files; without it lm-eval's built-in tasks load from the hub.
@@ -448,13 +523,13 @@ def evaluate_model(
     scores: dict[str, TaskScore] = {}
     todo: list[tuple[_Plan, Path]] = []
     for plan in plans:
-        key = {"format": CACHE_FORMAT, "model": fingerprint, "backend": backend, "task": plan.info.name, "definition": plan.definition,
-               "shots": plan.info.fewshot, "limit": limits[plan.info.name], "max_gen_toks": max_gen_toks, "data": plan.data_key,
+        key = {"format": CACHE_FORMAT, "model": fingerprint, "backend": backend, "task": plan.info.name,
+               "definition": plan.definition, "shots": plan.info.fewshot, "limit": limits[plan.info.name], "max_gen_toks": max_gen_toks, "data": plan.data_key,
                "chat": plan.info.chat, "seeds": EVAL_SEEDS,
                **({"chat_template": chat_template} if chat_template is not None else {})}  # fmt: skip
         entry = cache_dir / "eval" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         if distributed.from_main(distributed.is_main() and verified(entry, "evaluation result")):
-            scores[plan.info.name] = _cached(entry, label_dir / f"{plan.info.name}.jsonl")
+            scores[plan.info.name] = _cached(entry, label_dir, plan.info.name)
         else:
             todo.append((plan, entry))
     if todo:
@@ -491,30 +566,51 @@ def _evaluate_missing(
             start = time.perf_counter()
             found = _run_task(lm, tm, plan, limits[plan.info.name], max_gen_toks)
             if found is not None:
-                score, rows = found
-                _store(entry, score, rows)
-                write_jsonl(label_dir / f"{plan.info.name}.jsonl", rows)
+                score, rows, prompts = found
+                _store(entry, score, rows, prompts)
+                _cached(entry, label_dir, plan.info.name)
             distributed.barrier()
             if found is None:  # another process of this run: read what rank 0 stored
-                score = _cached(entry, None)
+                score = _cached(entry, None, plan.info.name)
             scores[plan.info.name] = score
             if progress and found is not None:
                 print(f"[eval] {plan.info.name}: {score.metric}={score.value:.4f} (n={score.n}, "
                       f"{time.perf_counter() - start:.1f}s)")  # fmt: skip
 
 
-def _cached(entry: Path, samples_to: Path | None) -> TaskScore:
-    """A cache entry's score, its per-sample rows copied to `samples_to` (by the main process only)."""
-    if samples_to is not None and distributed.is_main():
-        write_jsonl(samples_to, read_jsonl(entry / "samples.jsonl"))
+PROMPTS_SUFFIX = ".prompts.jsonl.gz"
+
+
+def prompts_path(label_dir: Path, task: str) -> Path:
+    """Where the prompt of every document of a per-sample file lies: `<task>.prompts.jsonl.gz` beside it."""
+    return label_dir / f"{task}{PROMPTS_SUFFIX}"
+
+
+def read_prompts(label_dir: Path, task: str) -> list[dict[str, Any]]:
+    """[{doc_id, doc_hash, prompt}] of one task of one label: the prompts lm-eval built, in doc_id order."""
+    with gzip.open(prompts_path(label_dir, task), "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _write_prompts(path: Path, prompts: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts)
+    atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))  # mtime 0: the same bytes every time
+
+
+def _cached(entry: Path, label_dir: Path | None, task: str) -> TaskScore:
+    """A cache entry's score, its per-sample rows and prompts copied into `label_dir` (by the main process only)."""
+    if label_dir is not None and distributed.is_main():
+        write_jsonl(label_dir / f"{task}.jsonl", read_jsonl(entry / "samples.jsonl"))
+        atomic_write_bytes(prompts_path(label_dir, task), (entry / "prompts.jsonl.gz").read_bytes())
     return TaskScore(**json.loads((entry / "score.json").read_text()))
 
 
-def _store(entry: Path, score: TaskScore, rows: list[dict[str, Any]]) -> None:
+def _store(entry: Path, score: TaskScore, rows: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> None:
     """Write a cache entry into a temporary folder, seal it and rename it: readers see a whole entry or none."""
     tmp = temp_dir(entry.parent, f".{entry.name}-")
     try:
         write_jsonl(tmp / "samples.jsonl", rows)
+        _write_prompts(tmp / "prompts.jsonl.gz", prompts)
         atomic_write_json(tmp / "score.json", asdict(score))
         seal(tmp)
         with contextlib.suppress(OSError):  # a concurrent writer stored the same entry first

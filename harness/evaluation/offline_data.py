@@ -1,4 +1,7 @@
-"""Local benchmark files (laid out as shared/data, see its MANIFEST.md) -> the schemas the task YAMLs read.
+"""Local benchmark files (laid out as shared/data, see its MANIFEST.md) -> the hub datasets' schemas.
+
+The task YAMLs `include:` lm-eval's own task definitions, so each converter writes the fields those definitions read
+(the hub dataset's schema) and lm-eval's `process_docs`, prompts and metrics apply unchanged.
 
 Each task's sources are checked, hashed by content and converted once into
 `<cache>/offline-data/<task>-<hash>/<task folder>/<split>.jsonl`, written to a temporary folder and renamed,
@@ -21,7 +24,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.store import seal, temp_dir, verified
 
-CONVERTER_VERSION = 2  # 2: converted folders are sealed with SHA256SUMS
+CONVERTER_VERSION = 3  # 2: the hub's schemas for lm-eval's own task definitions; 3: converted folders are sealed
 Rows = list[dict[str, Any]]
 
 
@@ -196,6 +199,7 @@ def _truthfulqa(data_dir: Path) -> dict[str, Rows]:
 
 
 def _arc(data_dir: Path) -> dict[str, Rows]:
+    """llm-foundry's {query, choices, gold} -> the hub's ARC schema {id, question, choices: {text, label}, answerKey}."""
     path = data_dir / "arc/arc_challenge_test.llmfoundry.jsonl"
     rows = []
     for n, row in enumerate(_read_jsonl(path), 1):
@@ -207,31 +211,68 @@ def _arc(data_dir: Path) -> dict[str, Rows]:
     return {"arc_challenge/test.jsonl": rows}
 
 
-def hellaswag_preprocess(text: str) -> str:
-    """lm-eval's hellaswag `preprocess` (a no-op on the already cleaned derived file, kept for fidelity)."""
-    text = text.strip().replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
-    return text.replace("  ", " ")
+# The activity labels of HellaSwag's WikiHow items (wikiHow's categories). Every other label is an ActivityNet
+# caption class, whose context ends in the incomplete noun phrase the hub keeps apart as `ctx_b`.
+WIKIHOW_CATEGORIES = frozenset({
+    "Arts and Entertainment", "Cars & Other Vehicles", "Computers and Electronics", "Education and Communications",
+    "Family Life", "Finance and Business", "Food and Entertaining", "Health", "Hobbies and Crafts",
+    "Holidays and Traditions", "Home and Garden", "Home,Categories", "Personal Care and Style", "Pets and Animals",
+    "Philosophy and Religion", "Relationships", "Sports and Fitness", "Travel", "Uncategorized", "Work World",
+    "Youth",
+})  # fmt: skip
+_LAST_SENTENCE_END = re.compile(r"[.!?][\"')]*\s+(?=[^.!?]*$)")
+
+
+def hellaswag_split_context(text: str) -> dict[str, str]:
+    """`activity_label: ctx` (the extraction's one line) -> the hub's activity_label, ctx_a and ctx_b.
+
+    The hub stores an ActivityNet context as the complete sentences (`ctx_a`) and the incomplete noun phrase that
+    the endings continue (`ctx_b`, "the lady"); lm-eval capitalises `ctx_b`. The extraction joined them, so
+    `ctx_b` is recovered as the text after the last sentence end. WikiHow contexts have an empty `ctx_b`.
+    """
+    label, sep, body = text.partition(": ")
+    if not sep:
+        return {"activity_label": "", "ctx_a": text, "ctx_b": ""}
+    if label in WIKIHOW_CATEGORIES:
+        return {"activity_label": label, "ctx_a": body, "ctx_b": ""}
+    end = _LAST_SENTENCE_END.search(body)
+    cut = end.end() if end else 0
+    return {"activity_label": label, "ctx_a": body[:cut].rstrip(), "ctx_b": body[cut:]}
 
 
 def _hellaswag(data_dir: Path) -> dict[str, Rows]:
+    """The extraction's {idx, ctx, label, endings} -> the hub's schema, so that lm-eval's `process_docs` applies."""
     path = data_dir / "hellaswag/hellaswag_val.derived.jsonl"
     rows = []
     for n, row in enumerate(_read_jsonl(path), 1):
         _need(path, n, row, ("ctx", "label", "endings"))
-        rows.append({"ind": row.get("idx", n - 1), "query": hellaswag_preprocess(row["ctx"]),
-                     "choices": [hellaswag_preprocess(e) for e in row["endings"]], "label": str(row["label"]),
-                     "gold": int(row["label"])})  # fmt: skip
+        parts = hellaswag_split_context(row["ctx"])
+        rows.append({"ind": row.get("idx", n - 1), **parts, "ctx": f"{parts['ctx_a']} {parts['ctx_b']}".strip(),
+                     "split": "val", "endings": list(row["endings"]), "label": str(row["label"])})  # fmt: skip
     return {"hellaswag/validation.jsonl": rows}
 
 
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
 def _winogrande(data_dir: Path) -> dict[str, Rows]:
+    """llm-foundry's partial-scoring rows {context_options, continuation, gold} -> the hub's {sentence, option1,
+    option2, answer}: the sentence is the options' common prefix, a blank and the continuation, so lm-eval's
+    functions rebuild exactly the same two contexts and target."""
     path = data_dir / "winogrande/winogrande_dev.llmfoundry.jsonl"
     rows = []
     for n, row in enumerate(_read_jsonl(path), 1):
         _need(path, n, row, ("context_options", "continuation", "gold"))
-        rows.append({"context_options": list(row["context_options"]), "continuation": row["continuation"],
-                     "gold": int(row["gold"])})  # fmt: skip
+        options = list(row["context_options"])
+        if len(options) != 2 or "_" in options[0] + options[1]:
+            raise _bad(path, f"row {n}", "expected two context options without '_'")
+        head = _common_prefix(*options)
+        rows.append({"sentence": f"{head}_ {row['continuation'].strip()}", "option1": options[0][len(head):],
+                     "option2": options[1][len(head):], "answer": str(int(row["gold"]) + 1)})  # fmt: skip
     return {"winogrande/validation.jsonl": rows}
 
 

@@ -39,6 +39,7 @@ class TaskInfo:
     local_task: str  # `task:` name inside that YAML
     chat: bool  # prompt through the model's chat template when it has one (assistant-behaviour tasks)
     description: str
+    also_filters: tuple[str, ...] = ()  # further lm-eval filters of `metric` recorded beside the headline one
 
     @property
     def sandbox(self) -> bool:
@@ -54,8 +55,9 @@ _CATALOG: tuple[TaskInfo, ...] = (
              "hellaswag", False, "commonsense sentence completion"),
     TaskInfo("winogrande", "reasoning", "acc", "none", True, 0, False, ("winogrande",), "reasoning",
              "winogrande", False, "pronoun resolution, partial scoring"),
-    TaskInfo("gsm8k", "reasoning", "exact_match", "flexible-extract", True, 5, False, ("gsm8k",), "reasoning",
-             "gsm8k", False, "grade-school math word problems, generated answer (last number) must match"),
+    TaskInfo("gsm8k", "reasoning", "exact_match", "strict-match", True, 5, False, ("gsm8k",), "reasoning",
+             "gsm8k", False, "grade-school math word problems: the answer after '#### ' must match (strict-match, "
+             "as published); the last number (flexible-extract) is recorded too", ("flexible-extract",)),
     TaskInfo("truthfulqa", "safety", "acc", "none", False, 0, True, ("truthfulqa_mc2",), "safety",
              "truthfulqa_mc2", False, "TruthfulQA MC2: probability mass on the true answers (0-shot, 6-QA prompt)"),
     TaskInfo("advbench", "safety", "refusal", "none", True, 0, True, (), "safety", "advbench", True,
@@ -150,6 +152,49 @@ def load_task_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+UPSTREAM_PREFIX = "lm_eval/tasks/"
+
+
+def upstream_tasks_root() -> Path:
+    """The installed lm-eval's task folder, whose YAMLs the project's task definitions `include:`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError("lm-eval is not installed: pip install lm-eval", "tasks")
+    return Path(next(iter(spec.submodule_search_locations))) / "tasks"
+
+
+def resolve_include(name: str, including: Path) -> Path:
+    """An `include:` target: `lm_eval/tasks/...` names the installed lm-eval's YAML, anything else is relative to
+    the including file's folder (lm-eval's own rule)."""
+    if name.startswith(UPSTREAM_PREFIX):
+        return upstream_tasks_root() / name[len(UPSTREAM_PREFIX):]
+    return Path(name) if Path(name).is_absolute() else including.parent / name
+
+
+def yaml_chain(path: Path) -> list[Path]:
+    """A YAML and the YAMLs it `include:`s (recursively), in load order: included files first."""
+    inc = load_task_yaml(path).get("include") or []
+    chain: list[Path] = []
+    for name in [inc] if isinstance(inc, str) else inc:
+        target = resolve_include(str(name), path)
+        if not target.is_file():
+            raise HarnessError(f"{path}: include '{name}' not found (looked for {target})", "tasks")
+        chain += yaml_chain(target)
+    return [*chain, path]
+
+
+def load_task_config(path: Path) -> dict[str, Any]:
+    """A task YAML merged with what it includes (local keys win), as lm-eval's loader merges them."""
+    merged: dict[str, Any] = {}
+    for p in yaml_chain(path):
+        cfg = load_task_yaml(p)
+        cfg.pop("include", None)
+        merged.update(cfg)
+    return merged
+
+
 def find_task_yaml(folder: str, task: str) -> Path:
     """The YAML under tasks/<folder>/ whose `task:` is `task`."""
     root = TASKS_ROOT / folder
@@ -165,7 +210,7 @@ def find_task_yaml(folder: str, task: str) -> Path:
 def _sandbox_info(name: str) -> TaskInfo:
     """A sandbox task's entry, read from its YAML (written with the sandbox world, not fixed here)."""
     path = find_task_yaml("sandbox", name)
-    cfg = load_task_yaml(path)
+    cfg = load_task_config(path)
     metrics = cfg.get("metric_list") or [
         {"metric": "acc" if cfg.get("output_type") != "generate_until" else "exact_match"}
     ]
@@ -175,7 +220,8 @@ def _sandbox_info(name: str) -> TaskInfo:
     chat = bool((cfg.get("metadata") or {}).get("chat_template", False))
     skill = name.removeprefix("sandbox_")
     category = skill if skill in CATEGORIES else "sandbox"  # the sandbox skills mirror the paper's categories
-    return TaskInfo(name, category, metric, str(filters[0]["name"]), metric in BINARY_METRICS, shots, False, (),
+    # the sandbox tasks define their own (zero-)shot setting; --num-fewshot does not apply to them
+    return TaskInfo(name, category, metric, str(filters[0]["name"]), metric in BINARY_METRICS, shots, True, (),
                     "sandbox", name, chat, f"sandbox world: {skill} skill")  # fmt: skip
 
 

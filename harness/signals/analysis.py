@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from harness.modes import Signal
 from harness.signals.inputs import CorpusRow
 from harness.signals.store import SignalSet
-from harness.modes import Signal
 
 
 def selection_stats(

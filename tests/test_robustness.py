@@ -180,7 +180,7 @@ def _edit_a_score(samples: Path) -> None:
     """Change one document's score: the kind of edit that made a summary and its comparisons disagree."""
     lines = samples.read_text().splitlines()
     row = json.loads(lines[0])
-    metric = next(k for k in row if k != "doc_id")
+    metric = next(k for k, v in row.items() if isinstance(v, float))
     row[metric] = 1.0 - float(row[metric])
     samples.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
 

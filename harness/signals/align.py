@@ -7,10 +7,12 @@ the two tokenizers cut the text differently, go through FuseLLM's dynamic progra
 cost on token strings), each on its own small window. `align_naive` keeps FuseLLM's whole-sequence DP as the
 reference the fast path is tested and benchmarked against.
 
-Vocabulary. Every token is reduced to the bytes it stands for (byte-level BPE alphabet such as 'Ġ'/'Ċ',
-SentencePiece '▁' and '<0xNN>' byte fallback), then matched exactly, else to the target token at minimum edit
-distance. The map is computed once per tokenizer pair and cached on disk keyed by both vocabulary
-fingerprints.
+Vocabulary. Every ordinary token is reduced to the bytes it stands for (byte-level BPE alphabet such as
+'Ġ'/'Ċ', SentencePiece '▁' and '<0xNN>' byte fallback), then matched exactly, else to the ordinary target token
+at minimum edit distance. Special tokens go by meaning (`SpecialTokens`): end of sequence and the chat
+format's end of turn land on the target's end of turn, whatever other roles they share; padding neither gives
+nor receives mass. The map is computed once per tokenizer pair and cached on disk keyed by both vocabulary
+fingerprints and end-of-turn ids.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from harness.store import atomic_write_bytes, stable_hash
 
-VOCAB_MAP_VERSION = 1
+VOCAB_MAP_VERSION = 2  # 2: special tokens by meaning (end of turn), none onto padding
 _SPAN_BASE = np.int64(1) << 32  # span (start, end) -> one int64 key
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
@@ -290,6 +292,44 @@ def token_bytes(tokenizer: Any) -> list[bytes]:
 _ROLES = ("eos_token_id", "bos_token_id", "unk_token_id", "pad_token_id")
 
 
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The special tokens of one tokenizer in one chat format, by what they mean in a teacher's distribution.
+
+    `stop` holds what ends an answer: EOS and the format's end-of-turn token; `end` is where an answer's end
+    lands in this format (the end of turn if the format has one, else EOS). A token with several roles is a
+    stop token first: SmolLM2's `<|im_end|>` is EOS and padding, GPT-2's `<|endoftext|>` is EOS, BOS and
+    padding, and each means "stop"."""
+
+    end: int | None
+    stop: frozenset[int]
+    bos: int | None
+    unk: int | None
+    pad: int | None
+    special: frozenset[int]  # every special id: the roles and the added tokens flagged special
+
+    def usable(self, i: int | None) -> int:
+        """`i` as a destination for a role other than stopping: never a stop or padding id (-1 then)."""
+        return -1 if i is None or i in self.stop or i == self.pad else i
+
+
+def special_tokens(tokenizer: Any, end_of_turn: int | None = None) -> SpecialTokens:
+    """The roles of `tokenizer`'s special tokens; `end_of_turn` is the chat format's (harness.chat.end_of_turn_id)."""
+
+    def role(name: str) -> int | None:
+        value = getattr(tokenizer, name, None)
+        return int(value) if isinstance(value, int) else None
+
+    eos, bos, unk, pad = (role(r) for r in _ROLES)
+    stop = frozenset(i for i in (eos, end_of_turn) if i is not None)
+    special = {i for i in (eos, bos, unk, pad, end_of_turn) if i is not None}
+    for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(token, "special", False):
+            special.add(int(i))
+    end = end_of_turn if end_of_turn is not None else eos
+    return SpecialTokens(end, stop, bos, unk, pad, frozenset(special))
+
+
 def vocab_fingerprint(tokenizer: Any) -> str:
     """Hash of a tokenizer's vocabulary, special-token roles and marker convention."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
@@ -367,45 +407,88 @@ def nearest_by_edit_distance(
     return result
 
 
-def build_vocab_map(source_tok: Any, target_tok: Any, source_size: int | None = None) -> np.ndarray:
+def _special_map(source: SpecialTokens, target: SpecialTokens, src_text: list[bytes], tgt_text: list[bytes]) -> dict[int, int]:
+    """Target id (-1: none) for each special source id: a stop lands on the target's end of turn; padding nowhere;
+    BOS and UNK on the target's own unless that is a stop or padding id; any other special token on the target's
+    special token of the same text, if it has one."""
+    by_text = {tgt_text[i]: i for i in sorted(target.special, reverse=True) if i < len(tgt_text)}
+    out: dict[int, int] = {}
+    for i in source.special:
+        if i in source.stop:
+            out[i] = target.end if target.end is not None else -1
+        elif i == source.pad:
+            out[i] = -1
+        elif i == source.bos:
+            out[i] = target.usable(target.bos)
+        elif i == source.unk:
+            out[i] = target.usable(target.unk)
+        else:
+            found = by_text.get(src_text[i], -1) if i < len(src_text) else -1
+            out[i] = target.usable(found)
+    return out
+
+
+def build_vocab_map(
+    source_tok: Any,
+    target_tok: Any,
+    source_size: int | None = None,
+    source_end_of_turn: int | None = None,
+    target_end_of_turn: int | None = None,
+) -> np.ndarray:
     """Target id for every source id (int64 [max(len(source_tok), source_size)], -1 where a source id has no
-    token, e.g. the padded rows of a model's embedding)."""
+    counterpart: the padded rows of a model's embedding, padding, special tokens the target lacks).
+
+    `*_end_of_turn`: the id that ends an assistant turn in each model's chat format, when it is not EOS."""
     size = max(len(source_tok), source_size or 0)
+    source = special_tokens(source_tok, source_end_of_turn)
+    target = special_tokens(target_tok, target_end_of_turn)
     if vocab_fingerprint(source_tok) == vocab_fingerprint(target_tok):
         out = np.arange(size, dtype=np.int64)
         out[len(source_tok) :] = -1
+        for i in source.stop:  # one tokenizer in two formats: an answer still ends where the target's ends
+            out[i] = target.end if target.end is not None else -1
         return out
     src = token_bytes(source_tok)
     tgt = token_bytes(target_tok)
+    ordinary = np.asarray([i for i in range(len(tgt)) if i not in target.special], dtype=np.int64)
     exact: dict[bytes, int] = {}
-    for i, b in enumerate(tgt):
-        exact.setdefault(b, i)
+    for i in ordinary.tolist():
+        exact.setdefault(tgt[i], i)
     out = np.full(size, -1, dtype=np.int64)
-    for role in _ROLES:  # end of text means end of text, whatever each tokenizer spells it
-        s_id, t_id = getattr(source_tok, role, None), getattr(target_tok, role, None)
-        if s_id is not None and t_id is not None:
-            out[s_id] = t_id
     missing = []
     for i, b in enumerate(src):
-        if out[i] >= 0:
+        if i in source.special:
             continue
         if b in exact:
             out[i] = exact[b]
         else:
             missing.append(i)
-    if missing:
-        out[missing] = nearest_by_edit_distance([src[i] for i in missing], tgt)
+    if missing and len(ordinary):
+        nearest = nearest_by_edit_distance([src[i] for i in missing], [tgt[i] for i in ordinary.tolist()])
+        out[missing] = np.where(nearest >= 0, ordinary[np.maximum(nearest, 0)], -1)
+    for i, t in _special_map(source, target, src, tgt).items():
+        if i < size:
+            out[i] = t
     return out
 
 
 def vocab_map(
-    source_tok: Any, target_tok: Any, cache_dir: Path | None = None, source_size: int | None = None
+    source_tok: Any,
+    target_tok: Any,
+    cache_dir: Path | None = None,
+    source_size: int | None = None,
+    source_end_of_turn: int | None = None,
+    target_end_of_turn: int | None = None,
 ) -> np.ndarray:
-    """`build_vocab_map`, cached under `<cache_dir>/vocab_maps/`, keyed by both vocabulary fingerprints."""
+    """`build_vocab_map`, cached under `<cache_dir>/vocab_maps/`, keyed by both vocabulary fingerprints and
+    end-of-turn ids."""
+    ends = (source_end_of_turn, target_end_of_turn)
     if cache_dir is None:
-        return build_vocab_map(source_tok, target_tok, source_size)
+        return build_vocab_map(source_tok, target_tok, source_size, *ends)
     size = max(len(source_tok), source_size or 0)
-    key = stable_hash([VOCAB_MAP_VERSION, vocab_fingerprint(source_tok), vocab_fingerprint(target_tok), size])
+    key = stable_hash(
+        [VOCAB_MAP_VERSION, vocab_fingerprint(source_tok), vocab_fingerprint(target_tok), size, *ends]
+    )
     path = Path(cache_dir) / "vocab_maps" / f"{key}.npy"
     if path.is_file():
         try:
@@ -414,7 +497,7 @@ def vocab_map(
                 return found.astype(np.int64)
         except (OSError, ValueError):
             pass  # unreadable: rebuild below
-    built = build_vocab_map(source_tok, target_tok, source_size)
+    built = build_vocab_map(source_tok, target_tok, source_size, *ends)
     buf = io.BytesIO()
     np.save(buf, built.astype(np.int32))
     atomic_write_bytes(path, buf.getvalue())

@@ -190,3 +190,42 @@ def test_templates_that_hide_the_response_are_refused(bases: tuple[Any, Any]) ->
     moving = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}A:{% endif %}"
     with pytest.raises(HarnessError, match="does not continue its generation prompt"):
         render_example(tok, "Hi", "Hello", moving, "moving")
+
+
+def test_the_paper_presets_dry_run_shows_each_models_rendered_example(bases: tuple[Any, Any], tmp_path, shared_data) -> None:  # type: ignore[no-untyped-def]
+    """With local copies of the three tokenizers (the hub is offline here), the dry run shows the first corpus
+    example as Vicuna, Llama-2-chat and MPT read it, and writes nothing."""
+    import os
+    import subprocess
+    import sys
+    from importlib import resources
+
+    folders = {}
+    for name, family in (("vicuna", "vicuna"), ("llama2", "llama2"), ("mpt", "chatml-mpt")):
+        tok, _ = _family(family, bases)
+        folders[name] = tmp_path / name
+        tok.save_pretrained(folders[name])
+    text = resources.files("harness.presets").joinpath("paper.yaml").read_text()
+    text = (text.replace("hf:lmsys/vicuna-7b-v1.5", str(folders["vicuna"]))
+            .replace("hf:meta-llama/Llama-2-7b-chat-hf", str(folders["llama2"]))
+            .replace("hf:mosaicml/mpt-7b-8k-chat", str(folders["mpt"])))  # fmt: skip
+    preset = tmp_path / "paper-local.yaml"
+    preset.write_text(text)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, HARNESS_DATA_DIR=str(shared_data), HARNESS_CACHE_DIR=str(cache), COLUMNS="250")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--preset", str(preset), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stderr
+    first = load_corpus_first(shared_data)
+    assert out.count(first.prompt.splitlines()[0]) == 3  # every model shows the example
+    assert "      | <s>A chat between a curious user" in out  # Vicuna: the BOS its tokenizer adds
+    assert " ASSISTANT: [[" in out and "[/INST] [[" in out
+    assert "      | <|im_start|>assistant" in out and "<|im_end|>]]" in out and "</s>]]" in out
+    assert not (tmp_path / "results").exists() and not cache.exists()
+
+
+def load_corpus_first(data):  # type: ignore[no-untyped-def]
+    from harness.signals import load_corpus
+
+    return load_corpus(data / "instruct" / "alpaca_en_demo.llamafactory.json", limit=1)[0]

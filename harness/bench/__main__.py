@@ -14,7 +14,7 @@ from rich.console import Console
 
 from harness.store import atomic_write_json, package_versions
 
-MODULES = ("harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step")
+MODULES = ("harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step", "harness.bench.real_pair")
 
 
 def main() -> None:

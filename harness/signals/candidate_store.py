@@ -110,7 +110,7 @@ def progress_bar(items: list[int], desc: str, enabled: bool) -> Any:
     return tqdm(items, desc=desc, disable=not enabled, unit="shard")
 
 
-def _source_vocab(model: Any, tok: Any) -> int:
+def source_vocab_size(model: Any, tok: Any) -> int:
     emb = model.get_output_embeddings()
     return int(emb.weight.shape[0]) if emb is not None else len(tok)
 
@@ -137,7 +137,7 @@ def pair_vocab(ctx: Context, cand: ModelHandle, tok: Any, source_size: int) -> P
     return PairVocab(vmap, audit)
 
 
-def _signal_rows(
+def signal_rows(
     ctx: Context,
     rows: list[CorpusRow],
     responses: list[str],
@@ -197,7 +197,7 @@ def fill_candidate_store(
     )
     model, tok = _load(cand, ctx.device)
     try:
-        vocab = pair_vocab(ctx, cand, tok, _source_vocab(model, tok))
+        vocab = pair_vocab(ctx, cand, tok, source_vocab_size(model, tok))
         for index in progress_bar(missing, f"{kind} {cand.name}", ctx.progress):
             rows = ctx.shard_rows(meta, index)
             if responder is None:
@@ -208,7 +208,7 @@ def fill_candidate_store(
                     if early is not None
                     else responder.per_shard(model, tok, cand, rows)
                 )
-            signals, extras = _signal_rows(ctx, rows, responses, model, tok, cand, vocab)
+            signals, extras = signal_rows(ctx, rows, responses, model, tok, cand, vocab)
             if responder:
                 extras["response"] = pa.array(responses, pa.string())
             store.write_shard(index, signals, extras)

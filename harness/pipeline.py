@@ -456,6 +456,10 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
     with manifest_ctx(exp, out) as (run_dir, manifest):
         with manifest.timed("prepare"):
             prepared = _prepare(exp, plan_.cache_dir, progress)
+        # what each spec resolved to: a packaged model's converted folder is named by its GGUF's sha256
+        manifest.data["models"] = {name: {"pretrained": m.pretrained, "gguf_file": m.gguf_file}
+                                   for name, m in prepared.models.items()}  # fmt: skip
+        manifest.save()
         sets = _signals(exp, plan_, prepared, run_dir, manifest, progress)
         fused = _train(exp, plan_, prepared, sets, run_dir, manifest, progress)
         models = {"target-base": prepared.models[exp.target.name]}

@@ -305,3 +305,19 @@ def test_end_of_turn_tokens_map_onto_the_targets_end_of_turn(pair) -> None:
     same = build_vocab_map(gemma, gemma, source_end_of_turn=eot)
     assert same[eot] == same[gemma.eos_token_id] == gemma.eos_token_id
     assert same[:10].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_nearest_matches_found_on_demand_equal_those_found_up_front(pair) -> None:
+    from harness.signals.align import UNRESOLVED, resolve_nearest, special_tokens
+
+    target, source = pair
+    eager = build_vocab_map(source, target)
+    lazy = build_vocab_map(source, target, nearest=False)
+    unresolved = np.flatnonzero(lazy == UNRESOLVED)
+    assert len(unresolved) > 10 and (lazy[lazy != UNRESOLVED] == eager[lazy != UNRESOLVED]).all()
+    src, tgt = token_bytes(source), token_bytes(target)
+    first = unresolved[: len(unresolved) // 2]
+    assert resolve_nearest(lazy, np.concatenate([first, first, [0, 1]]), src, tgt, special_tokens(target).special) == len(first)
+    assert (lazy[first] == eager[first]).all() and (lazy[unresolved[len(first) :]] == UNRESOLVED).all()
+    resolve_nearest(lazy, np.arange(len(lazy)), src, tgt, special_tokens(target).special)
+    assert lazy.tolist() == eager.tolist()

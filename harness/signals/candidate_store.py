@@ -22,7 +22,14 @@ from harness.chat import end_of_turn_id
 from harness.config import SignalSpec
 from harness.errors import HarnessError
 from harness.models import load_model, load_tokenizer
-from harness.signals.align import special_tokens, token_bytes, vocab_map
+from harness.signals.align import (
+    resolve_nearest,
+    save_vocab_map,
+    special_tokens,
+    token_bytes,
+    vocab_map,
+    vocab_map_path,
+)
 from harness.signals.encoding import encode_example
 from harness.signals.inputs import CorpusRow, ModelHandle
 from harness.signals.store import ExampleSignal, SignalStore, StoreMeta
@@ -115,26 +122,35 @@ def source_vocab_size(model: Any, tok: Any) -> int:
     return int(emb.weight.shape[0]) if emb is not None else len(tok)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PairVocab:
-    """One source -> target pair's vocabulary map and what the signal audit reads of both vocabularies."""
+    """One source -> target pair's vocabulary map and what the signal audit reads of both vocabularies.
+
+    Tokens without an exact counterpart get their nearest target token when a teacher first ranks them in its
+    top-k (`resolve`), and the map on disk keeps them: the same answer as resolving all up front, which for
+    Gemma's 262k tokens against SmolLM2 would take minutes."""
 
     vmap: np.ndarray
     audit: AuditVocab
+    target_special: frozenset[int]
+    path: Path | None = None
+
+    def resolve(self, source_ids: np.ndarray) -> None:
+        if resolve_nearest(self.vmap, source_ids, self.audit.source_text, self.audit.target_text, self.target_special):
+            if self.path is not None:
+                save_vocab_map(self.path, self.vmap)
 
 
 def pair_vocab(ctx: Context, cand: ModelHandle, tok: Any, source_size: int) -> PairVocab:
     """The source's ids on the target's vocabulary (cached on disk), each side's end of turn given by its format."""
     source_eot = end_of_turn_id(tok, cand.chat_template, cand.name)
     target_eot = end_of_turn_id(ctx.target_tok, ctx.target.chat_template, ctx.target.name)
-    vmap = vocab_map(tok, ctx.target_tok, ctx.cache_dir, source_size, source_eot, target_eot)
-    audit = AuditVocab(
-        token_bytes(tok),
-        token_bytes(ctx.target_tok),
-        special_tokens(tok, source_eot).stop,
-        special_tokens(ctx.target_tok, target_eot).stop,
-    )
-    return PairVocab(vmap, audit)
+    ends = (source_eot, target_eot)
+    vmap = vocab_map(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
+    path = vocab_map_path(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
+    target = special_tokens(ctx.target_tok, target_eot)
+    audit = AuditVocab(token_bytes(tok), token_bytes(ctx.target_tok), special_tokens(tok, source_eot).stop, target.stop)
+    return PairVocab(vmap, audit, target.special, path)
 
 
 def signal_rows(
@@ -160,6 +176,7 @@ def signal_rows(
         for r, resp in zip(rows, responses, strict=True)
     ]
     passes = teacher_forced(model, src, spec.top_k, spec.batch_size, pad_id=tok.pad_token_id or 0)
+    vocab.resolve(np.concatenate([p.top_ids.reshape(-1) for p in passes] or [np.zeros(0, dtype=np.int64)]))
     out = []
     audits: dict[str, list[float]] = {name: [] for name in AUDIT_COLUMNS}
     for r, s, t, p in zip(rows, src, tgt, passes, strict=True):

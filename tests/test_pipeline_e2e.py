@@ -61,7 +61,9 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
         for source in ("neox-reasoning", "gpt2-safety"):
             fig = audit[mode][source]
             assert fig["stop_mass"] > 0 and fig["stop_to_stop"] > 0.999, (mode, source, fig)
-            assert 0.5 < fig["aligned_fraction"] <= 1.0 and fig["lost_mass"] < 0.01
+            # the sandbox's tokenizers put spaces on opposite sides of words by design: 40-77% of the target's
+            # tokens have a source token with the identical span (measured), and those agree on their top-1
+            assert 0.3 < fig["aligned_fraction"] < 1.0 and fig["top1_agreement"] > 0.95 and fig["lost_mass"] < 0.01
     shown = _harness(["signals", "inspect", str(run)], tmp_path, session_cache, shared_data)
     assert shown.returncode == 0 and "signal audit" in shown.stdout and "gpt2-safety" in shown.stdout
 

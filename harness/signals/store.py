@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError
-from harness.modes import Signal
 from harness.store import atomic_write_bytes, atomic_write_json, locked, stable_hash
+from harness.modes import Signal
 
 log = logging.getLogger(__name__)
 

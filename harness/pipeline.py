@@ -79,7 +79,7 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
         if spec.split(":", 1)[1] not in names:
             raise HarnessError(f"'{spec}' is not a sandbox model (known: {', '.join(names)})", where)
         return None
-    return unavailable(resolve(spec, where=where))
+    return unavailable(resolve(spec, where=where, convert=False))  # a packaged model is converted at prepare, never in a plan
 
 
 def unavailable(model: ResolvedModel) -> str | None:
@@ -189,7 +189,65 @@ def print_plan(p: Plan, out: str) -> None:
     console.print(f"  cache: {p.cache_dir}   results: {out}/<run-id>/")
     for note in p.notes:
         console.print(f"  note: {note}")
-    console.print("dry run: nothing downloaded or written")
+    _print_rendered_examples(p)
+    console.print("dry run: no weights downloaded, nothing written (tokenizers only read, to render the example)")
+
+
+_SHOWN = 240  # characters kept at each end of a long prompt or response in the dry run's rendered example
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= 2 * _SHOWN + 20:
+        return text
+    return f"{text[:_SHOWN]}[... {len(text) - 2 * _SHOWN} characters ...]{text[-_SHOWN:]}"
+
+
+def _first_example(p: Plan) -> tuple[Any, dict[str, Path] | None] | str:
+    """The corpus's first row and the sandbox models, when they exist without building anything; else why not."""
+    from harness.signals import load_corpus
+
+    exp = p.exp
+    sandbox_models = None
+    corpus_path = Path(os.path.expandvars(exp.corpus.path)) if exp.corpus.path else None
+    if exp.sandbox is not None:
+        from harness.sandbox.build import load_world
+
+        world = load_world(exp.sandbox.size, exp.sandbox.seed, p.cache_dir)
+        if world is None:
+            return "the sandbox world is built by the first run (`harness sandbox build` builds it now)"
+        sandbox_models = world.models
+        if exp.corpus.source == "sandbox":
+            corpus_path = world.corpus_path
+    assert corpus_path is not None
+    return load_corpus(corpus_path, limit=1)[0], sandbox_models
+
+
+def _print_rendered_examples(p: Plan) -> None:
+    """Each model's own rendering of the first training example (prompt and reference answer, cut after its end
+    of turn; the response in [[ ]]), so that the formats can be checked before a long run starts."""
+    from harness.chat import display, render_example
+    from harness.models import display_tokenizer
+
+    found = _first_example(p)
+    console.print("  first training example as each model reads it (response in [[ ]]; cut to max_length when run):")
+    if isinstance(found, str):
+        console.print(f"    not shown: {found}", markup=False)
+        return
+    row, sandbox_models = found
+    for spec in [p.exp.target, *p.exp.sources]:
+        try:
+            tok = display_tokenizer(spec.path, sandbox_models, p.cache_dir, spec.trust_remote_code)
+            ex = render_example(tok, row.prompt, row.reference, spec.chat_template, spec.name)
+        except HarnessError as exc:
+            console.print(f"    {spec.name}: not shown: {exc}", markup=False)
+            continue
+        text = display(tok, ex.text)
+        shift = len(text) - len(ex.text)
+        start = ex.content_start + shift
+        shown = _shorten(text[:start]) + "[[" + _shorten(text[start:]) + "]]"
+        console.print(f"    {spec.name}:", markup=False)
+        for line in shown.split("\n"):
+            console.print(f"      | {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _corpus_size(exp: Experiment) -> int | None:
@@ -237,9 +295,9 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
         sandbox_models, sandbox_root = world.models, world.root
         if exp.corpus.source == "sandbox":
             corpus_path = world.corpus_path
-    models = {exp.target.name: resolve(exp.target.path, sandbox_models, "config: target.path")}
+    models = {exp.target.name: resolve(exp.target.path, sandbox_models, "config: target.path", cache_dir=cache_dir)}
     for i, s in enumerate(exp.sources):
-        models[s.name] = resolve(s.path, sandbox_models, f"config: sources[{i}].path")
+        models[s.name] = resolve(s.path, sandbox_models, f"config: sources[{i}].path", cache_dir=cache_dir)
     assert corpus_path is not None
     corpus = load_corpus(corpus_path, limit=exp.corpus.limit)
     return Prepared(models, corpus, sandbox_root)
@@ -260,7 +318,7 @@ def _handles(exp: Experiment, prepared: Prepared) -> tuple[Any, list[Any]]:
 
 
 def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, manifest: Manifest, progress: bool) -> dict[Any, Any]:
-    from harness.signals import extract_signals, selection_stats
+    from harness.signals import extract_signals, selection_stats, signal_audit
 
     target, candidates = _handles(exp, prepared)
     sets = {}
@@ -274,6 +332,7 @@ def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, ma
     if distributed.is_main():
         stats = selection_stats(sets, prepared.corpus)
         atomic_write_json(run_dir / "signals" / "selection.json", stats)
+        atomic_write_json(run_dir / "signals" / "audit.json", signal_audit(sets))
         atomic_write_json(run_dir / "signals" / "sources.json", {m.value: str(s.path) for m, s in sets.items()})
     return sets
 
@@ -463,6 +522,10 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
     with manifest_ctx(exp, out) as (run_dir, manifest):
         with manifest.timed("prepare"):
             prepared = _prepare(exp, plan_.cache_dir, progress)
+        # what each spec resolved to: a packaged model's converted folder is named by its GGUF's sha256
+        manifest.data["models"] = {name: {"pretrained": m.pretrained, "gguf_file": m.gguf_file}
+                                   for name, m in prepared.models.items()}  # fmt: skip
+        manifest.save()
         sets = _signals(exp, plan_, prepared, run_dir, manifest, progress)
         fused = _train(exp, plan_, prepared, sets, run_dir, manifest, progress)
         models = {"target-base": prepared.models[exp.target.name]}

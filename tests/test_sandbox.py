@@ -160,8 +160,10 @@ def test_tokenizers_differ_and_render_the_world_prompt() -> None:
         sizes.add(len(tok))
         assert tok.eos_token and tok.pad_token
         assert render_prompt(tok, "Who?") == PROMPT_FORMAT.format(prompt="Who?")
-        text, start, end = render_example(tok, "Who?", "Nobody")
-        assert text[start:end] == "Nobody" + tok.eos_token
+        rendered = render_example(tok, "Who?", "Nobody")
+        assert rendered.text == PROMPT_FORMAT.format(prompt="Who?") + "Nobody" + tok.eos_token  # what pretrain encodes
+        assert rendered.text[rendered.content_start : rendered.content_end] == "Nobody"
+        assert rendered.end_of_turn == tok.eos_token
         assert (
             tok("x y", add_special_tokens=True)["input_ids"]
             == tok("x y", add_special_tokens=False)["input_ids"]

@@ -394,6 +394,25 @@ def test_fusion_dataset_and_collate(models, corpus, tmp_path) -> None:
     assert len(build_fusion_dataset([train], TrainingOnly(MethodSpec()))) == len(corpus)
 
 
+def test_an_eos_that_is_also_padding_is_taught_not_masked(models, corpus, tmp_path) -> None:
+    """The tiny target pads with its EOS, as SmolLM2 does: every response still ends with EOS as a label with a
+    teacher, and only positions beyond an example's length are masked in a batch, never EOS tokens by id."""
+    tok = load_tokenizer(models["target"].model)
+    assert tok.pad_token_id == tok.eos_token_id
+    train = extract(models, corpus, tmp_path, names=("target", "llama-sp"))
+    for name, store in train.stores().items():
+        for i in range(len(corpus)):
+            ex = row(store.read_shard(i // SPEC.shard_size), i % SPEC.shard_size)
+            if len(ex.input_ids) < SPEC.max_length:  # not cut by the window: the turn's end is there
+                assert ex.input_ids[-1] == tok.eos_token_id and np.isfinite(ex.topk_logp[-1, 0]), name
+    data = build_fusion_dataset({Signal.TRAINING: train}, TrainingOnly(MethodSpec()))
+    batch = collate([data[i] for i in range(4)]).views[Signal.TRAINING]
+    for b in range(4):
+        n = int(batch.attention_mask[b].sum())
+        assert batch.labels[b, n - 1] == tok.eos_token_id and torch.isfinite(batch.topk_logp[b, n - 1, 0])
+        assert (batch.labels[b, n:] == -100).all()
+
+
 def _store(root: Path, key: str, kind: str, examples: list[tuple[str, int, int]], **meta) -> Path:
     """A hand-made store of examples (id, n_tokens, resp_start) in one shard."""
     store = SignalStore.create(root, StoreMeta(key, kind, len(examples), 8, 2, 50, {}, **meta))

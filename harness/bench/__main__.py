@@ -14,16 +14,28 @@ from rich.console import Console
 
 from harness.store import atomic_write_json, package_versions
 
-MODULES = ("harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step")
+MODULES = ("harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step", "harness.bench.real_pair")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
-    parser.add_argument("--only", nargs="*", default=None, help="Module suffixes to run, e.g. align fusion_step")
+    parser.add_argument(
+        "--only", nargs="*", default=None,
+        help="Module suffixes to run, e.g. align real_pair; their figures replace those in an existing --out file",
+    )
     args = parser.parse_args()
     console = Console()
     figures: dict[str, object] = {}
+    measured: dict[str, str] = {}  # module -> when its figures were measured
+    if args.only and args.out.is_file():
+        previous = json.loads(args.out.read_text())
+        figures.update(previous.get("figures", {}))
+        measured.update(previous.get("measured", {}))
+        for module in MODULES:  # reports from before `measured` existed: their modules ran at `when`
+            suffix = module.rsplit(".", 1)[1]
+            if f"{suffix}_bench_seconds" in figures:
+                measured.setdefault(suffix, previous.get("when", ""))
     for name in MODULES:
         if args.only and name.rsplit(".", 1)[1] not in args.only:
             continue
@@ -34,8 +46,10 @@ def main() -> None:
             console.print(f"  {key}: {value}")
         figures.update(result)
         figures[f"{name.rsplit('.', 1)[1]}_bench_seconds"] = round(time.perf_counter() - start, 2)
+        measured[name.rsplit(".", 1)[1]] = datetime.now(timezone.utc).isoformat()
     report = {
         "when": datetime.now(timezone.utc).isoformat(),
+        "measured": measured,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
         "packages": package_versions(),
         "figures": figures,

@@ -16,11 +16,15 @@ import numpy as np
 
 from harness.signals.align import Tokenization, align, align_naive, tile_offsets
 
+# Two chat formats of the usual shapes: a Zephyr-like one ending turns with EOS and a newline, Llama-2's [INST].
 BYTELEVEL_TEMPLATE = (
-    "{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}\n<|assistant|>\n"
+    "{% else %}{{ m['content'] + eos_token }}\n{% endif %}{% endfor %}"
 )
-SENTENCEPIECE_TEMPLATE = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+SENTENCEPIECE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'].strip() + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
 
 _SYLLABLES = (
     "ka",
@@ -112,6 +116,31 @@ def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> Any:
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
     )
     fast.chat_template = SENTENCEPIECE_TEMPLATE
+    return fast
+
+
+def with_specials(
+    tokenizer: Any, roles: dict[str, str], extra: tuple[str, ...] = (), add_bos: bool = False, template: str | None = None
+) -> Any:
+    """The same vocabulary in another shape: special-token `roles` (e.g. {"eos_token": "<|im_end|>",
+    "pad_token": "<|im_end|>"}), `extra` special tokens (end-of-turn markers), BOS added to plain text by the
+    tokenizer itself (`add_bos`, as Llama and Gemma tokenizers do) and a chat template. New strings become
+    special tokens at the end of the vocabulary."""
+    from tokenizers import AddedToken, Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    names = list(dict.fromkeys([*roles.values(), *extra]))
+    backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in names])
+    if add_bos:
+        bos = roles["bos_token"]
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, backend.token_to_id(bos))]
+        )
+    else:
+        backend.post_processor = None
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, **roles)
+    fast.chat_template = template
     return fast
 
 

@@ -11,10 +11,10 @@
     inference_mode.py   inference mode: generate, teacher-force, judge, keep the winner
     store.py            the Parquet shard format and signal sets
     extract.py          extract_signals: the stage's entry point
-    analysis.py         selection statistics (MinCE winners vs judged winners)
+    analysis.py         selection statistics (MinCE winners vs judged winners) and the signal audit
 """
 
-from harness.signals.analysis import selection_stats
+from harness.signals.analysis import selection_stats, signal_audit
 from harness.signals.extract import SIGNALS_VERSION, extract_signals
 from harness.signals.inputs import CorpusRow, ModelHandle, load_corpus, validate_corpus
 from harness.signals.store import SignalSet
@@ -27,5 +27,6 @@ __all__ = [
     "extract_signals",
     "load_corpus",
     "selection_stats",
+    "signal_audit",
     "validate_corpus",
 ]

@@ -7,10 +7,12 @@ the two tokenizers cut the text differently, go through FuseLLM's dynamic progra
 cost on token strings), each on its own small window. `align_naive` keeps FuseLLM's whole-sequence DP as the
 reference the fast path is tested and benchmarked against.
 
-Vocabulary. Every token is reduced to the bytes it stands for (byte-level BPE alphabet such as 'Ġ'/'Ċ',
-SentencePiece '▁' and '<0xNN>' byte fallback), then matched exactly, else to the target token at minimum edit
-distance. The map is computed once per tokenizer pair and cached on disk keyed by both vocabulary
-fingerprints.
+Vocabulary. Every ordinary token is reduced to the bytes it stands for (byte-level BPE alphabet such as
+'Ġ'/'Ċ', SentencePiece '▁' and '<0xNN>' byte fallback), then matched exactly, else to the ordinary target token
+at minimum edit distance. Special tokens go by meaning (`SpecialTokens`): end of sequence and the chat
+format's end of turn land on the target's end of turn, whatever other roles they share; padding neither gives
+nor receives mass. The map is computed once per tokenizer pair and cached on disk keyed by both vocabulary
+fingerprints and end-of-turn ids.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from harness.store import read_sealed, stable_hash, write_sealed
 
-VOCAB_MAP_VERSION = 2  # 2: sealed with a .sha256 (older maps are not read)
+VOCAB_MAP_VERSION = 3  # 2: sealed with a .sha256; 3: special tokens by meaning (end of turn), none onto padding
 _SPAN_BASE = np.int64(1) << 32  # span (start, end) -> one int64 key
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
@@ -290,6 +292,44 @@ def token_bytes(tokenizer: Any) -> list[bytes]:
 _ROLES = ("eos_token_id", "bos_token_id", "unk_token_id", "pad_token_id")
 
 
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The special tokens of one tokenizer in one chat format, by what they mean in a teacher's distribution.
+
+    `stop` holds what ends an answer: EOS and the format's end-of-turn token; `end` is where an answer's end
+    lands in this format (the end of turn if the format has one, else EOS). A token with several roles is a
+    stop token first: SmolLM2's `<|im_end|>` is EOS and padding, GPT-2's `<|endoftext|>` is EOS, BOS and
+    padding, and each means "stop"."""
+
+    end: int | None
+    stop: frozenset[int]
+    bos: int | None
+    unk: int | None
+    pad: int | None
+    special: frozenset[int]  # every special id: the roles and the added tokens flagged special
+
+    def usable(self, i: int | None) -> int:
+        """`i` as a destination for a role other than stopping: never a stop or padding id (-1 then)."""
+        return -1 if i is None or i in self.stop or i == self.pad else i
+
+
+def special_tokens(tokenizer: Any, end_of_turn: int | None = None) -> SpecialTokens:
+    """The roles of `tokenizer`'s special tokens; `end_of_turn` is the chat format's (harness.chat.end_of_turn_id)."""
+
+    def role(name: str) -> int | None:
+        value = getattr(tokenizer, name, None)
+        return int(value) if isinstance(value, int) else None
+
+    eos, bos, unk, pad = (role(r) for r in _ROLES)
+    stop = frozenset(i for i in (eos, end_of_turn) if i is not None)
+    special = {i for i in (eos, bos, unk, pad, end_of_turn) if i is not None}
+    for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(token, "special", False):
+            special.add(int(i))
+    end = end_of_turn if end_of_turn is not None else eos
+    return SpecialTokens(end, stop, bos, unk, pad, frozenset(special))
+
+
 def vocab_fingerprint(tokenizer: Any) -> str:
     """Hash of a tokenizer's vocabulary, special-token roles and marker convention."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
@@ -299,114 +339,164 @@ def vocab_fingerprint(tokenizer: Any) -> str:
     )
 
 
-def _levenshtein_block(q: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Edit distances between every row of q [nq, lq] and of c [nc, lc] (uint8), vectorised over both."""
-    nq, lq = q.shape
-    nc, lc = c.shape
-    if lq == 0 or lc == 0:
-        return np.full((nq, nc), max(lq, lc), dtype=np.int32)
-    steps = np.arange(lc + 1, dtype=np.int32)
-    prev = np.broadcast_to(steps, (nq, nc, lc + 1))
-    for i in range(lq):
-        mismatch = q[:, i, None, None] != c[None, :, :]
-        best = np.empty((nq, nc, lc + 1), dtype=np.int32)
-        best[..., 0] = i + 1
-        np.minimum(prev[..., :-1] + mismatch, prev[..., 1:] + 1, out=best[..., 1:])
-        # insertions: cur[j] = min_k<=j (best[k] + j - k), a running minimum
-        prev = np.minimum.accumulate(best - steps, axis=-1) + steps
-    return prev[..., lc]
-
-
 def nearest_by_edit_distance(
     queries: Sequence[bytes], candidates: Sequence[bytes], block: int = 1 << 22
 ) -> np.ndarray:
-    """Index of the candidate nearest to each query by edit distance (ties: closer length, then lower index).
+    """Index of the candidate nearest to each query by edit distance (ties: closer length, then the shorter
+    candidate, then lower index); -1 for empty queries.
 
-    Candidates are bucketed by length and searched outward from the query's length; |len(a) - len(b)| bounds
-    the distance from below, so a query stops as soon as no unsearched bucket can beat its best. -1 for empty
-    queries.
-    """
-    buckets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    by_len: dict[int, list[int]] = {}
-    for idx, cand in enumerate(candidates):
-        if cand:
-            by_len.setdefault(len(cand), []).append(idx)
-    for length, idxs in by_len.items():
-        mat = np.frombuffer(b"".join(candidates[i] for i in idxs), dtype=np.uint8).reshape(len(idxs), length)
-        buckets[length] = (np.asarray(idxs, dtype=np.int64), mat)
+    Distances come from rapidfuzz's Levenshtein (bit-parallel C++), `block` of them at a time: Gemma's 210k
+    tokens without an exact SmolLM2 counterpart against its 49k take about a minute on one core, where a
+    vectorised numpy DP took hours."""
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
     result = np.full(len(queries), -1, dtype=np.int64)
-    if not buckets:
+    keep = [i for i, c in enumerate(candidates) if c]
+    todo = [i for i, q in enumerate(queries) if q]
+    if not keep or not todo:
         return result
-    best = np.full(len(queries), np.iinfo(np.int32).max, dtype=np.int64)
-    q_by_len: dict[int, list[int]] = {}
-    for idx, q in enumerate(queries):
-        if q:
-            q_by_len.setdefault(len(q), []).append(idx)
-    max_len = max(buckets)
-    for lq, q_idx in q_by_len.items():
-        pending = np.asarray(q_idx, dtype=np.int64)
-        qmat = np.frombuffer(b"".join(queries[i] for i in q_idx), dtype=np.uint8).reshape(len(q_idx), lq)
-        rows = {int(i): r for r, i in enumerate(q_idx)}
-        for d in range(max(lq, max_len) + 1):
-            for length in sorted({lq - d, lq + d}):
-                if length not in buckets or len(pending) == 0:
-                    continue
-                cidx, cmat = buckets[length]
-                step = max(1, block // max(1, len(cidx) * (length + 1)))
-                for lo in range(0, len(pending), step):
-                    chunk = pending[lo : lo + step]
-                    dist = _levenshtein_block(qmat[[rows[int(i)] for i in chunk]], cmat)
-                    arg = dist.argmin(axis=1)
-                    val = dist[np.arange(len(chunk)), arg]
-                    better = val < best[chunk]
-                    best[chunk[better]] = val[better]
-                    result[chunk[better]] = cidx[arg[better]]
-            pending = pending[best[pending] > d + 1]
-            if len(pending) == 0:
-                break
+    pool = [candidates[i] for i in keep]
+    index = np.asarray(keep, dtype=np.int64)
+    lengths = np.asarray([len(c) for c in pool], dtype=np.int64)
+    scale = 2 * (int(lengths.max()) + max(len(queries[i]) for i in todo) + 1)
+    step = max(1, block // len(pool))
+    for lo in range(0, len(todo), step):
+        rows = todo[lo : lo + step]
+        dist = cdist([queries[i] for i in rows], pool, scorer=Levenshtein.distance, dtype=np.int32, workers=1)
+        q_len = np.asarray([len(queries[i]) for i in rows], dtype=np.int64)[:, None]
+        gap = lengths[None, :] - q_len
+        key = (dist.astype(np.int64) * scale + np.abs(gap)) * 2 + (gap > 0)  # argmin keeps the lowest index
+        result[rows] = index[key.argmin(axis=1)]
     return result
 
 
-def build_vocab_map(source_tok: Any, target_tok: Any, source_size: int | None = None) -> np.ndarray:
+def _special_map(source: SpecialTokens, target: SpecialTokens, src_text: list[bytes], tgt_text: list[bytes]) -> dict[int, int]:
+    """Target id (-1: none) for each special source id: a stop lands on the target's end of turn; padding nowhere;
+    BOS and UNK on the target's own unless that is a stop or padding id; any other special token on the target's
+    special token of the same text, if it has one."""
+    by_text = {tgt_text[i]: i for i in sorted(target.special, reverse=True) if i < len(tgt_text)}
+    out: dict[int, int] = {}
+    for i in source.special:
+        if i in source.stop:
+            out[i] = target.end if target.end is not None else -1
+        elif i == source.pad:
+            out[i] = -1
+        elif i == source.bos:
+            out[i] = target.usable(target.bos)
+        elif i == source.unk:
+            out[i] = target.usable(target.unk)
+        else:
+            found = by_text.get(src_text[i], -1) if i < len(src_text) else -1
+            out[i] = target.usable(found)
+    return out
+
+
+UNRESOLVED = -2  # an ordinary source token whose nearest target token is looked up when first needed
+
+
+def build_vocab_map(
+    source_tok: Any,
+    target_tok: Any,
+    source_size: int | None = None,
+    source_end_of_turn: int | None = None,
+    target_end_of_turn: int | None = None,
+    nearest: bool = True,
+) -> np.ndarray:
     """Target id for every source id (int64 [max(len(source_tok), source_size)], -1 where a source id has no
-    token, e.g. the padded rows of a model's embedding)."""
+    counterpart: the padded rows of a model's embedding, padding, special tokens the target lacks).
+
+    `*_end_of_turn`: the id that ends an assistant turn in each model's chat format, when it is not EOS.
+    `nearest=False` leaves the tokens without an exact counterpart UNRESOLVED, for `resolve_nearest` to find
+    when they occur (Gemma has 210k of them against SmolLM2, of which a teacher's top-k uses a few thousand)."""
     size = max(len(source_tok), source_size or 0)
+    source = special_tokens(source_tok, source_end_of_turn)
+    target = special_tokens(target_tok, target_end_of_turn)
     if vocab_fingerprint(source_tok) == vocab_fingerprint(target_tok):
         out = np.arange(size, dtype=np.int64)
         out[len(source_tok) :] = -1
+        for i in source.stop:  # one tokenizer in two formats: an answer still ends where the target's ends
+            out[i] = target.end if target.end is not None else -1
         return out
     src = token_bytes(source_tok)
     tgt = token_bytes(target_tok)
+    ordinary = np.asarray([i for i in range(len(tgt)) if i not in target.special], dtype=np.int64)
     exact: dict[bytes, int] = {}
-    for i, b in enumerate(tgt):
-        exact.setdefault(b, i)
+    for i in ordinary.tolist():
+        exact.setdefault(tgt[i], i)
     out = np.full(size, -1, dtype=np.int64)
-    for role in _ROLES:  # end of text means end of text, whatever each tokenizer spells it
-        s_id, t_id = getattr(source_tok, role, None), getattr(target_tok, role, None)
-        if s_id is not None and t_id is not None:
-            out[s_id] = t_id
     missing = []
     for i, b in enumerate(src):
-        if out[i] >= 0:
+        if i in source.special:
             continue
         if b in exact:
             out[i] = exact[b]
         else:
             missing.append(i)
-    if missing:
-        out[missing] = nearest_by_edit_distance([src[i] for i in missing], tgt)
+    out[missing] = UNRESOLVED
+    for i, t in _special_map(source, target, src, tgt).items():
+        if i < size:
+            out[i] = t
+    if nearest:
+        resolve_nearest(out, np.asarray(missing, dtype=np.int64), src, tgt, target.special)
     return out
 
 
-def vocab_map(
-    source_tok: Any, target_tok: Any, cache_dir: Path | None = None, source_size: int | None = None
-) -> np.ndarray:
-    """`build_vocab_map`, cached under `<cache_dir>/vocab_maps/`, keyed by both vocabulary fingerprints."""
-    if cache_dir is None:
-        return build_vocab_map(source_tok, target_tok, source_size)
+def resolve_nearest(
+    mapping: np.ndarray, ids: np.ndarray, source_bytes: Sequence[bytes], target_bytes: Sequence[bytes],
+    target_special: frozenset[int],
+) -> int:
+    """Fill the UNRESOLVED entries among `ids` in place with the ordinary target token at minimum edit distance
+    (the same answer whenever it is looked up); returns how many were filled."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    ids = ids[(ids >= 0) & (ids < len(mapping))]
+    todo = ids[mapping[ids] == UNRESOLVED]
+    if len(todo) == 0:
+        return 0
+    ordinary = np.asarray([i for i in range(len(target_bytes)) if i not in target_special], dtype=np.int64)
+    found = nearest_by_edit_distance([source_bytes[i] for i in todo.tolist()], [target_bytes[i] for i in ordinary.tolist()])
+    mapping[todo] = np.where(found >= 0, ordinary[np.maximum(found, 0)], -1)
+    return len(todo)
+
+
+def vocab_map_path(
+    source_tok: Any,
+    target_tok: Any,
+    cache_dir: Path,
+    source_size: int | None = None,
+    source_end_of_turn: int | None = None,
+    target_end_of_turn: int | None = None,
+    nearest: bool = True,
+) -> Path:
+    """Where a vocabulary map is cached: `<cache_dir>/vocab_maps/`, keyed by both vocabulary fingerprints, the
+    end-of-turn ids and whether nearest matches are resolved up front."""
     size = max(len(source_tok), source_size or 0)
-    key = stable_hash([VOCAB_MAP_VERSION, vocab_fingerprint(source_tok), vocab_fingerprint(target_tok), size])
-    path = Path(cache_dir) / "vocab_maps" / f"{key}.npy"
+    parts: list[Any] = [VOCAB_MAP_VERSION, vocab_fingerprint(source_tok), vocab_fingerprint(target_tok), size]
+    parts += [source_end_of_turn, target_end_of_turn] + ([] if nearest else ["lazy"])
+    return Path(cache_dir) / "vocab_maps" / f"{stable_hash(parts)}.npy"
+
+
+def save_vocab_map(path: Path, mapping: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, mapping.astype(np.int32))
+    write_sealed(path, buf.getvalue())
+
+
+def vocab_map(
+    source_tok: Any,
+    target_tok: Any,
+    cache_dir: Path | None = None,
+    source_size: int | None = None,
+    source_end_of_turn: int | None = None,
+    target_end_of_turn: int | None = None,
+    nearest: bool = True,
+) -> np.ndarray:
+    """`build_vocab_map`, cached on disk (`vocab_map_path`)."""
+    ends = (source_end_of_turn, target_end_of_turn)
+    if cache_dir is None:
+        return build_vocab_map(source_tok, target_tok, source_size, *ends, nearest=nearest)
+    size = max(len(source_tok), source_size or 0)
+    path = vocab_map_path(source_tok, target_tok, cache_dir, source_size, *ends, nearest=nearest)
     data = read_sealed(path, "vocabulary map")  # checksum-verified: a flipped id would misalign silently
     if data is not None:
         try:
@@ -415,8 +505,6 @@ def vocab_map(
                 return found.astype(np.int64)
         except (OSError, ValueError):
             pass  # unreadable: rebuild below
-    built = build_vocab_map(source_tok, target_tok, source_size)
-    buf = io.BytesIO()
-    np.save(buf, built.astype(np.int32))
-    write_sealed(path, buf.getvalue())
+    built = build_vocab_map(source_tok, target_tok, source_size, *ends, nearest=nearest)
+    save_vocab_map(path, built)
     return built

@@ -1,4 +1,5 @@
-"""Which candidate teaches each example, by MinCE in training mode and by the judges in inference mode."""
+"""What the signals say: which candidate teaches each example (MinCE in training mode, the judges in inference
+mode), and how well each source's teacher survived the move onto the target's tokens (the signal audit)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 
 from harness.modes import Signal
 from harness.signals.inputs import CorpusRow
-from harness.signals.store import SignalSet
+from harness.signals.store import SignalSet, SignalStore
+from harness.signals.teacher import AUDIT_COLUMNS
 
 
 def selection_stats(
@@ -53,3 +55,45 @@ def selection_stats(
 def _fractions(winners: Sequence[str], names: Sequence[str]) -> dict[str, float]:
     total = len(winners)
     return {n: (sum(w == n for w in winners) / total if total else 0.0) for n in names}
+
+
+def signal_audit(signal_sets: Mapping[Signal, SignalSet] | Sequence[SignalSet]) -> dict[str, dict[str, Any]]:
+    """Per mode and per candidate (a source -> target pair; the target itself when it competes), over every
+    example of its store:
+
+    target_tokens: response tokens of the target; aligned_fraction: the share of them whose teacher is the
+    source's distribution at the token with the identical span (the rest fall back to a one-hot);
+    top1_agreement: among those, the share whose top-1 target token reads as the source's own top-1 (the same
+    text, or both a stop token); stop_mass: the source's mean probability on its stop tokens (EOS, end of turn)
+    there; stop_to_stop: the share of that mass landing on the target's stop tokens; lost_mass: the share of the
+    source's top-k mass on ids that map to no target token. None where a figure has no denominator."""
+    sets = list(signal_sets.values()) if isinstance(signal_sets, Mapping) else list(signal_sets)
+    out: dict[str, dict[str, Any]] = {}
+    for sset in sets:
+        out[sset.mode.value] = {name: store_audit(store) for name, store in sset.stores().items()}
+    return out
+
+
+def store_audit(store: SignalStore) -> dict[str, Any]:
+    """`signal_audit`'s figures for one candidate store (None for stores written before the audit existed)."""
+    names = ["n_tokens", "resp_start", "n_aligned", *AUDIT_COLUMNS]
+    totals = dict.fromkeys(names, 0.0)
+    for table in store.iter_shards():
+        if not set(AUDIT_COLUMNS) <= set(table.column_names):
+            return {"target_tokens": None}
+        for name in names:
+            totals[name] += float(np.sum(table.column(name).to_numpy().astype(np.float64)))
+    tokens = totals["n_tokens"] - totals["resp_start"]
+    aligned = totals["n_aligned"]
+
+    def share(a: float, b: float) -> float | None:
+        return round(a / b, 6) if b > 0 else None
+
+    return {
+        "target_tokens": int(tokens),
+        "aligned_fraction": share(aligned, tokens),
+        "top1_agreement": share(totals["audit_top1_same"], aligned),
+        "stop_mass": share(totals["audit_stop_mass"], aligned),
+        "stop_to_stop": share(totals["audit_stop_to_stop"], totals["audit_stop_mass"]),
+        "lost_mass": share(totals["audit_lost_mass"], totals["audit_mass"]),
+    }

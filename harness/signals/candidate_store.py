@@ -18,14 +18,22 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from harness.chat import end_of_turn_id
 from harness.config import SignalSpec
 from harness.errors import HarnessError
 from harness.models import load_model, load_tokenizer
-from harness.signals.align import vocab_map
+from harness.signals.align import (
+    resolve_nearest,
+    save_vocab_map,
+    special_tokens,
+    token_bytes,
+    vocab_map,
+    vocab_map_path,
+)
 from harness.signals.encoding import encode_example
 from harness.signals.inputs import CorpusRow, ModelHandle
 from harness.signals.store import ExampleSignal, SignalStore, StoreMeta
-from harness.signals.teacher import aligned_teacher, teacher_forced
+from harness.signals.teacher import AUDIT_COLUMNS, AuditVocab, aligned_teacher_with_audit, teacher_forced
 from harness.store import stable_hash
 
 log = logging.getLogger("harness.signals")
@@ -109,21 +117,53 @@ def progress_bar(items: list[int], desc: str, enabled: bool) -> Any:
     return tqdm(items, desc=desc, disable=not enabled, unit="shard")
 
 
-def _source_vocab(model: Any, tok: Any) -> int:
+def source_vocab_size(model: Any, tok: Any) -> int:
     emb = model.get_output_embeddings()
     return int(emb.weight.shape[0]) if emb is not None else len(tok)
 
 
-def _signal_rows(
+@dataclass
+class PairVocab:
+    """One source -> target pair's vocabulary map and what the signal audit reads of both vocabularies.
+
+    Tokens without an exact counterpart get their nearest target token when a teacher first ranks them in its
+    top-k (`resolve`), and the map on disk keeps them: the same answer as resolving all up front, which for
+    Gemma's 262k tokens against SmolLM2 would take minutes."""
+
+    vmap: np.ndarray
+    audit: AuditVocab
+    target_special: frozenset[int]
+    path: Path | None = None
+
+    def resolve(self, source_ids: np.ndarray) -> None:
+        if resolve_nearest(self.vmap, source_ids, self.audit.source_text, self.audit.target_text, self.target_special):
+            if self.path is not None:
+                save_vocab_map(self.path, self.vmap)
+
+
+def pair_vocab(ctx: Context, cand: ModelHandle, tok: Any, source_size: int) -> PairVocab:
+    """The source's ids on the target's vocabulary (cached on disk), each side's end of turn given by its format."""
+    source_eot = end_of_turn_id(tok, cand.chat_template, cand.name)
+    target_eot = end_of_turn_id(ctx.target_tok, ctx.target.chat_template, ctx.target.name)
+    ends = (source_eot, target_eot)
+    vmap = vocab_map(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
+    path = vocab_map_path(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
+    target = special_tokens(ctx.target_tok, target_eot)
+    audit = AuditVocab(token_bytes(tok), token_bytes(ctx.target_tok), special_tokens(tok, source_eot).stop, target.stop)
+    return PairVocab(vmap, audit, target.special, path)
+
+
+def signal_rows(
     ctx: Context,
     rows: list[CorpusRow],
     responses: list[str],
     model: Any,
     tok: Any,
     cand: ModelHandle,
-    vmap: np.ndarray,
-) -> list[ExampleSignal]:
-    """Teacher-force `cand` on (prompt, response) and align each example to the target's tokenization."""
+    vocab: PairVocab,
+) -> tuple[list[ExampleSignal], dict[str, pa.Array]]:
+    """Teacher-force `cand` on (prompt, response) and align each example to the target's tokenization; also the
+    audit columns of the shard (harness/signals/teacher.py `aligned_teacher_with_audit`)."""
     spec = ctx.spec
     src = [
         encode_example(tok, r.prompt, resp, cand.chat_template, spec.max_length, cand.name)
@@ -136,11 +176,15 @@ def _signal_rows(
         for r, resp in zip(rows, responses, strict=True)
     ]
     passes = teacher_forced(model, src, spec.top_k, spec.batch_size, pad_id=tok.pad_token_id or 0)
+    vocab.resolve(np.concatenate([p.top_ids.reshape(-1) for p in passes] or [np.zeros(0, dtype=np.int64)]))
     out = []
+    audits: dict[str, list[float]] = {name: [] for name in AUDIT_COLUMNS}
     for r, s, t, p in zip(rows, src, tgt, passes, strict=True):
-        ids, logp, n_aligned = aligned_teacher(t, s, p, vmap, spec.top_k)
+        ids, logp, n_aligned, audit = aligned_teacher_with_audit(t, s, p, vocab.vmap, spec.top_k, vocab.audit)
         out.append(ExampleSignal(r.id, r.skill, p.ce, t.ids, t.resp_start, ids, logp, n_aligned))
-    return out
+        for name in AUDIT_COLUMNS:
+            audits[name].append(audit[name])
+    return out, {name: pa.array(np.asarray(v, dtype=np.float32)) for name, v in audits.items()}
 
 
 def fill_candidate_store(
@@ -170,7 +214,7 @@ def fill_candidate_store(
     )
     model, tok = _load(cand, ctx.device)
     try:
-        vmap = vocab_map(tok, ctx.target_tok, ctx.cache_dir, source_size=_source_vocab(model, tok))
+        vocab = pair_vocab(ctx, cand, tok, source_vocab_size(model, tok))
         for index in progress_bar(missing, f"{kind} {cand.name}", ctx.progress):
             rows = ctx.shard_rows(meta, index)
             if responder is None:
@@ -181,8 +225,9 @@ def fill_candidate_store(
                     if early is not None
                     else responder.per_shard(model, tok, cand, rows)
                 )
-            signals = _signal_rows(ctx, rows, responses, model, tok, cand, vmap)
-            extras = {"response": pa.array(responses, pa.string())} if responder else None
+            signals, extras = signal_rows(ctx, rows, responses, model, tok, cand, vocab)
+            if responder:
+                extras["response"] = pa.array(responses, pa.string())
             store.write_shard(index, signals, extras)
             if ctx.on_shard:
                 ctx.on_shard(f"{kind}:{cand.name}", index)

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.chat import render_example
+from harness.chat import render_example, tokenize_chat
 from harness.signals.align import Tokenization, tile_offsets
 
-EOS_SENTINEL = "\x00"  # the end-of-turn token of every tokenizer stands on this one character
+EOS_SENTINEL = "\x00"  # the end-of-turn token of every format stands on this one character
 
 
 @dataclass(frozen=True)
@@ -46,22 +46,28 @@ def _window(n_total: int, resp_start: int, max_length: int) -> tuple[int, int]:
 def encode_example(
     tokenizer: Any, prompt: str, response: str, template: str | None, max_length: int, name: str
 ) -> Encoded:
-    """Render (prompt, response) with the model's chat template, tokenize with offsets, cut to max_length."""
-    text, start, end = render_example(tokenizer, prompt, response, template, name)
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    """Render (prompt, response) with the model's chat template, tokenize with offsets, cut to max_length.
+
+    Response tokens: from the first token that reaches into the response's content to the end of turn. Their
+    spans relative to `response`: a token covering text the template put before the content starts at 0, the
+    content's last token absorbs what the template trimmed behind it, the end-of-turn token stands on the
+    sentinel, and anything between content and end of turn (Llama-2's space before `</s>`) gets an empty span
+    (it has no counterpart in another format, so it never anchors an alignment)."""
+    rendered = render_example(tokenizer, prompt, response, template, name)
+    enc = tokenize_chat(tokenizer, rendered.text, offsets=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = tile_offsets(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+    start, end, n = rendered.content_start, rendered.content_end, len(response)
     in_response = np.flatnonzero(offsets[:, 1] > start)
     resp_start = int(in_response[0]) if len(in_response) else len(ids)
     lo, hi = _window(len(ids), resp_start, max_length)
-    body_end = start + len(response)
     spans = offsets[resp_start:hi]
+    shift = rendered.lead - start  # rendered position -> position in `response`
     rel = np.empty_like(spans)
-    rel[:, 0] = np.where(
-        spans[:, 0] < body_end, np.clip(spans[:, 0] - start, 0, len(response)), len(response)
-    )
-    rel[:, 1] = np.where(spans[:, 1] <= body_end, spans[:, 1] - start, len(response) + 1)
-    if end == body_end:  # no end-of-turn text: nothing may stand on the sentinel
-        rel = np.minimum(rel, len(response))
+    rel[:, 0] = np.where(spans[:, 0] <= start, 0, np.clip(spans[:, 0] + shift, 0, n))
+    rel[:, 1] = np.where(spans[:, 1] >= end, n, np.clip(spans[:, 1] + shift, 0, n))
+    after = spans[:, 0] >= end  # the turn's end: fillers, then the end-of-turn token
+    rel[after] = n
+    if rendered.end_of_turn is not None:
+        rel[after & (spans[:, 0] >= rendered.turn_end_start), 1] = n + 1
     return Encoded(ids[lo:hi], resp_start - lo, Tokenization(response + EOS_SENTINEL, rel))
-

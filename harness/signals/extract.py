@@ -21,7 +21,9 @@ from harness.signals.inputs import CorpusRow, ModelHandle, corpus_hash, tokenize
 from harness.signals.store import SignalSet
 from harness.signals.training_mode import training_stores
 
-SIGNALS_VERSION = 1  # bump when what a store holds for the same inputs changes
+# bump when what a store holds for the same inputs changes. 2: special tokens mapped by meaning (EOS had landed on
+# the target's BOS / padding where roles were shared) and the per-example audit columns
+SIGNALS_VERSION = 2
 
 
 def extract_signals(

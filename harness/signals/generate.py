@@ -1,9 +1,9 @@
 """Generation behind one interface: HF `model.generate` on CPU (or any in-memory model), vLLM on a CUDA GPU.
 
 Inference mode needs every source to answer the same prompts. `generate` renders each raw prompt with the
-model's own chat template (harness.chat.render_prompt), tokenizes it without adding special tokens (the
-template already places BOS where the model wants it), and returns only the response text: the new tokens,
-decoded, cut at EOS and at the first stop string. Both backends decode the response in the context of the
+model's own chat template (harness.chat.render_prompt), tokenizes it adding no special tokens but the BOS a
+model expects where its template does not write one (harness.chat.tokenize_chat), and returns only the
+response text: the new tokens, decoded, cut at the end of turn or EOS and at the first stop string. Both backends decode the response in the context of the
 prompt, so a leading space the model generated is kept (sentencepiece would drop it when decoding alone).
 
 Sampling is pure temperature sampling on both backends (no top-k / top-p), greedy when `do_sample=False`.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.chat import render_prompt
+from harness.chat import end_of_turn_id, render_prompt, tokenize_chat
 from harness.errors import HarnessError
 
 BACKENDS = ("auto", "hf", "vllm")
@@ -138,14 +138,16 @@ def generate(
         assert resolved is not None
         return _generate_vllm(
             resolved, tokenizer, texts, max_new_tokens, do_sample, temperature, stops, seed, progress,
-            vllm_options or VLLMOptions(),
+            vllm_options or VLLMOptions(), chat_template,
         )
     if resolved is not None:
         from harness.models import load_model
 
         on_gpu = cuda_available()
         model = load_model(resolved, dtype="bfloat16" if on_gpu else "float32", device="cuda" if on_gpu else "cpu")
-    return _generate_hf(model, tokenizer, texts, max_new_tokens, do_sample, temperature, stops, batch_size, seed, progress)
+    return _generate_hf(
+        model, tokenizer, texts, max_new_tokens, do_sample, temperature, stops, batch_size, seed, progress, chat_template
+    )
 
 
 def finish_response(text: str, stop: Sequence[str], eos_text: str | None) -> str:
@@ -155,11 +157,12 @@ def finish_response(text: str, stop: Sequence[str], eos_text: str | None) -> str
     return text[: min(cuts)] if cuts else text
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids of the tokenizer and of the model's generation config (chat models often end turns with another)."""
+def _eos_ids(model: Any, tokenizer: Any, chat_template: str | None = None) -> list[int]:
+    """Where a response ends: EOS of the tokenizer and of the model's generation config, and the end-of-turn
+    token of the chat format (Gemma ends turns with `<end_of_turn>`, not EOS)."""
     ids: list[int] = []
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, gen_eos):
+    for value in (tokenizer.eos_token_id, gen_eos, end_of_turn_id(tokenizer, chat_template)):
         for i in value if isinstance(value, (list, tuple)) else [value]:
             if i is not None and int(i) not in ids:
                 ids.append(int(i))
@@ -210,14 +213,15 @@ def _generate_hf(
     batch_size: int,
     seed: int,
     progress: bool,
+    chat_template: str | None = None,
 ) -> list[str]:
     import torch
 
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = _eos_ids(model, tokenizer, chat_template)
     if not eos_ids:
         raise HarnessError("the tokenizer has no EOS token; generation could not tell where a response ends", "model")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    encoded = [list(tokenize_chat(tokenizer, t)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # stable: equal lengths keep input order
     sampling: dict[str, Any] = {"do_sample": False}
     if do_sample:
@@ -260,6 +264,7 @@ def _generate_vllm(
     seed: int,
     progress: bool,
     options: VLLMOptions,
+    chat_template: str | None = None,
 ) -> list[str]:
     """One engine per call, released afterwards so the next source's engine finds the GPU memory free."""
     import vllm
@@ -272,10 +277,11 @@ def _generate_vllm(
         temperature=temperature if do_sample else 0.0,
         top_p=1.0,
         stop=stop or None,
+        stop_token_ids=[i for i in [end_of_turn_id(tokenizer, chat_template)] if i is not None] or None,
         seed=seed,
     )
     # Token ids, not text: vLLM would otherwise add a second BOS in front of the rendered chat template.
-    requests = [{"prompt_token_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+    requests = [{"prompt_token_ids": list(tokenize_chat(tokenizer, t)["input_ids"])} for t in texts]
     try:
         results = llm.generate(requests, params, use_tqdm=progress)
         return [finish_response(r.outputs[0].text, stop, tokenizer.eos_token) for r in results]

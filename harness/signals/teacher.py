@@ -9,7 +9,7 @@ one-hot on token i itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,25 +29,35 @@ class TeacherPass:
     predicted: np.ndarray  # [n_response] bool: False where no position precedes the token
 
 
+def padded_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int = 0) -> Iterator[tuple[list[int], Any, Any]]:
+    """(example indices, input ids, attention mask) per batch: sorted by length, right-padded."""
+    import torch
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo : lo + batch_size]
+        width = max(1, max(len(examples[i].ids) for i in idx))
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for b, i in enumerate(idx):
+            n = len(examples[i].ids)
+            ids[b, :n] = torch.from_numpy(examples[i].ids)
+            mask[b, :n] = 1
+        yield idx, ids, mask
+
+
 def teacher_forced(
     model: Any, examples: Sequence[Encoded], k: int, batch_size: int, pad_id: int = 0
 ) -> list[TeacherPass]:
-    """Batched teacher-forced passes (right padding, sorted by length); log-softmax in float32."""
+    """Batched teacher-forced passes (right padding, sorted by length); log-probabilities in float32.
+
+    Padding is told apart by the attention mask, never by its id: SmolLM2 pads with its EOS."""
     import torch
 
     device = next(model.parameters()).device
     out: list[TeacherPass | None] = [None] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     with torch.inference_mode():
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            width = max(1, max(len(examples[i].ids) for i in idx))
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for b, i in enumerate(idx):
-                n = len(examples[i].ids)
-                ids[b, :n] = torch.from_numpy(examples[i].ids)
-                mask[b, :n] = 1
+        for idx, ids, mask in padded_batches(examples, batch_size, pad_id):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             for b, i in enumerate(idx):
                 out[i] = _rows(logits[b], ids[b].to(device), examples[i], k)
@@ -57,10 +67,14 @@ def teacher_forced(
 def _rows(logits: Any, ids: Any, ex: Encoded, k: int) -> TeacherPass:
     n, r = len(ex.ids), ex.resp_start
     first = max(r, 1)  # a token at position 0 has nothing before it to predict it
-    logp = logits[first - 1 : n - 1].float().log_softmax(-1)
-    kk = min(k, logp.shape[-1])
-    vals, top = logp.topk(kk, dim=-1)
-    own = logp.gather(-1, ids[first:n, None])[:, 0]
+    rows = logits[first - 1 : n - 1].float()
+    # log-probabilities of the k best and of the own token only: x - logsumexp(x), without materialising a
+    # log-softmax over the whole vocabulary (262k entries per position for Gemma)
+    norm = rows.logsumexp(-1, keepdim=True)
+    kk = min(k, rows.shape[-1])
+    vals, top = rows.topk(kk, dim=-1)
+    vals = vals - norm
+    own = rows.gather(-1, ids[first:n, None])[:, 0] - norm[:, 0]
     n_resp, skipped = n - r, first - r
     top_ids = np.zeros((n_resp, k), dtype=np.int64)
     top_logp = np.full((n_resp, k), -np.inf, dtype=np.float32)
@@ -100,10 +114,8 @@ def merge_topk(
     return out_ids, out_logp
 
 
-def aligned_teacher(
-    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """The source's teacher for each target response token: [n, k] ids, [n, k] logp, and the aligned count."""
+def _anchored(target: Encoded, source: Encoded, teacher: TeacherPass) -> tuple[np.ndarray, np.ndarray]:
+    """(target response rows, source response rows) whose tokens have identical spans, the source row predicted."""
     n = target.n_response
     if np.array_equal(target.ids, source.ids) and target.resp_start == source.resp_start:
         j = np.arange(n)  # the same tokenization (the target as its own candidate)
@@ -112,7 +124,22 @@ def aligned_teacher(
     usable = j >= 0
     usable[usable] = teacher.predicted[j[usable]]
     rows = np.flatnonzero(usable)
-    src = j[rows]
+    return rows, j[rows]
+
+
+def aligned_teacher(
+    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The source's teacher for each target response token: [n, k] ids, [n, k] logp, and the aligned count."""
+    ids, logp, _, n_aligned = _aligned(target, source, teacher, vmap, k)
+    return ids, logp, n_aligned
+
+
+def _aligned(
+    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], int]:
+    n = target.n_response
+    rows, src = _anchored(target, source, teacher)
     ids, logp = merge_topk(
         np.repeat(rows, k), vmap[teacher.top_ids[src]].reshape(-1), teacher.top_logp[src].reshape(-1), n, k
     )
@@ -121,5 +148,50 @@ def aligned_teacher(
     logp[fallback] = -np.inf
     ids[fallback, 0] = target.ids[target.resp_start :][fallback]  # one-hot on the NEXT token: token i itself
     logp[fallback, 0] = 0.0
-    return ids, logp, int(np.count_nonzero(usable & ~fallback))
+    kept = ~fallback[rows]
+    return ids, logp, (rows[kept], src[kept]), int(np.count_nonzero(kept))
 
+
+@dataclass(frozen=True)
+class AuditVocab:
+    """What the signal audit needs of a source -> target pair: each side's token texts and stop ids."""
+
+    source_text: Sequence[bytes]
+    target_text: Sequence[bytes]
+    source_stop: frozenset[int]
+    target_stop: frozenset[int]
+
+
+AUDIT_COLUMNS = ("audit_top1_same", "audit_mass", "audit_lost_mass", "audit_stop_mass", "audit_stop_to_stop")
+
+
+def aligned_teacher_with_audit(
+    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int, vocab: AuditVocab
+) -> tuple[np.ndarray, np.ndarray, int, dict[str, float]]:
+    """`aligned_teacher` plus the example's audit counts, over the target tokens whose teacher came from the
+    source (anchored rows, `n_aligned` of them):
+
+    audit_top1_same: how many have a top-1 that reads as the source's own top-1 (its
+    text, or both stop tokens); audit_mass: the source's top-k probability mass there; audit_lost_mass: the
+    part of it on ids that map nowhere; audit_stop_mass: the part on the source's stop ids (EOS, end of turn);
+    audit_stop_to_stop: the part of that which lands on the target's stop ids."""
+    ids, logp, (rows, src), n_aligned = _aligned(target, source, teacher, vmap, k)
+    top_src = teacher.top_ids[src]
+    prob = np.exp(teacher.top_logp[src].astype(np.float64))
+    mapped = vmap[top_src]
+    is_stop = np.isin(top_src, list(vocab.source_stop))
+    lands_stop = np.isin(mapped, list(vocab.target_stop))
+    same = 0
+    for s1, t1 in zip(top_src[:, 0].tolist(), ids[rows, 0].tolist(), strict=True):
+        if s1 in vocab.source_stop or t1 in vocab.target_stop:
+            same += s1 in vocab.source_stop and t1 in vocab.target_stop
+        else:
+            same += vocab.source_text[s1] == vocab.target_text[t1] if s1 < len(vocab.source_text) else 0
+    audit = {
+        "audit_top1_same": float(same),
+        "audit_mass": float(prob.sum()),
+        "audit_lost_mass": float(prob[mapped < 0].sum()),
+        "audit_stop_mass": float(prob[is_stop].sum()),
+        "audit_stop_to_stop": float(prob[is_stop & lands_stop].sum()),
+    }
+    return ids, logp, n_aligned, audit

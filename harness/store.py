@@ -191,6 +191,12 @@ class Manifest:
         self.data["cache_keys"][stage] = key
         self.save()
 
+    def record_sandbox_world(self, identity: dict[str, Any] | None) -> None:
+        """Which sandbox world the run used (fingerprint, reference check, versions, scores), if any."""
+        if identity is not None:
+            self.data["sandbox_world"] = identity
+            self.save()
+
     def record_checksum(self, path: Path, root: Path) -> None:
         if not self.write:
             return

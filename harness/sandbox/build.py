@@ -479,6 +479,7 @@ class _Bars:
         if self.bar is not None:
             scores = " ".join(f"{s[:4]} {v:.2f}" for s, v in result["scores"].items())
             info = f"{scores}  ({result['seconds']:.0f} s)"
+            self.bar.start_task(self.tasks[result["name"]])
             self.bar.update(self.tasks[result["name"]], completed=self.steps[result["name"]], info=info)
 
 
@@ -487,18 +488,21 @@ def _build_into(tmp: Path, size: str, seed: int, key: str, progress: bool, jobs:
     started = time.perf_counter()
     order = sorted(range(len(recipe.sources)), key=lambda n: -_cost(recipe.sources[n]))
     calls = [(build_source, (recipe.sources[n], n, seed, recipe.sizes, tmp)) for n in order]
-    with _progress(progress) as bar:
-        bars = _Bars(bar, recipe.sources)
-        # The splits are written here while the children build (each regenerates them from the seed).
+
+    def write_splits() -> None:  # in the parent while the children build; each child regenerates its splits
         splits = generate_splits(seed, recipe.sizes)
         for skill, items in splits.eval.items():
-            _write_items(
-                tmp / "eval" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "answer", "reference")
-            )
+            fields = ("id", "skill", "prompt", "answer", "reference")
+            _write_items(tmp / "eval" / f"{skill}.jsonl", items, fields)
         for skill, items in splits.train.items():
             _write_items(tmp / "train" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "reference"))
         _write_items(tmp / "corpus.jsonl", splits.corpus, ("id", "skill", "prompt", "reference"))
-        results = run_pinned(calls, jobs, on_event=bars.event, on_result=lambda i, r: bars.result(r))
+
+    with _progress(progress) as bar:
+        bars = _Bars(bar, recipe.sources)
+        results = run_pinned(
+            calls, jobs, on_event=bars.event, on_result=lambda i, r: bars.result(r), meanwhile=write_splits
+        )
     built = {r["name"]: r for r in results}
     names = [s.name for s in recipe.sources]
     return {

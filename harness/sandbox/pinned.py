@@ -17,6 +17,7 @@ import contextlib
 import os
 import queue
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -74,7 +75,8 @@ def report(*event: Any) -> None:
 
 def _init_child(events: Any, parent_pid: int) -> None:
     global _events, _parent_pid
-    os.environ.update(PINNED_ENV)  # inherited at spawn already; this covers a child started otherwise
+    # Both inherited at spawn already; repeated for a child started some other way.
+    os.environ.update(PINNED_ENV)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the children
     _events, _parent_pid = events, parent_pid
     from transformers.utils import logging as hf_logging
@@ -84,8 +86,15 @@ def _init_child(events: Any, parent_pid: int) -> None:
 
 
 @contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
+def _spawning(values: Mapping[str, str]) -> Iterator[None]:
+    """While processes are spawned: `values` in the environment, and SIGINT ignored.
+
+    Both are inherited at exec. A child born with SIGINT ignored never installs Python's KeyboardInterrupt
+    handler, so a Ctrl-C during its start-up prints no traceback: the parent alone handles it.
+    """
     saved = {k: os.environ.get(k) for k in values}
+    main_thread = threading.current_thread() is threading.main_thread()  # signal() works there only
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     os.environ.update(values)
     try:
         yield
@@ -95,6 +104,8 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        if main_thread:
+            signal.signal(signal.SIGINT, handler)
 
 
 def _drain(events: Any, on_event: Callable[[Event], None]) -> None:
@@ -120,12 +131,14 @@ def run_pinned(
     jobs: int,
     on_event: Callable[[Event], None] = lambda event: None,
     on_result: Callable[[int, T], None] = lambda index, result: None,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> list[T]:
     """Run `fn(*args)` for each call in at most `jobs` fresh pinned processes; results in call order.
 
-    Calls start in the order given (put the longest first). `on_event` gets what the children `report`,
-    `on_result(index, result)` each result as soon as it is in. If a call fails or the parent is interrupted,
-    the other children are stopped and the exception is raised here.
+    Calls start in the order given (put the longest first); `meanwhile()` runs here once they are started.
+    `on_event` gets what the children `report`, `on_result(index, result)` each result as soon as it is in.
+    If a call fails or the parent is interrupted (Ctrl-C), the children are stopped before the exception is
+    raised here.
     """
     ctx = get_context("spawn")
     events = ctx.Queue()
@@ -138,8 +151,9 @@ def run_pinned(
     try:
         # The executor starts its processes inside submit(); they inherit the environment at exec, before
         # their first import. The parent's own kernels stay as they are (restored before any op of ours).
-        with _environ(PINNED_ENV):
+        with _spawning(PINNED_ENV):
             futures = [pool.submit(fn, *args) for fn, args in calls]
+        meanwhile()
         index = {f: i for i, f in enumerate(futures)}
         pending: set[Future[T]] = set(futures)
         while pending:

@@ -1,4 +1,7 @@
-"""Run every benchmark module's `run()` and write one JSON file: `python -m harness.bench --out results/bench.json`."""
+"""Run every benchmark module's `run()` and write one JSON file: `python -m harness.bench --out results/bench.json`.
+
+`--only NAME ...` runs those modules and updates their figures in the existing file, keeping the others.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +17,22 @@ from rich.console import Console
 
 from harness.store import atomic_write_json, package_versions
 
-MODULES = ("harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step")
+MODULES = ("harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step", "harness.bench.world_build")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
-    parser.add_argument("--only", nargs="*", default=None, help="Module suffixes to run, e.g. align fusion_step")
+    parser.add_argument("--only", nargs="*", default=None, help="Module suffixes to run, e.g. align world_build")
     args = parser.parse_args()
     console = Console()
     figures: dict[str, object] = {}
+    measured: dict[str, str] = {}  # module -> when its figures were measured
+    if args.only and args.out.is_file():  # a partial run updates the file instead of dropping the rest
+        previous = json.loads(args.out.read_text())
+        figures = previous.get("figures", {})
+        ran_before = [m.rsplit(".", 1)[1] for m in MODULES if f"{m.rsplit('.', 1)[1]}_bench_seconds" in figures]
+        measured = previous.get("measured", {name: previous["when"] for name in ran_before})
     for name in MODULES:
         if args.only and name.rsplit(".", 1)[1] not in args.only:
             continue
@@ -34,8 +43,10 @@ def main() -> None:
             console.print(f"  {key}: {value}")
         figures.update(result)
         figures[f"{name.rsplit('.', 1)[1]}_bench_seconds"] = round(time.perf_counter() - start, 2)
+        measured[name.rsplit(".", 1)[1]] = datetime.now(timezone.utc).isoformat()
     report = {
         "when": datetime.now(timezone.utc).isoformat(),
+        "measured": measured,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
         "packages": package_versions(),
         "figures": figures,

@@ -42,7 +42,7 @@ TARGET = "llama-knowledge"
 # rebuild and update both (and docs/sandbox.md) whenever VERSION changes.
 REFERENCE_WORLDS: dict[tuple[str, int], str] = {
     ("micro", 0): "2f5b7e65c5d4b065b07ca05f1f0fca7fb9013efce2685fdff109277486d1e6ad",
-    ("default", 0): "TODO",
+    ("default", 0): "594d29fa9d154bd3625f494fe0811ce297e3abb345d0bb4474ad330b3b1d04ea",
 }
 REFERENCE_LIBRARIES: dict[str, str | None] = {
     "torch": "2.13.0+cpu",

@@ -168,20 +168,19 @@ class Prepared:
     models: dict[str, ResolvedModel]  # name -> resolved (target first)
     corpus: list[Any]
     sandbox_root: Path | None
-    sandbox_world: dict[str, Any] | None = None  # which world: fingerprint, reference check, scores
 
 
 def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
     from harness.signals import load_corpus
 
     sandbox_models: dict[str, Path] | None = None
-    sandbox_root, sandbox_world = None, None
+    sandbox_root = None
     corpus_path = Path(os.path.expandvars(exp.corpus.path)) if exp.corpus.path else None
     if exp.sandbox is not None:
-        from harness.sandbox.build import build_world, world_identity
+        from harness.sandbox.build import build_world
 
         world = build_world(size=exp.sandbox.size, seed=exp.sandbox.seed, cache_dir=cache_dir, progress=progress)
-        sandbox_models, sandbox_root, sandbox_world = world.models, world.root, world_identity(world)
+        sandbox_models, sandbox_root = world.models, world.root
         if exp.corpus.source == "sandbox":
             corpus_path = world.corpus_path
     models = {exp.target.name: resolve(exp.target.path, sandbox_models, "config: target.path")}
@@ -189,7 +188,15 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
         models[s.name] = resolve(s.path, sandbox_models, f"config: sources[{i}].path")
     assert corpus_path is not None
     corpus = load_corpus(corpus_path, limit=exp.corpus.limit)
-    return Prepared(models, corpus, sandbox_root, sandbox_world)
+    return Prepared(models, corpus, sandbox_root)
+
+
+def _record_world(manifest: Manifest, sandbox_root: Path | None) -> None:
+    """Which sandbox world the run used (fingerprint, reference check, library versions, scores), if any."""
+    if sandbox_root is not None:
+        from harness.sandbox.build import world_identity
+
+        manifest.record_sandbox_world(world_identity(sandbox_root))
 
 
 def _handles(exp: Experiment, prepared: Prepared) -> tuple[Any, list[Any]]:
@@ -398,7 +405,7 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
     with manifest_ctx(exp, out) as (run_dir, manifest):
         with manifest.timed("prepare"):
             prepared = _prepare(exp, plan_.cache_dir, progress)
-        manifest.record_sandbox_world(prepared.sandbox_world)
+        _record_world(manifest, prepared.sandbox_root)
         sets = _signals(exp, plan_, prepared, run_dir, manifest, progress)
         fused = _train(exp, plan_, prepared, sets, run_dir, manifest, progress)
         models = {"target-base": prepared.models[exp.target.name]}
@@ -467,18 +474,18 @@ def evaluate_only(
 
     names = expand_tasks(tasks)
     data = _check_data_dir(data_dir)
-    sandbox_root, sandbox_models, sandbox_world = None, None, None
+    sandbox_root, sandbox_models = None, None
     if model_spec.startswith("sandbox:") or any(n in SANDBOX_TASKS for n in names):
-        from harness.sandbox.build import build_world, world_identity
+        from harness.sandbox.build import build_world
 
         spec = sandbox or SandboxSpec()
         world = build_world(size=spec.size, seed=spec.seed, cache_dir=default_cache_dir(), progress=progress)
-        sandbox_root, sandbox_models, sandbox_world = world.root, world.models, world_identity(world)
+        sandbox_root, sandbox_models = world.root, world.models
     model = resolve(model_spec, sandbox_models, where="model")
     label = label or Path(model_spec.split("#")[-1]).stem.replace(":", "-") or "model"
     run_dir = new_run_dir(out, "eval")
     manifest = Manifest(run_dir, 0)
-    manifest.record_sandbox_world(sandbox_world)
+    _record_world(manifest, sandbox_root)
     atomic_write_text(run_dir / "config.yaml", json.dumps({"model": model_spec, "tasks": names, "limit": limit}) + "\n")
     try:
         with manifest.timed("evaluate"):

@@ -187,15 +187,14 @@ class Manifest:
         if self.write:
             atomic_write_json(self.path, self.data)
 
+    def record_sandbox_world(self, identity: dict[str, Any]) -> None:
+        """Which sandbox world the run used: fingerprint, reference check, library versions, scores."""
+        self.data["sandbox_world"] = identity
+        self.save()
+
     def record_cache_key(self, stage: str, key: str) -> None:
         self.data["cache_keys"][stage] = key
         self.save()
-
-    def record_sandbox_world(self, identity: dict[str, Any] | None) -> None:
-        """Which sandbox world the run used (fingerprint, reference check, versions, scores), if any."""
-        if identity is not None:
-            self.data["sandbox_world"] = identity
-            self.save()
 
     def record_checksum(self, path: Path, root: Path) -> None:
         if not self.write:

@@ -34,7 +34,7 @@ from harness.sandbox.pinned import PINNED_ENV, available_cpus, check_pinned, rep
 from harness.sandbox.pretrain import Example, PretrainConfig, encode, pretrain
 from harness.sandbox.skills import SKILLS, Item, SkillSizes, generate_splits
 
-VERSION = 4  # bump when the generator, trainer, evaluator or CPU pinning changes what a seed produces
+VERSION = 5  # bump when the generator, trainer or evaluator changes what a seed produces (5: CPU kernels pinned)
 TARGET = "llama-knowledge"
 
 # The reference worlds: fingerprints (world_fingerprint) of pinned builds at this VERSION, which every x86-64
@@ -638,27 +638,26 @@ def reference_status(
     return {"status": "differs", "reference": reference, "detail": detail}
 
 
-def world_identity(world: World) -> dict[str, Any]:
-    """Which world this is: its fingerprint (from the files), the reference check, versions and scores.
-
-    Recorded in every run's manifest.json and printed by `harness sandbox show`.
+def world_identity(root: Path) -> dict[str, Any]:
+    """Which world the folder `root` holds: its fingerprint (from the files), the reference check, the library
+    versions it was built with and its scores. Recorded in every run's manifest.json, printed by `sandbox show`.
     """
-    meta = json.loads((world.root / "world.json").read_text())
-    fingerprint = world_fingerprint(world.root, list(world.models))
+    meta = json.loads((root / "world.json").read_text())
+    fingerprint = world_fingerprint(root, meta["models"])
     return {
-        "size": world.size,
-        "seed": world.seed,
-        "key": world.key,
+        "size": meta["size"],
+        "seed": meta["seed"],
+        "key": meta["key"],
         "fingerprint": fingerprint,
-        "reference": reference_status(world.size, world.seed, fingerprint, meta["built_with"]["libraries"]),
+        "reference": reference_status(meta["size"], meta["seed"], fingerprint, meta["built_with"]["libraries"]),
         "built_with": meta["built_with"],
-        "scores": {name: dict(world.scores[name]) for name in world.models},
+        "scores": meta["scores"],
     }
 
 
 def world_summary(world: World) -> dict[str, Any]:
     """What `harness sandbox show --json` prints: where the world is, which world it is, each model's scores."""
-    identity = world_identity(world)
+    identity = world_identity(world.root)
     return {
         "size": world.size,
         "seed": world.seed,

@@ -419,13 +419,14 @@ def sandbox_build(size: str, seed: int, force: bool, jobs: int | None) -> None:
 @sandbox.command("show")
 @click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"sources": {name: {skill: score}}, "fingerprint": ..., "reference": {"status": ...}, ...}.')
+@click.option("--json", "as_json", is_flag=True, help='Print {"sources": {name: {skill: score}}}.')
 def sandbox_show(size: str, seed: int, as_json: bool) -> None:
     """Print each sandbox source's score on each skill and whether this is the reference world.
 
     Builds the world first if it is not cached. The fingerprint is the sha256 of the three models' weights;
     the reference world is the one recorded in the code for this size and seed (default and micro, seed 0).
+    --json adds "fingerprint", "reference" ({"status": reference | differs | none, "detail": ...}) and
+    "built_with" (library versions, machine, pinned kernels) to the scores.
 
     \b
     Example:

@@ -50,14 +50,15 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
     assert (run / "tables" / "results.md").is_file() and (run / "signals" / "selection.json").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "finished" and {"signals.training", "signals.inference", "train"} <= set(manifest["cache_keys"])
+    # the stdout carries the comparison table
+    assert "profuser" in proc.stdout and "target-base" in proc.stdout
+
     # the manifest says which world the run used: its fingerprint, scores and whether it is the reference world
     world = json.loads((micro_world.root / "world.json").read_text())
     used = manifest["sandbox_world"]
     assert (used["size"], used["seed"], used["key"]) == ("micro", 0, micro_world.key)
     assert used["fingerprint"] == world["fingerprint"] and used["scores"] == world["scores"]
     assert used["reference"]["status"] in {"reference", "differs"} and used["built_with"] == world["built_with"]
-    # the stdout carries the comparison table
-    assert "profuser" in proc.stdout and "target-base" in proc.stdout
 
     # a second method reuses the cached signals: its run records the same training-mode key
     proc2 = _harness(

@@ -34,7 +34,7 @@ from harness.sandbox.pinned import PINNED_ENV, available_cpus, check_pinned, rep
 from harness.sandbox.pretrain import Example, PretrainConfig, encode, pretrain
 from harness.sandbox.skills import SKILLS, Item, SkillSizes, generate_splits
 
-VERSION = 5  # bump when the generator, trainer or evaluator changes what a seed produces (5: CPU kernels pinned)
+VERSION = 5  # bump when what a seed produces changes (4: sealed; 5: CPU kernels pinned, docs/sandbox.md)
 TARGET = "llama-knowledge"
 
 # The reference worlds: fingerprints (world_fingerprint) of pinned builds at this VERSION, which every x86-64

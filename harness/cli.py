@@ -417,8 +417,13 @@ def sandbox() -> None:
 @click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if cached.")
-def sandbox_build(size: str, seed: int, force: bool) -> None:
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Specialists built at once, one process each [default: one per CPU, at most 3].")
+def sandbox_build(size: str, seed: int, force: bool, jobs: int | None) -> None:
     """Build (or load from the cache) the sandbox world and print each source's score per skill.
+
+    Every specialist is built in its own process with pinned CPU kernels, so the same seed gives the same
+    bytes on any x86-64 machine with the same library versions; `--jobs` changes the time, not the world.
 
     \b
     Example:
@@ -426,7 +431,7 @@ def sandbox_build(size: str, seed: int, force: bool) -> None:
     """
     from harness.sandbox.build import build_world
 
-    world = build_world(size=size, seed=seed, force=force)
+    world = build_world(size=size, seed=seed, force=force, jobs=jobs)
     _print_world(world, as_json=False)
 
 
@@ -435,7 +440,12 @@ def sandbox_build(size: str, seed: int, force: bool) -> None:
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='Print {"sources": {name: {skill: score}}}.')
 def sandbox_show(size: str, seed: int, as_json: bool) -> None:
-    """Print each sandbox source's score on each skill (builds the world first if it is not cached).
+    """Print each sandbox source's score on each skill and whether this is the reference world.
+
+    Builds the world first if it is not cached. The fingerprint is the sha256 of the three models' weights;
+    the reference world is the one recorded in the code for this size and seed (default and micro, seed 0).
+    --json adds "fingerprint", "reference" ({"status": reference | differs | none, "detail": ...}) and
+    "built_with" (library versions, machine, pinned kernels) to the scores.
 
     \b
     Example:
@@ -459,6 +469,11 @@ def _print_world(world: Any, as_json: bool) -> None:
         label = f"{name} (target)" if name == world.target else name
         table.add_row(label, *(f"{scores[s]:.3f}" for s in skills))
     stdout.print(table)
+    reference = summary["reference"]
+    colour = {"reference": "green", "differs": "red"}.get(reference["status"], "yellow")
+    stdout.print(f"fingerprint {summary['fingerprint']}: [{colour}]{reference['detail']}[/{colour}]")
+    libraries = ", ".join(f"{k} {v}" for k, v in summary["built_with"]["libraries"].items())
+    stdout.print(f"built with {libraries} on {summary['built_with']['machine']}, CPU kernels pinned")
 
 
 @main.group()

@@ -303,6 +303,14 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
     return Prepared(models, corpus, sandbox_root)
 
 
+def _record_world(manifest: Manifest, sandbox_root: Path | None) -> None:
+    """Which sandbox world the run used (fingerprint, reference check, library versions, scores), if any."""
+    if sandbox_root is not None:
+        from harness.sandbox.build import world_identity
+
+        manifest.record_sandbox_world(world_identity(sandbox_root))
+
+
 def _handles(exp: Experiment, prepared: Prepared) -> tuple[Any, list[Any]]:
     from harness.signals import ModelHandle
 
@@ -526,6 +534,7 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
         manifest.data["models"] = {name: {"pretrained": m.pretrained, "gguf_file": m.gguf_file}
                                    for name, m in prepared.models.items()}  # fmt: skip
         manifest.save()
+        _record_world(manifest, prepared.sandbox_root)
         sets = _signals(exp, plan_, prepared, run_dir, manifest, progress)
         fused = _train(exp, plan_, prepared, sets, run_dir, manifest, progress)
         models = {"target-base": prepared.models[exp.target.name]}
@@ -641,6 +650,7 @@ def evaluate_only(
         raise HarnessError(f"cannot load '{model_spec}': {why}", "model")
     run_dir = new_run_dir(out, "eval")
     manifest = Manifest(run_dir, 0)
+    _record_world(manifest, sandbox_root)
     try:
         atomic_write_text(run_dir / "config.yaml", json.dumps({"model": model_spec, "tasks": names, "limit": limit}) + "\n")
         with manifest.timed("evaluate"):

@@ -503,6 +503,11 @@ class Manifest:
         if self.write:
             atomic_write_json(self.path, self.data)
 
+    def record_sandbox_world(self, identity: dict[str, Any]) -> None:
+        """Which sandbox world the run used: fingerprint, reference check, library versions, scores."""
+        self.data["sandbox_world"] = identity
+        self.save()
+
     def record_cache_key(self, stage: str, key: str) -> None:
         self.data["cache_keys"][stage] = key
         self.save()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,8 @@ def test_eval_takes_sandbox_models_and_tasks(tmp_path: Path, micro_world) -> Non
     (run,) = list((tmp_path / "results").iterdir())
     lines = (run / "eval" / "sandbox-gpt2-safety" / "sandbox_safety.jsonl").read_text().splitlines()
     assert len(lines) == 6
+    used = json.loads((run / "manifest.json").read_text())["sandbox_world"]  # which world was evaluated
+    assert used["fingerprint"] == json.loads((micro_world.root / "world.json").read_text())["fingerprint"]
 
 
 def test_launch_command_for_cpu_processes_and_shipped_configs() -> None:

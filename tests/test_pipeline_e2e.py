@@ -67,6 +67,13 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
     shown = _harness(["signals", "inspect", str(run)], tmp_path, session_cache, shared_data)
     assert shown.returncode == 0 and "signal audit" in shown.stdout and "gpt2-safety" in shown.stdout
 
+    # the manifest says which world the run used: its fingerprint, scores and whether it is the reference world
+    world = json.loads((micro_world.root / "world.json").read_text())
+    used = manifest["sandbox_world"]
+    assert (used["size"], used["seed"], used["key"]) == ("micro", 0, micro_world.key)
+    assert used["fingerprint"] == world["fingerprint"] and used["scores"] == world["scores"]
+    assert used["reference"]["status"] in {"reference", "differs"} and used["built_with"] == world["built_with"]
+
     # a second method reuses the cached signals: its run records the same training-mode key
     proc2 = _harness(
         ["run", "--method", "fusellm", "--tasks", "sandbox", "--limit", "6", "--out", "results", *MICRO],

@@ -304,3 +304,189 @@ def test_lm_eval_tasks_agree_with_the_world_scores(micro_world: World, tmp_path:
             samples = out["samples"][task]
             assert len(samples) == 40 and {s["acc"] for s in samples} <= {0.0, 1.0}
             assert samples[0]["arguments"][0][0] == PROMPT_FORMAT.format(prompt=samples[0]["doc"]["prompt"])
+
+
+# ------------------------------------------------------------- the same world everywhere: pinned, parallel
+
+TINY = SkillSizes(entities=10, eval_per_skill=4, corpus=(4, 4, 4), reasoning_train=100, safety_train=100)
+# The same specialists built in one fresh process, one after the other, as a sequential build does.
+_SEQUENTIAL = """
+import json, sys
+from dataclasses import replace
+from pathlib import Path
+from harness.sandbox.build import RECIPES, build_source
+from harness.sandbox.skills import SkillSizes
+sizes, out = SkillSizes(**json.loads(sys.argv[1])), Path(sys.argv[2])
+micro = RECIPES["micro"].sources
+print(json.dumps([build_source(replace(micro[n], steps=8), n, 0, sizes, out) for n in (0, 2)]))
+"""
+
+
+def test_specialists_built_in_parallel_children_are_the_sequential_bytes(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    from dataclasses import asdict, replace
+
+    from harness.sandbox.build import RECIPES, build_source
+    from harness.sandbox.pinned import PINNED_ENV, run_pinned
+
+    sequential = subprocess.Popen(
+        [sys.executable, "-c", _SEQUENTIAL, json.dumps(asdict(TINY)), str(tmp_path / "sequential")],
+        env={**os.environ, **PINNED_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    micro = RECIPES["micro"].sources
+    calls = [(build_source, (replace(micro[n], steps=8), n, 0, TINY, tmp_path / "parallel")) for n in (2, 0)]
+    seen: list[tuple] = []  # type: ignore[type-arg]
+    parallel = run_pinned(calls, jobs=2, on_event=seen.append)
+    out, err = sequential.communicate(timeout=600)
+    assert sequential.returncode == 0, err[-2000:]
+    by_name = {r["name"]: r for r in json.loads(out)}
+    assert {r["name"] for r in parallel} == set(by_name) == {"llama-knowledge", "gpt2-safety"}
+    for result in parallel:
+        name = result["name"]
+        assert result["cpu_capability"] == by_name[name]["cpu_capability"] == "DEFAULT"
+        assert result["scores"] == by_name[name]["scores"] and result["sha256"] == by_name[name]["sha256"]
+        for file in ("model.safetensors", "tokenizer.json"):
+            ours = (tmp_path / "parallel" / "models" / name / file).read_bytes()
+            assert ours == (tmp_path / "sequential" / "models" / name / file).read_bytes(), (name, file)
+    # the children reported their progress to the parent: started, steps, evaluation
+    assert {(e[0], e[1]) for e in seen if e[0] in ("start", "phase")} == {
+        (kind, name) for kind in ("start", "phase") for name in by_name
+    }
+    assert ("step", "gpt2-safety", 8) in {e[:3] for e in seen if e[0] == "step"}
+
+
+def test_a_process_whose_kernels_ran_unpinned_refuses_to_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from harness.sandbox.pinned import PINNED_ENV, check_pinned
+
+    torch.nn.functional.gelu(torch.ones(4, 4) @ torch.ones(4, 4)).exp()  # latches this process's kernels
+    with pytest.raises(RuntimeError, match="not pinned"):
+        check_pinned()  # the environment is not pinned either
+    for name, value in PINNED_ENV.items():
+        monkeypatch.setenv(name, value)
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":  # on a CPU without AVX2 both paths are one
+        with pytest.raises(RuntimeError, match="ATen capability"):
+            check_pinned()  # set too late: ignored, and caught
+
+
+def test_reference_status_says_which_world_and_why_not() -> None:
+    from harness.sandbox.build import REFERENCE_LIBRARIES, REFERENCE_WORLDS, reference_status
+
+    reference = REFERENCE_WORLDS[("default", 0)]
+    assert len(reference) == 64 and reference != REFERENCE_WORLDS[("micro", 0)]
+    same = reference_status("default", 0, reference, dict(REFERENCE_LIBRARIES))
+    assert same["status"] == "reference"
+    newer = reference_status("default", 0, "0" * 64, {**REFERENCE_LIBRARIES, "torch": "2.14.0"})
+    assert newer["status"] == "differs" and "built with torch 2.14.0" in newer["detail"]
+    assert "torch 2.13.0+cpu" in newer["detail"]
+    other_seed = reference_status("default", 7, reference, dict(REFERENCE_LIBRARIES))
+    assert other_seed["status"] == "none" and other_seed["detail"] == "no reference recorded for default seed 7"
+
+
+def test_micro_world_is_the_reference_world(micro_world: World, tmp_path: Path) -> None:
+    """The cross-machine claim, checked on every test machine: the pinned micro world has the recorded bytes."""
+    import hashlib
+    import platform
+
+    from click.testing import CliRunner
+
+    from harness.cli import main
+    from harness.sandbox.build import REFERENCE_LIBRARIES, REFERENCE_WORLDS, library_versions, world_identity
+    from harness.store import file_sha256
+
+    meta = json.loads((micro_world.root / "world.json").read_text())
+    weights = [micro_world.models[name] / "model.safetensors" for name in meta["models"]]
+    assert meta["weights_sha256"] == {p.parent.name: file_sha256(p) for p in weights}
+    assert meta["fingerprint"] == hashlib.sha256(b"".join(p.read_bytes() for p in weights)).hexdigest()
+    assert meta["built_with"]["cpu_kernels"]["aten_capability"] == "DEFAULT"
+    assert meta["built_with"]["libraries"] == library_versions()
+    if library_versions() != REFERENCE_LIBRARIES or platform.machine() != "x86_64":
+        pytest.skip(f"the reference holds for {REFERENCE_LIBRARIES} on x86-64; here {library_versions()}")
+    assert meta["fingerprint"] == REFERENCE_WORLDS[("micro", 0)]
+
+    shown = CliRunner().invoke(main, ["sandbox", "show", "--size", "micro", "--json"])
+    assert shown.exit_code == 0, shown.output
+    summary = json.loads(shown.output)
+    assert summary["fingerprint"] == meta["fingerprint"] and summary["reference"]["status"] == "reference"
+
+    # one changed byte in one model's weights: no longer the reference world (a copy, read where it lies)
+    copy = tmp_path / micro_world.root.name
+    shutil.copytree(micro_world.root, copy)
+    weights_file = copy / "models" / "gpt2-safety" / "model.safetensors"
+    data = bytearray(weights_file.read_bytes())
+    data[-1] ^= 1
+    weights_file.write_bytes(bytes(data))
+    changed = world_identity(copy)
+    assert changed["fingerprint"] != meta["fingerprint"] and changed["reference"]["status"] == "differs"
+    assert changed["reference"]["detail"] == "differs from the reference world"  # same libraries: no excuse given
+
+
+def _spawned_children(parent: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_ctrl_c_stops_the_build_and_its_children(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    build = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "sandbox", "build", "--size", "micro", "--jobs", "2"],
+        env={**os.environ, "HARNESS_CACHE_DIR": str(cache)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    deadline, children = time.monotonic() + 180, []
+    while time.monotonic() < deadline and build.poll() is None:
+        children = _spawned_children(build.pid)
+        maps = [Path(f"/proc/{pid}/maps") for pid in children]
+        if len(children) == 2 and all("libtorch_cpu" in m.read_text() for m in maps if m.exists()):
+            break  # both children are up and have loaded torch
+        time.sleep(0.5)
+    assert len(children) == 2, "the build did not start two children"
+    time.sleep(2)
+    os.killpg(build.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    _, err = build.communicate(timeout=60)
+    assert build.returncode != 0
+    assert "Traceback" not in err, err[-3000:]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in children)
+    assert not list((cache / "sandbox").glob(".*.tmp")), "the unfinished build was not removed"
+    assert not list((cache / "sandbox").glob("*/world.json"))
+
+
+def test_longest_first_schedule_bounds_the_parallel_speedup() -> None:
+    from harness.bench.world_build import longest_first_makespan
+
+    micro = [37.0, 27.0, 18.0]  # pinned micro specialists, seconds: the longest alone, the others share a core
+    assert longest_first_makespan(micro, 2) == 45.0
+    assert longest_first_makespan(micro, 3) == 37.0 and longest_first_makespan(micro, 1) == 82.0

@@ -1,4 +1,7 @@
-"""Run every benchmark module's `run()` and write one JSON file: `python -m harness.bench --out results/bench.json`."""
+"""Run every benchmark module's `run()` and write one JSON file: `python -m harness.bench --out results/bench.json`.
+
+`--only NAME ...` runs those modules and updates their figures in the existing file, keeping the others.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from rich.console import Console
 
 from harness.store import atomic_write_json, package_versions
 
-MODULES = ("harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step", "harness.bench.real_pair")
+MODULES = (
+    "harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step", "harness.bench.real_pair",
+    "harness.bench.world_build",
+)
 
 
 def main() -> None:
@@ -22,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
     parser.add_argument(
         "--only", nargs="*", default=None,
-        help="Module suffixes to run, e.g. align real_pair; their figures replace those in an existing --out file",
+        help="Module suffixes to run, e.g. align real_pair world_build; their figures replace those in an existing --out file",
     )
     args = parser.parse_args()
     console = Console()

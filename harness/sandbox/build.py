@@ -14,8 +14,10 @@ world whose files no longer match their checksums is reported, moved aside and b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import shutil
 import time
 from collections.abc import Iterator
@@ -26,16 +28,29 @@ from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel
-from transformers.utils import logging as hf_logging
 
 from harness import store
 from harness.errors import HarnessError
 from harness.sandbox import scoring
+from harness.sandbox.pinned import PINNED_ENV, available_cpus, check_pinned, report, run_pinned
 from harness.sandbox.pretrain import Example, PretrainConfig, encode, pretrain
 from harness.sandbox.skills import SKILLS, Item, SkillSizes, generate_splits
 
-VERSION = 4  # bump when the generator, the trainer or the evaluator changes what a seed produces (4: sealed)
+VERSION = 5  # bump when what a seed produces changes (4: sealed; 5: CPU kernels pinned, docs/sandbox.md)
 TARGET = "llama-knowledge"
+
+# The reference worlds: fingerprints (world_fingerprint) of pinned builds at this VERSION, which every x86-64
+# machine with these library versions reproduces. tests/test_sandbox.py checks micro's on every test machine;
+# rebuild and update both (and docs/sandbox.md) whenever VERSION changes.
+REFERENCE_WORLDS: dict[tuple[str, int], str] = {
+    ("micro", 0): "2f5b7e65c5d4b065b07ca05f1f0fca7fb9013efce2685fdff109277486d1e6ad",
+    ("default", 0): "594d29fa9d154bd3625f494fe0811ce297e3abb345d0bb4474ad330b3b1d04ea",
+}
+REFERENCE_LIBRARIES: dict[str, str | None] = {
+    "torch": "2.13.0+cpu",
+    "transformers": "5.24.0",
+    "tokenizers": "0.23.3",
+}
 
 # The single prompt format of the world: models are trained on it, lm-eval tasks use it verbatim.
 PROMPT_FORMAT = "Question: {prompt}\nAnswer: "
@@ -391,59 +406,129 @@ def _write_items(path: Path, items: list[Item], fields: tuple[str, ...]) -> None
     store.write_jsonl(path, [{k: it.row()[k] for k in fields} for it in items])
 
 
-def _build_into(tmp: Path, size: str, seed: int, key: str, progress: bool) -> dict[str, Any]:
+def _cost(source: SourceRecipe) -> int:
+    """Relative training cost, to start the longest specialists first (the shortest fills the gaps)."""
+    return source.steps * source.layers * source.width**2
+
+
+def build_source(source: SourceRecipe, n: int, seed: int, sizes: SkillSizes, out: Path) -> dict[str, Any]:
+    """Train, evaluate and save specialist number `n` of a world into `out/models/<name>`.
+
+    The body of a world build, run once per source in a fresh pinned process (pinned.run_pinned). It depends
+    on (source, n, seed, sizes) alone: the splits are regenerated from the seed and every random draw is
+    seeded from (seed, n), so where and beside what it runs does not change a byte.
+    """
+    capability = check_pinned()
+    started = time.perf_counter()
+    report("start", source.name, os.getpid())
+    splits = generate_splits(seed, sizes)
+    model_seed = seed * 1000 + n
+    mix = source.shares()
+    tokenizer = train_tokenizer(source, training_texts(splits.train, mix, model_seed))
+    torch.manual_seed(model_seed)
+    model = new_model(source, tokenizer)
+    data: dict[str, list[Example]] = {
+        skill: encode(tokenizer, [(it.prompt, it.reference) for it in items])
+        for skill, items in splits.train.items()
+    }
+
+    def tick(step: int, loss: float, last: int = source.steps - 1) -> None:
+        if step % 10 == 0 or step == last:
+            report("step", source.name, step + 1, loss)
+
+    cfg = PretrainConfig(steps=source.steps, batch_size=source.batch_size, lr=source.lr, seed=model_seed)
+    pretrain(model, data, mix, cfg, pad_id=tokenizer.pad_token_id, on_step=tick)
+    report("phase", source.name, "evaluating")
+    per_doc = evaluate(model, tokenizer, splits.eval)
+    folder = out / "models" / source.name
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {
+        "name": source.name,
+        "scores": {skill: round(sum(v) / len(v), 4) for skill, v in per_doc.items()},
+        "sha256": store.file_sha256(folder / "model.safetensors"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_capability": capability,
+    }
+
+
+class _Bars:
+    """The parent's view of the children: one row per specialist, waiting -> training -> its scores."""
+
+    def __init__(self, bar: Any, sources: tuple[SourceRecipe, ...]) -> None:
+        self.bar = bar
+        self.finished: set[str] = set()
+        self.steps = {s.name: s.steps for s in sources}
+        self.tasks = {
+            s.name: bar.add_task(s.name, total=s.steps, info="waiting", start=False) if bar else None
+            for s in sources
+        }
+
+    def event(self, event: tuple[Any, ...]) -> None:
+        kind, name, *rest = event
+        if self.bar is None or name in self.finished:
+            return
+        if kind == "start":
+            self.bar.start_task(self.tasks[name])
+            self.bar.update(self.tasks[name], info=f"training (process {rest[0]})")
+        elif kind == "step":
+            self.bar.update(self.tasks[name], completed=rest[0], info=f"loss {rest[1]:.3f}")
+        elif kind == "phase":
+            self.bar.update(self.tasks[name], info=rest[0])
+
+    def result(self, result: dict[str, Any]) -> None:
+        self.finished.add(result["name"])
+        if self.bar is not None:
+            scores = " ".join(f"{s[:4]} {v:.2f}" for s, v in result["scores"].items())
+            info = f"{scores}  ({result['seconds']:.0f} s)"
+            self.bar.start_task(self.tasks[result["name"]])
+            self.bar.update(self.tasks[result["name"]], completed=self.steps[result["name"]], info=info)
+
+
+def _build_into(tmp: Path, size: str, seed: int, key: str, progress: bool, jobs: int) -> dict[str, Any]:
     recipe = _recipe(size)
     started = time.perf_counter()
-    splits = generate_splits(seed, recipe.sizes)
-    for skill, items in splits.eval.items():
-        _write_items(tmp / "eval" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "answer", "reference"))
-    for skill, items in splits.train.items():
-        _write_items(tmp / "train" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "reference"))
-    _write_items(tmp / "corpus.jsonl", splits.corpus, ("id", "skill", "prompt", "reference"))
+    order = sorted(range(len(recipe.sources)), key=lambda n: -_cost(recipe.sources[n]))
+    calls = [(build_source, (recipe.sources[n], n, seed, recipe.sizes, tmp)) for n in order]
 
-    scores: dict[str, dict[str, float]] = {}
-    timings: dict[str, float] = {}
+    def write_splits() -> None:  # in the parent while the children build; each child regenerates its splits
+        splits = generate_splits(seed, recipe.sizes)
+        for skill, items in splits.eval.items():
+            fields = ("id", "skill", "prompt", "answer", "reference")
+            _write_items(tmp / "eval" / f"{skill}.jsonl", items, fields)
+        for skill, items in splits.train.items():
+            _write_items(tmp / "train" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "reference"))
+        _write_items(tmp / "corpus.jsonl", splits.corpus, ("id", "skill", "prompt", "reference"))
+
     with _progress(progress) as bar:
-        for n, src in enumerate(recipe.sources):
-            t0 = time.perf_counter()
-            model_seed = seed * 1000 + n
-            mix = src.shares()
-            tokenizer = train_tokenizer(src, training_texts(splits.train, mix, model_seed))
-            torch.manual_seed(model_seed)
-            model = new_model(src, tokenizer)
-            data: dict[str, list[Example]] = {
-                skill: encode(tokenizer, [(it.prompt, it.reference) for it in items])
-                for skill, items in splits.train.items()
-            }
-            task = bar.add_task(src.name, total=src.steps, info="") if bar else None
-
-            def tick(step: int, loss: float, task: Any = task, last: int = src.steps - 1) -> None:
-                if bar is not None and (step % 10 == 0 or step == last):
-                    bar.update(task, completed=step + 1, info=f"loss {loss:.3f}")
-
-            cfg = PretrainConfig(steps=src.steps, batch_size=src.batch_size, lr=src.lr, seed=model_seed)
-            pretrain(model, data, mix, cfg, pad_id=tokenizer.pad_token_id, on_step=tick)
-            if bar is not None:
-                bar.update(task, info="evaluating")
-            per_doc = evaluate(model, tokenizer, splits.eval)
-            scores[src.name] = {skill: round(sum(v) / len(v), 4) for skill, v in per_doc.items()}
-            if bar is not None:
-                bar.update(task, info=" ".join(f"{s[:4]} {v:.2f}" for s, v in scores[src.name].items()))
-            out = tmp / "models" / src.name
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            timings[src.name] = round(time.perf_counter() - t0, 1)
+        bars = _Bars(bar, recipe.sources)
+        results = run_pinned(
+            calls, jobs, on_event=bars.event, on_result=lambda i, r: bars.result(r), meanwhile=write_splits
+        )
+    built = {r["name"]: r for r in results}
+    names = [s.name for s in recipe.sources]
     return {
         "key": key,
         "size": size,
         "seed": seed,
         "version": VERSION,
         "target": TARGET,
-        "models": [s.name for s in recipe.sources],
+        "models": names,
         "skills": {s.name: s.skill for s in recipe.sources},
         "recipe": {"sizes": asdict(recipe.sizes), "sources": [asdict(s) for s in recipe.sources]},
-        "scores": scores,
-        "timings_s": {**timings, "total": round(time.perf_counter() - started, 1)},
+        "scores": {name: built[name]["scores"] for name in names},
+        "fingerprint": world_fingerprint(tmp, names),
+        "weights_sha256": {name: built[name]["sha256"] for name in names},
+        "built_with": {
+            "libraries": library_versions(),
+            "machine": platform.machine(),
+            "cpu_kernels": {**PINNED_ENV, "aten_capability": results[0]["cpu_capability"], "threads": 1},
+            "processes": min(jobs, len(calls)),
+        },
+        "timings_s": {
+            **{name: built[name]["seconds"] for name in names},
+            "total": round(time.perf_counter() - started, 1),
+        },
     }
 
 
@@ -479,8 +564,13 @@ def build_world(
     cache_dir: Path | None = None,
     progress: bool = True,
     force: bool = False,
+    jobs: int | None = None,
 ) -> World:
-    """Build (or load from the cache) the world for (size, seed). Same seed, same weights and scores."""
+    """Build (or load from the cache) the world for (size, seed). Same seed, same weights and scores.
+
+    Each specialist is built in its own fresh process with pinned CPU kernels (pinned.py), at most `jobs` at
+    a time (default: one per CPU, at most one per specialist); `jobs` changes the time, never the bytes.
+    """
     root = _world_dir(size, seed, cache_dir)
     if not force and (world := load_world(size, seed, cache_dir)) is not None:
         return world
@@ -490,33 +580,86 @@ def build_world(
         for stale in root.parent.glob(f".{root.name}.*.tmp"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root.parent / f".{root.name}.{os.getpid()}.tmp"
-        threads = torch.get_num_threads()
-        # One thread: models this small gain little from intra-op parallelism (and lose much when other
-        # processes share the cores), and a fixed thread count keeps float reductions, hence scores, the same.
-        torch.set_num_threads(1)
-        hf_bars, hf_verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-        hf_logging.disable_progress_bar()  # our own bar (or silence) instead of one per saved file
-        hf_logging.set_verbosity_error()
         try:
-            meta = _build_into(tmp, size, seed, root.name, progress)
+            meta = _build_into(tmp, size, seed, root.name, progress, jobs or available_cpus())
             store.atomic_write_json(tmp / "world.json", meta)
             store.seal(tmp)
             if root.exists():
                 shutil.rmtree(root)
             os.replace(tmp, root)
         finally:
-            torch.set_num_threads(threads)
-            hf_logging.set_verbosity(hf_verbosity)
-            if hf_bars:
-                hf_logging.enable_progress_bar()
             shutil.rmtree(tmp, ignore_errors=True)
     world = load_world(size, seed, cache_dir)
     assert world is not None
     return world
 
 
+# ---------------------------------------------------------------------------------------------- identity
+
+
+def world_fingerprint(root: Path, models: list[str]) -> str:
+    """sha256 over the models' weights: their model.safetensors concatenated in `models` order.
+
+    The same as `cat models/{llama-knowledge,neox-reasoning,gpt2-safety}/model.safetensors | sha256sum`.
+    """
+    digest = hashlib.sha256()
+    for name in models:
+        with open(root / "models" / name / "model.safetensors", "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """The libraries whose code decides the world's bytes besides ours (model code, kernels, BPE training)."""
+    versions = store.package_versions()
+    return {name: versions.get(name) for name in REFERENCE_LIBRARIES}
+
+
+def reference_status(
+    size: str, seed: int, fingerprint: str, libraries: dict[str, str | None]
+) -> dict[str, Any]:
+    """Whether a world with this fingerprint is the reference world of (size, seed), and if not, a likely why."""
+    reference = REFERENCE_WORLDS.get((size, seed))
+    if reference is None:
+        return {
+            "status": "none",
+            "reference": None,
+            "detail": f"no reference recorded for {size} seed {seed}",
+        }
+    if fingerprint == reference:
+        return {"status": "reference", "reference": reference, "detail": "this is the reference world"}
+    others = {k: v for k, v in libraries.items() if v != REFERENCE_LIBRARIES.get(k)}
+    detail = "differs from the reference world"
+    if others:
+        built = ", ".join(f"{k} {v}" for k, v in others.items())
+        wanted = ", ".join(f"{k} {REFERENCE_LIBRARIES[k]}" for k in others)
+        detail += f": built with {built}; the reference holds for {wanted} on x86-64"
+    elif platform.machine() not in ("x86_64", "AMD64"):
+        detail += f": the reference holds on x86-64, this machine is {platform.machine()}"
+    return {"status": "differs", "reference": reference, "detail": detail}
+
+
+def world_identity(root: Path) -> dict[str, Any]:
+    """Which world the folder `root` holds: its fingerprint (from the files), the reference check, the library
+    versions it was built with and its scores. Recorded in every run's manifest.json, printed by `sandbox show`.
+    """
+    meta = json.loads((root / "world.json").read_text())
+    fingerprint = world_fingerprint(root, meta["models"])
+    return {
+        "size": meta["size"],
+        "seed": meta["seed"],
+        "key": meta["key"],
+        "fingerprint": fingerprint,
+        "reference": reference_status(meta["size"], meta["seed"], fingerprint, meta["built_with"]["libraries"]),
+        "built_with": meta["built_with"],
+        "scores": meta["scores"],
+    }
+
+
 def world_summary(world: World) -> dict[str, Any]:
-    """What `harness sandbox show --json` prints: where the world is and each model's score per skill."""
+    """What `harness sandbox show --json` prints: where the world is, which world it is, each model's scores."""
+    identity = world_identity(world.root)
     return {
         "size": world.size,
         "seed": world.seed,
@@ -524,5 +667,8 @@ def world_summary(world: World) -> dict[str, Any]:
         "root": str(world.root),
         "target": world.target,
         "corpus": str(world.corpus_path),
-        "sources": {name: dict(world.scores[name]) for name in world.models},
+        "sources": identity["scores"],
+        "fingerprint": identity["fingerprint"],
+        "reference": identity["reference"],
+        "built_with": identity["built_with"],
     }

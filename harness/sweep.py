@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 
 from harness import distributed, pipeline
 from harness.config import MAX_SEED, Experiment, with_overrides
@@ -47,12 +49,13 @@ class Cell:
 
     @property
     def point(self) -> str:
-        """The grid point as a row label: the method's name, then `field=value` with the last part of each field
-        path (the whole path where two axes end alike); the method alone when nothing is swept."""
-        lasts = [k.rsplit(".", 1)[-1] for k in self.values]
-        parts = [self.exp.method.name] if "method.name" in self.values or not self.values else []
+        """The grid point as a row label: the method's name, its schedule where that is swept, then `field=value`
+        with the last part of each other field path (the whole path where two axes end alike)."""
+        named = ("method.name", "method.schedule.name")  # shown by their values: `profuser reversed`
+        lasts = [k.rsplit(".", 1)[-1] for k in self.values if k not in named]
+        parts = [self.exp.method.name] + ([self.exp.method.schedule.name] if named[1] in self.values else [])
         parts += [f"{k if lasts.count(k.rsplit('.', 1)[-1]) > 1 else k.rsplit('.', 1)[-1]}={_text(v)}"
-                  for k, v in self.values.items() if k != "method.name"]  # fmt: skip
+                  for k, v in self.values.items() if k not in named]  # fmt: skip
         return " ".join(parts)
 
     def describe(self) -> str:
@@ -166,15 +169,15 @@ def print_sweep_plan(p: SweepPlan) -> None:
     console.print(f"[bold]{p.kind}[/bold]: {len(p.cells)} run(s) = {points} grid point(s) × {len(p.seeds)} seed(s) "
                   f"({', '.join(map(str, p.seeds))})")  # fmt: skip
     for key, values in p.axes.items():
-        console.print(f"  grid {key}: {', '.join(map(_text, values))}")
+        console.print(escape(f"  grid {key}: {', '.join(map(_text, values))}"))
     for c in p.cells:
-        console.print(f"  run {c.index + 1}/{len(p.cells)}: {c.describe()}")
-    console.print(f"  folder: {p.folder}/ (runs/, summary.json, tables/, plots/)")
+        console.print(escape(f"  run {c.index + 1}/{len(p.cells)}: {c.describe()}"))
+    console.print(escape(f"  folder: {p.folder}/ (runs/, summary.json, tables/, plots/)"))
     first = p.plans[0]
     for i, stage in enumerate(first.stages, 1):
-        console.print(f"  run 1: {i}. {stage}")
+        console.print(escape(f"  run 1: {i}. {stage}"))
     for note in first.notes:
-        console.print(f"  note: {note}")
+        console.print(escape(f"  note: {note}"))
     console.print("dry run: nothing downloaded or written")
 
 
@@ -192,15 +195,24 @@ def _finished(runs: Path, cell: Cell) -> Path | None:
     return None
 
 
-def _leftovers(runs: Path, cell: Cell) -> list[Path]:
-    """Runs of `cell` that a killed sweep left (status running; the sweep's lock says nobody runs them now)."""
-    from harness.analysis.report import run_status
-
+def _leftovers(runs: Path) -> list[Path]:
+    """Runs a killed sweep left in its runs/ folder: status running, or killed before their manifest was written
+    (the sweep's lock says that nobody runs them now). Failed runs are kept: their manifest says why."""
     if not runs.is_dir():
         return []
-    want = cell.exp.to_yaml()
-    return [d for d in sorted(runs.iterdir()) if (d / "config.yaml").is_file()
-            and (d / "config.yaml").read_text(encoding="utf-8") == want and run_status(d) == "running"]  # fmt: skip
+    out = []
+    for d in sorted(p for p in runs.iterdir() if p.is_dir()):
+        manifest = d / "manifest.json"
+        if not manifest.is_file():
+            out.append(d)
+            continue
+        try:
+            status = json.loads(manifest.read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError):
+            continue  # not ours to judge: left alone
+        if status == "running":
+            out.append(d)
+    return out
 
 
 def _listing(p: SweepPlan, done: dict[int, Path]) -> dict[str, Any]:
@@ -228,17 +240,16 @@ def run_sweep(p: SweepPlan, progress: bool = True) -> Path:
                 if found:
                     done[c.index] = Path(found)
             if main:
+                for old in _leftovers(runs):
+                    console.print(escape(f"removing '{old.name}', a run left unfinished by a killed sweep"))
+                    shutil.rmtree(old)
                 atomic_write_json(p.folder / "sweep.json", _listing(p, done))
             total = len(p.cells)
             for c in p.cells:
                 if c.index in done:
-                    console.print(f"run {c.index + 1}/{total}: {c.describe()}: finished before ({done[c.index].name}), skipped")
+                    console.print(escape(f"run {c.index + 1}/{total}: {c.describe()}: finished before ({done[c.index].name}), skipped"))
                     continue
-                if main:
-                    for old in _leftovers(runs, c):
-                        console.print(f"run {c.index + 1}/{total}: removing '{old.name}', left unfinished by a killed sweep")
-                        shutil.rmtree(old)
-                console.print(f"[bold]run {c.index + 1}/{total}[/bold]: {c.describe()}")
+                console.print(f"[bold]run {c.index + 1}/{total}[/bold]: " + escape(c.describe()))
                 variant = {k: v for k, v in c.values.items() if k not in ("method.name", "method.schedule.name")}
                 done[c.index] = pipeline.run(c.exp, runs, progress, p.plans[c.index], variant or None)
                 if main:
@@ -297,5 +308,5 @@ def write_outputs(p: SweepPlan, done: dict[int, Path]) -> dict[str, Any]:
             plots.plot_ablation(all_runs, p.folder / "plots", p.cells[0].exp.method.name)
     except Exception as exc:  # a figure must never cost the numbers; say so and go on
         console.print(f"[yellow]plots skipped: {exc}[/yellow]")
-    console.print(f"{p.kind}: {len(done)} run(s) in {p.folder}")
+    console.print(escape(f"{p.kind}: {len(done)} run(s) in {p.folder}"))
     return summary

@@ -74,16 +74,21 @@ def test_other_methods_run(method: str, tmp_path: Path, session_cache: Path, mic
 
 
 def test_ablate_runs_each_schedule_and_writes_the_ablation_table(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
-    proc = _harness(["ablate", "--method", "profuser", "--schedule", "progressive,reversed", "--tasks", "sandbox",
-                     "--limit", "4", "--out", "r", "--set", "eval.compare_sources=false", *MICRO],
-                    tmp_path, session_cache, None)  # fmt: skip
+    args = ["ablate", "--method", "profuser", "--schedule", "progressive,reversed", "--tasks", "sandbox", "--limit", "4",
+            "--out", "r", "--set", "eval.compare_sources=false", *MICRO]  # fmt: skip
+    proc = _harness(args, tmp_path, session_cache, None)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = sorted(d for d in (tmp_path / "r").iterdir() if not d.name.startswith("ablation-"))
+    (ablation,) = list((tmp_path / "r").glob("ablation-*/"))
+    runs = sorted((ablation / "runs").iterdir())
     schedules = [json.loads((d / "summary.json").read_text())["schedule"] for d in runs]
     assert sorted(schedules) == ["progressive", "reversed"]
     keys = [json.loads((d / "manifest.json").read_text())["cache_keys"] for d in runs]
     assert keys[0]["signals.training"] == keys[1]["signals.training"] and keys[0]["train"] != keys[1]["train"]
-    (ablation,) = [d for d in (tmp_path / "r").iterdir() if d.name.startswith("ablation-")]
     table = (ablation / "ablation.md").read_text()
     assert "progressive" in table and "reversed" in table
     assert sorted(Path(p).name for p in json.loads((ablation / "runs.json").read_text())) == [d.name for d in runs]
+    assert "run 1/2: method.schedule.name=progressive seed 0" in proc.stderr
+    # the same command again resumes: both runs are finished, so nothing runs
+    again = _harness(args, tmp_path, session_cache, None)
+    assert again.returncode == 0 and again.stderr.count("finished before") == 2, again.stderr[-2000:]
+    assert sorted((ablation / "runs").iterdir()) == runs

@@ -3,8 +3,10 @@ selection and the schedule ablation. Each is written as PDF (vector) and PNG by 
 
 Error bars are 95% intervals everywhere: Wilson for binary metrics, ±1.96·stderr for others; for rows that
 average k seeds, ±1.96·sqrt(se_doc² + sd_seed²/k) (document sampling plus seed variation; a t-interval over
-two or three seeds alone would be uselessly wide). Averages over tasks use the normal approximation with the
-tasks treated as independent.
+two or three seeds alone would be uselessly wide), and each seed's value is drawn as a dot on the bar. Averages
+over tasks use the normal approximation with the tasks treated as independent. A sweep's grid figure
+(`plot_grid`) is the exception: its bars are the summary's 95% t-interval over seeds of the gain over the target
+(seed noise on these documents; the seeds are drawn too), the same interval as the sweep's table.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def ablate(
     """Run the schedule variants (each with every seed of `seeds`, else its own seed) one after another, signals
     from the cache after the first, and write the ablation table and figures into their sweep folder (the runs'
     `dir.parent.parent`). Calling it again resumes: finished runs are skipped."""
-    from harness.sweep import plan_points, run_sweep
+    from harness.sweeps import plan_points, run_sweep
 
     points = [({"method.schedule.name": e.method.schedule.name}, e) for e in exps]
     folder = run_sweep(plan_points(points, seeds, Path(out), "ablation"), progress)
@@ -162,7 +162,7 @@ def plan_sweep(
 ) -> Any:
     """Validate every cell of grid × seeds (`exp` with each cell's values, e.g. {"method.name": ["profuser",
     "fusellm"], "method.schedule.switch": [0.25, 0.5]}); writes nothing. Its cells are what `--dry-run` prints."""
-    from harness.sweep import plan_sweep as plan_cells
+    from harness.sweeps import plan_sweep as plan_cells
 
     return plan_cells(exp, grid, seeds, Path(out), kind)
 
@@ -174,8 +174,8 @@ def sweep(
     """Run `exp` over every cell of grid × seeds (cached stages shared), then write one summary (per-seed values,
     mean and 95% t-interval, seed-aware tests against the unfused target), one table and the grid's figures.
     The folder is named by the cells, so calling it again resumes: finished cells are skipped."""
-    from harness.sweep import plan_sweep as plan_cells
-    from harness.sweep import run_sweep
+    from harness.sweeps import plan_sweep as plan_cells
+    from harness.sweeps import run_sweep
 
     return load_sweep(run_sweep(plan_cells(exp, grid, seeds, Path(out), kind), progress))
 

@@ -278,7 +278,7 @@ def _sweep(
 ) -> None:
     """A sweep from the command line: every cell planned first (`--dry-run` prints them), then one api call."""
     from harness import api, distributed
-    from harness.sweep import print_sweep_plan
+    from harness.sweeps import print_sweep_plan
 
     plan = api.plan_sweep(exp, grid, seeds, out, kind=kind)  # type: ignore[arg-type]
     if dry_run:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from harness.analysis.report import (
     build_ablation_table,
@@ -251,17 +252,23 @@ def test_columns_are_tasks_grouped_by_category_then_averages(runs: dict[str, Pat
     assert base.cells["arith_gsm"].value == summary["baseline"]["arith_gsm"]["value"]
 
 
-def test_seed_replicates_become_one_row_with_mean_and_sd(runs: dict[str, Path]) -> None:
+def test_seed_replicates_become_one_row_with_mean_and_t_interval(runs: dict[str, Path]) -> None:
     table = build_table([runs["progressive"], runs["progressive-s1"]])
     method_rows = [r for r in table.rows if r.kind == "method"]
     assert len(method_rows) == 1 and method_rows[0].label == "profuser"
     vals = [_summary(runs[k])["tasks"]["refusal"]["value"] for k in ("progressive", "progressive-s1")]
     cell = method_rows[0].cells["refusal"]
-    assert cell.n_seeds == 2
+    assert cell.n_seeds == 2 and cell.seeds == tuple(vals)
     assert cell.value == pytest.approx(np.mean(vals)) and cell.sd == pytest.approx(np.std(vals, ddof=1))
+    ci = sps.ttest_1samp(vals, 0.0).confidence_interval(0.95)
+    assert cell.ci == pytest.approx((ci.high - ci.low) / 2)  # 12.7 sd / sqrt(2) with two seeds
     md = render(table, "md")
-    sd_text = f"{np.std(vals, ddof=1) * 100:.1f}"
-    assert f"± {sd_text}" in md
+    refusal = [c.key for c in table.columns].index("refusal")
+    shown = _md_rows(md)["profuser"][refusal]
+    assert f"± {(ci.high - ci.low) / 2 * 100:.1f}" in shown
+    assert "95% t-interval over the seeds" in md and "k = 2; with 2 seeds that is ± 9.0·sd" in md
+    frame = pd.read_csv(io.StringIO(render(table, "csv"))).set_index("model")
+    assert frame.loc["profuser", "refusal_ci95"] == pytest.approx(cell.ci, rel=1e-5)
 
 
 def _md_rows(md: str) -> dict[str, list[str]]:

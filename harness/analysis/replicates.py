@@ -1,7 +1,7 @@
 """Seed replicates of a grid point, summarised: per-seed values, their mean and 95% t-interval, and a comparison
 with the unfused target that says whether a difference is beyond document sampling and beyond seed noise.
 
-A sweep (harness/sweep.py) hands over its grid points, each with the run directories of its seeds; everything
+A sweep (harness/sweeps.py) hands over its grid points, each with the run directories of its seeds; everything
 here is read from those runs' summary.json and per-sample files, so a sweep's summary can be recomputed from its
 runs (`summarise_points`). The tests are harness.analysis.stats.compare_over_seeds; docs/statistics.md says why.
 """

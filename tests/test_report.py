@@ -23,7 +23,7 @@ from harness.analysis.report import (
     to_rich,
     write_tables,
 )
-from harness.analysis.stats import compare_runs
+from harness.analysis.stats import compare_runs, holm
 from harness.config import ScheduleSpec
 from harness.errors import HarnessError
 
@@ -560,3 +560,33 @@ def test_holm_across_the_table_adjusts_every_comparison_it_shows(tmp_path: Path)
     assert code == 0 and f"across all {len(family)} comparisons" in out
     code, out = _cli(["report", *map(str, runs), "--holm", "table", "--versus", "profuser:fusellm"])
     assert code == 2 and "--holm" in out
+
+
+def test_a_grid_summary_table_and_figure_from_seed_runs(runs: dict[str, Path], tmp_path: Path) -> None:
+    from harness.analysis.plots import plot_grid
+    from harness.analysis.replicates import summarise_points
+    from harness.analysis.report import build_grid_table
+
+    points = [("profuser progressive", {"method.schedule.name": "progressive"}, [runs["progressive"], runs["progressive-s1"]]),
+              ("profuser linear", {"method.schedule.name": "linear"}, [runs["linear"]])]  # fmt: skip
+    summary = summarise_points(points)
+    prog, lin = summary["points"]
+    s0, s1 = _summary(runs["progressive"]), _summary(runs["progressive-s1"])
+    gain = prog["gain"]["refusal"]["per_seed"]
+    assert gain == pytest.approx({"0": s0["tasks"]["refusal"]["value"] - s0["baseline"]["refusal"]["value"],
+                                  "1": s1["tasks"]["refusal"]["value"] - s1["baseline"]["refusal"]["value"]})  # fmt: skip
+    assert lin["gain"]["refusal"]["ci95"] is None and lin["scores"]["profuser"]["refusal"]["n_seeds"] == 1
+    comps = summary["comparisons"]
+    assert len(comps) == 2 * len(TASKS) and {c["k"] for c in comps if c["point"] == "profuser linear"} == {1}
+    for c in comps:
+        assert c["p_value"] == (c["p_pooled"] if c["k"] == 1 else max(c["p_pooled"], c["p_seeds"]))
+    assert [c["p_adjusted"] for c in comps] == pytest.approx(holm([c["p_value"] for c in comps]))
+
+    marks = {("profuser progressive", "refusal"): 0.001, ("profuser linear", "refusal"): 0.2}
+    table = build_grid_table([(label, dirs) for label, _, dirs in points], "Grid", marks, "the grid's note")
+    assert [r.label for r in table.rows] == ["target-base", *SOURCES, "profuser progressive", "profuser linear"]
+    assert table.rows[-2].cells["refusal"].marker == "‡" and table.rows[-1].cells["refusal"].marker == ""
+    assert table.rows[-2].cells["refusal"].n_seeds == 2 and "the grid's note" in table.notes
+    paths = plot_grid({"axes": {"method.schedule.name": ["progressive", "linear"]}, **summary}, tmp_path)
+    assert sorted(p.name for p in paths) == ["grid_gain.pdf", "grid_gain.png"] and all(p.stat().st_size > 1000 for p in paths)
+    assert plot_grid({"axes": {}, **summary}, tmp_path / "none") == []  # nothing swept: no grid figure

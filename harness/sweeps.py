@@ -9,11 +9,13 @@ evaluations are keyed by their weights, so after the first cell a new seed costs
 The sweep's folder is named by a hash of its cells, so the same command finds it again: a cell whose run finished
 (its manifest says done, its config.yaml is the cell's experiment) is skipped, a killed cell runs again and its
 stages resume from the cache. The folder holds sweep.json (the cells and their runs), runs/<run-id>/ (one run
-directory per cell), summary.json (harness/analysis/replicates.py), tables/grid.{md,tex,csv} and plots/.
+directory per cell), summary.json (harness/analysis/replicates.py), tables/grid.{md,tex,csv}, tables/versus.md
+(the swept methods, else schedules, head to head at each setting of the other grid values) and plots/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -231,7 +233,7 @@ def run_sweep(p: SweepPlan, progress: bool = True) -> Path:
     runs = p.folder / "runs"
     from filelock import Timeout
 
-    lock = locked(p.folder, timeout=0) if main else _nothing()
+    lock = locked(p.folder, timeout=0) if main else contextlib.nullcontext()
     try:
         with lock:
             done: dict[int, Path] = {}
@@ -262,14 +264,6 @@ def run_sweep(p: SweepPlan, progress: bool = True) -> Path:
     return p.folder
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def _groups(p: SweepPlan, done: dict[int, Path]) -> list[tuple[str, dict[str, Any], list[Path]]]:
     """The grid points in order, each with its seeds' run directories."""
     points: dict[str, tuple[dict[str, Any], list[Path]]] = {}
@@ -282,7 +276,7 @@ def write_outputs(p: SweepPlan, done: dict[int, Path]) -> dict[str, Any]:
     """summary.json, the grid's table (md, tex, csv, and on stdout) and its figures; for an ablation also
     ablation.md and runs.json, as `harness ablate` always wrote them."""
     from harness.analysis import plots
-    from harness.analysis.replicates import MARKER_NOTE, summarise_points
+    from harness.analysis.replicates import MARKER_NOTE, render_versus, summarise_points
     from harness.analysis.report import build_ablation_table, build_grid_table, render, to_rich
 
     groups = _groups(p, done)
@@ -296,6 +290,8 @@ def write_outputs(p: SweepPlan, done: dict[int, Path]) -> dict[str, Any]:
     for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
         atomic_write_text(p.folder / "tables" / f"grid.{ext}", render(table, fmt))
     pipeline.table_console().print(to_rich(table))
+    if summary["versus"]:
+        atomic_write_text(p.folder / "tables" / "versus.md", render_versus(summary["versus"]))
     all_runs = [d for _, _, dirs in groups for d in dirs]
     if p.kind == "ablation":
         ablation = build_ablation_table(all_runs, p.cells[0].exp.method.name)

@@ -564,8 +564,9 @@ def test_holm_across_the_table_adjusts_every_comparison_it_shows(tmp_path: Path)
 
 def test_a_grid_summary_table_and_figure_from_seed_runs(runs: dict[str, Path], tmp_path: Path) -> None:
     from harness.analysis.plots import plot_grid
-    from harness.analysis.replicates import summarise_points
+    from harness.analysis.replicates import render_versus, summarise_points
     from harness.analysis.report import build_grid_table
+    from harness.analysis.stats import compare_across_runs
 
     points = [("profuser progressive", {"method.schedule.name": "progressive"}, [runs["progressive"], runs["progressive-s1"]]),
               ("profuser linear", {"method.schedule.name": "linear"}, [runs["linear"]])]  # fmt: skip
@@ -581,6 +582,14 @@ def test_a_grid_summary_table_and_figure_from_seed_runs(runs: dict[str, Path], t
     for c in comps:
         assert c["p_value"] == (c["p_pooled"] if c["k"] == 1 else max(c["p_pooled"], c["p_seeds"]))
     assert [c["p_adjusted"] for c in comps] == pytest.approx(holm([c["p_value"] for c in comps]))
+    # the swept schedules head to head over their common seed: with one seed, the single-run paired test
+    versus = summary["versus"]
+    assert {(v["a"], v["b"], v["k"]) for v in versus} == {("profuser progressive", "profuser linear", 1)}
+    tasks = {t: {"metric": m, "binary": b} for t, (_, m, b) in TASKS.items()}
+    single = compare_across_runs((runs["progressive"], "profuser"), (runs["linear"], "profuser"), tasks)
+    assert [v["p_pooled"] for v in versus] == pytest.approx([c["p_value"] for c in single])
+    assert [v["delta"] for v in versus] == pytest.approx([c["delta"] for c in single])
+    assert "| profuser progressive | profuser linear | refusal | 1 |" in render_versus(versus)
 
     marks = {("profuser progressive", "refusal"): 0.001, ("profuser linear", "refusal"): 0.2}
     table = build_grid_table([(label, dirs) for label, _, dirs in points], "Grid", marks, "the grid's note")

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy import stats as sps
+from test_robustness import _kill_when  # tests/ is on sys.path (rootdir-relative)
 
 import harness
 from harness.analysis.replicates import summarise_points
@@ -87,20 +86,6 @@ def test_run_with_seeds_shares_signals_and_summarises_over_seeds(tmp_path: Path,
     report = _harness(["report", str(folder)], tmp_path, session_cache)
     assert report.returncode == 0, report.stderr
     assert "| profuser |" in report.stdout and report.stdout.count("±") >= 4
-
-
-def _kill_when(proc: subprocess.Popen[str], ready, timeout: float = 600) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("the sweep never reached its second run")
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@ runs (`summarise_points`). The tests are harness.analysis.stats.compare_over_see
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -73,16 +75,34 @@ def _point_scores(summaries: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {"scores": scores, "gain": gain}
 
 
+def _tests(a: str, b: str, task: str, info: dict[str, Any], runs: dict[Any, tuple[Path, Path]], seed: int) -> dict[str, Any]:
+    """compare_over_seeds of label `a` against label `b` on `task`; `runs`: seed -> (a's run, b's run)."""
+    seeds = list(runs)
+    pairs = [(load_samples(ra, a, task, info["metric"]), load_samples(rb, b, task, info["metric"])) for ra, rb in runs.values()]
+    binary = bool(info.get("binary", all(v in (0.0, 1.0) for x, y in pairs for v in (*x.values(), *y.values()))))
+    comp = asdict(compare_over_seeds(pairs, binary, seed=seed))
+    comp["per_seed"] = {str(s): v for s, v in zip(seeds, comp["per_seed"], strict=True)}
+    return {**comp, "interval": "t-over-seeds" if comp["ci_low"] is not None else None}
+
+
+def versus_axis(axes: dict[str, Any]) -> str | None:
+    """The grid field whose values are compared head to head: the method if it is swept, else the schedule."""
+    return next((k for k in ("method.name", "method.schedule.name") if len(axes.get(k) or []) > 1), None)
+
+
 def summarise_points(points: Sequence[Point], *, seed: int = 0) -> dict[str, Any]:
-    """The `points` and `comparisons` of a sweep's summary.json.
+    """The `points`, `comparisons` and `versus` of a sweep's summary.json.
 
     points: each grid point's label, grid values, runs by seed, scores (label -> task -> per-seed values, mean,
     sd, ci95) and `gain` (the method minus target-base, per seed, with its t-interval). comparisons: each point's
     method against target-base on each task, over its seeds (`compare_over_seeds`), Holm-adjusted across every
-    comparison of the sweep on `p_value`. `seed` drives the Monte Carlo permutation tests of continuous metrics.
+    comparison of the sweep on `p_value`. versus: where the grid sweeps the method (else the schedule), every two
+    points that differ only in it, head to head on each task over their common seeds, Holm-adjusted across
+    `versus`. `seed` drives the Monte Carlo permutation tests of continuous metrics.
     """
     out_points: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    by_seed: dict[str, dict[Any, Path]] = {}
     for label, values, dirs in points:
         summaries = {}
         for d in dirs:
@@ -91,26 +111,75 @@ def summarise_points(points: Sequence[Point], *, seed: int = 0) -> dict[str, Any
                 raise HarnessError(f"grid point '{label}' has seed {s['seed']} twice", "report")
             summaries[s["seed"]] = s
         runs = {str(k): Path(d).name for k, d in zip(summaries, dirs, strict=True)}
+        by_seed[label] = {k: Path(d) for k, d in zip(summaries, dirs, strict=True)}
         first = next(iter(summaries.values()))
         out_points.append({"label": label, "values": values, "method": first["method"],
                            "schedule": first.get("schedule"), "runs": runs, **_point_scores(summaries)})  # fmt: skip
         method = first["method"]
         for task, info in first["tasks"].items():
-            pairs = [(load_samples(Path(d), method, task, info["metric"]),
-                      load_samples(Path(d), BASELINE_LABEL, task, info["metric"])) for d in dirs]  # fmt: skip
-            binary = bool(info.get("binary", all(v in (0.0, 1.0) for a, b in pairs for v in (*a.values(), *b.values()))))
-            comp = asdict(compare_over_seeds(pairs, binary, seed=seed))
-            comp["per_seed"] = {str(s): v for s, v in zip(summaries, comp["per_seed"], strict=True)}
-            rows.append({"point": label, "task": task, "a": method, "b": BASELINE_LABEL, **comp,
-                         "interval": "t-over-seeds" if comp["ci_low"] is not None else None})  # fmt: skip
+            same = {s: (d, d) for s, d in by_seed[label].items()}  # both labels in each seed's run
+            rows.append({"point": label, "task": task, "a": method, "b": BASELINE_LABEL,
+                         **_tests(method, BASELINE_LABEL, task, info, same, seed)})
     for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_adjusted"] = p_adj
-    return {"points": out_points, "comparisons": rows}
+    return {"points": out_points, "comparisons": rows, "versus": _versus(out_points, by_seed, seed)}
+
+
+def _versus(points: list[dict[str, Any]], by_seed: dict[str, dict[Any, Path]], seed: int) -> list[dict[str, Any]]:
+    """Head to head across the method (else the schedule) at each setting of the other grid values."""
+    axes: dict[str, list[Any]] = {}
+    for p in points:
+        for k, v in p["values"].items():
+            axes.setdefault(k, []).append(v)
+    axis = versus_axis({k: list(dict.fromkeys(map(str, vs))) for k, vs in axes.items()})
+    if axis is None:
+        return []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        rest = {k: v for k, v in p["values"].items() if k != axis}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(p)
+    rows: list[dict[str, Any]] = []
+    for members in groups.values():
+        for pa, pb in itertools.combinations(members, 2):
+            seeds = [s for s in by_seed[pa["label"]] if s in by_seed[pb["label"]]]
+            if not seeds:
+                continue
+            first_a = load_summary(by_seed[pa["label"]][seeds[0]])
+            first_b = load_summary(by_seed[pb["label"]][seeds[0]])
+            for task, info in first_a["tasks"].items():
+                if task not in first_b["tasks"]:
+                    continue
+                runs = {s: (by_seed[pa["label"]][s], by_seed[pb["label"]][s]) for s in seeds}
+                rows.append({"a": pa["label"], "b": pb["label"], "task": task,
+                             **_tests(pa["method"], pb["method"], task, info, runs, seed)})
+    for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_adjusted"] = p_adj
+    return rows
 
 
 MARKER_NOTE = (
     "† p_adj < 0.05, ‡ p_adj < 0.01 vs target-base over the point's seeds: both the test over documents (the "
     "per-document differences summed over seeds: exact sign test for binary metrics, sign-flip permutation "
     "otherwise) and the paired t-test over the seeds must reject (the larger p), Holm-corrected across every "
-    "point × task of the sweep (docs/statistics.md). With fewer than 3 seeds the t-test can hardly reject."
+    "point × task of the sweep (docs/statistics.md); with one seed the test over documents alone. With fewer than "
+    "3 seeds the t-test can hardly reject."
 )
+
+
+def render_versus(rows: Sequence[dict[str, Any]]) -> str:
+    """A sweep's head-to-head rows as Markdown: difference in points, its t-interval over seeds, both tests."""
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:+.1f}"
+
+    lines = ["| a | b | task | seeds | Δ (points) | 95% t-interval | p documents | p seeds | p_adj |",
+             "|:--|:--|:--|--:|--:|:--|--:|--:|--:|"]  # fmt: skip
+    for r in rows:
+        ci = "–" if r["ci_low"] is None else f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]"
+        p_seeds = "–" if r["p_seeds"] is None else f"{r['p_seeds']:.2g}"
+        lines.append(f"| {r['a']} | {r['b']} | {r['task']} | {r['k']} | {pct(r['delta'])} | {ci} | "
+                     f"{r['p_pooled']:.2g} | {p_seeds} | {r['p_adjusted']:.2g} |")  # fmt: skip
+    lines += ["", "a − b over their common seeds, paired by seed on the same documents. p documents: the per-document "
+              "differences summed over seeds (exact sign test for binary metrics, sign-flip permutation otherwise); "
+              "p seeds: paired t-test of the per-seed differences; p_adj: Holm over this table of the larger of the "
+              "two (docs/statistics.md). The t-interval is over seeds, for these documents."]  # fmt: skip
+    return "\n".join(lines) + "\n"

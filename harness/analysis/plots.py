@@ -165,7 +165,8 @@ def plot_grid(summary: dict[str, Any], out_dir: Path, stem: str = "grid_gain") -
     panels = ["avg"] + sorted({k for pt in points for k in pt["gain"] if k.startswith("avg_")})
     lines: dict[str, list[dict[str, Any]]] = {}
     for pt in points:
-        rest = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in pt["values"].items() if k != x_key)
+        rest = " ".join(str(v) if k in ("method.name", "method.schedule.name") else f"{k.rsplit('.', 1)[-1]}={v}"
+                        for k, v in pt["values"].items() if k != x_key)  # fmt: skip
         lines.setdefault(rest or pt["method"], []).append(pt)
     colors = ps.colors(lines)
     span = (max(xpos.values()) - min(xpos.values())) or 1.0

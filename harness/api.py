@@ -8,6 +8,8 @@ command line with the same settings take the same code path and give the same ru
     fused = harness.run(exp)                                  # a Run: its folder, summary and scores
     base = harness.evaluate("smollm2-135m-instruct", ["hellaswag"], limit=50)
     print(harness.compare([fused, base]))                     # one significance-marked table
+    grid = harness.sweep(exp, {"method.name": ["profuser", "fusellm"]}, seeds=[0, 1, 2])  # resumable
+    print(grid.table())                                       # mean ± 95% t-interval over seeds
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.config import SCHEDULES, Experiment, SandboxSpec, load_experiment
 from harness.errors import HarnessError
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "ablate", "compare", "evaluate", "finished", "load_experiment", "load_run", "plan",
-           "run", "schedule_variants", "verify", "versus"]  # fmt: skip
+__all__ = ["Experiment", "Run", "Sweep", "ablate", "compare", "evaluate", "finished", "load_experiment", "load_run",
+           "load_sweep", "plan", "plan_sweep", "run", "schedule_variants", "sweep", "verify", "versus"]  # fmt: skip
 
 
 @dataclass
@@ -59,6 +61,36 @@ class Run:
 
     def table(self, fmt: str = "md") -> str:
         return compare([self], fmt)
+
+
+@dataclass
+class Sweep:
+    """A finished sweep folder (`sweep`, `run --seeds`, `ablate`): its summary (per grid point and seed, with
+    seed-aware comparisons), its grid table and the runs of its cells."""
+
+    dir: Path
+    summary: dict[str, Any] = field(repr=False)
+    runs: list[Run] = field(repr=False)
+
+    def table(self, fmt: str = "md") -> str:
+        """The grid's table as written: md, latex or csv (mean ± half-width of the 95% t-interval over seeds)."""
+        from harness.analysis.report import FORMATS
+
+        kind = FORMATS.get(fmt.lower())
+        if kind is None:
+            raise HarnessError(f"unknown table format '{fmt}'; choose md, latex or csv", "api")
+        ext = {"md": "md", "latex": "tex", "csv": "csv"}[kind]
+        return (self.dir / "tables" / f"grid.{ext}").read_text(encoding="utf-8")
+
+
+def load_sweep(path: PathLike) -> Sweep:
+    """A sweep folder written by `sweep`, `run --seeds` or `ablate` (here or by the CLI)."""
+    from harness.analysis.report import expand_sweeps, read_json_file
+
+    folder = Path(path)
+    if not (folder / "summary.json").is_file() or not (folder / "sweep.json").is_file():
+        raise HarnessError(f"'{folder}' is not a finished sweep (no summary.json and sweep.json)", "api")
+    return Sweep(folder, read_json_file(folder / "summary.json"), [load_run(d) for d in expand_sweeps([folder])])
 
 
 def load_run(path: PathLike) -> Run:
@@ -111,12 +143,41 @@ def run(exp: Experiment, out: PathLike = "results", *, progress: bool = True) ->
     return load_run(pipeline.run(exp, Path(out), progress=progress))
 
 
-def ablate(exps: Sequence[Experiment], out: PathLike = "results", *, progress: bool = True) -> list[Run]:
-    """Run the variants one after another (signals come from the cache after the first) and write the ablation
-    table and figure beside them."""
-    from harness import pipeline
+def ablate(
+    exps: Sequence[Experiment], out: PathLike = "results", *, seeds: Sequence[int] | None = None, progress: bool = True
+) -> list[Run]:
+    """Run the schedule variants (each with every seed of `seeds`, else its own seed) one after another, signals
+    from the cache after the first, and write the ablation table and figures into their sweep folder (the runs'
+    `dir.parent.parent`). Calling it again resumes: finished runs are skipped."""
+    from harness.sweeps import plan_points, run_sweep
 
-    return [load_run(d) for d in pipeline.ablate(list(exps), Path(out), progress=progress)]
+    points = [({"method.schedule.name": e.method.schedule.name}, e) for e in exps]
+    folder = run_sweep(plan_points(points, seeds, Path(out), "ablation"), progress)
+    return load_sweep(folder).runs
+
+
+def plan_sweep(
+    exp: Experiment, grid: dict[str, Sequence[Any]] | None = None, seeds: Sequence[int] | None = None,
+    out: PathLike = "results", *, kind: Literal["sweep", "seeds", "ablation"] = "sweep",
+) -> Any:
+    """Validate every cell of grid × seeds (`exp` with each cell's values, e.g. {"method.name": ["profuser",
+    "fusellm"], "method.schedule.switch": [0.25, 0.5]}); writes nothing. Its cells are what `--dry-run` prints."""
+    from harness.sweeps import plan_sweep as plan_cells
+
+    return plan_cells(exp, grid, seeds, Path(out), kind)
+
+
+def sweep(
+    exp: Experiment, grid: dict[str, Sequence[Any]] | None = None, seeds: Sequence[int] | None = None,
+    out: PathLike = "results", *, kind: Literal["sweep", "seeds", "ablation"] = "sweep", progress: bool = True,
+) -> Sweep:
+    """Run `exp` over every cell of grid × seeds (cached stages shared), then write one summary (per-seed values,
+    mean and 95% t-interval, seed-aware tests against the unfused target), one table and the grid's figures.
+    The folder is named by the cells, so calling it again resumes: finished cells are skipped."""
+    from harness.sweeps import plan_sweep as plan_cells
+    from harness.sweeps import run_sweep
+
+    return load_sweep(run_sweep(plan_cells(exp, grid, seeds, Path(out), kind), progress))
 
 
 def schedule_variants(exp: Experiment, schedules: Sequence[str] = SCHEDULES) -> list[Experiment]:

@@ -44,6 +44,59 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, Any]:
     return found
 
 
+def _parse_seeds(text: str | None, seed: int | None) -> list[int] | None:
+    """`--seeds 0,1,2` as whole numbers (checked in range by the sweep's plan); not together with --seed."""
+    if text is None:
+        return None
+    if seed is not None:
+        raise HarnessError("give --seed or --seeds, not both", "cli")
+    seeds = []
+    for item in _csv(text) or []:
+        try:
+            seeds.append(int(item))
+        except ValueError:
+            raise HarnessError(f"--seeds expects whole numbers like 0,1,2, got '{item}'", "cli") from None
+    return seeds
+
+
+def _split_values(raw: str) -> list[str]:
+    """`a,b,[c,d]` -> ['a', 'b', '[c,d]']: commas inside brackets or braces belong to one YAML value."""
+    parts, depth, current = [], 0, ""
+    for ch in raw:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
+
+
+def _parse_grid(pairs: tuple[str, ...]) -> dict[str, list[Any]]:
+    """`--grid method.schedule.switch=0.25,0.5` per axis; each value parsed as YAML like --set's."""
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise HarnessError(f"--grid expects KEY=V1,V2,..., got '{pair}'", "cli")
+        if key in grid:
+            raise HarnessError(f"--grid {key} is given twice; list all its values in one --grid", "cli")
+        values = []
+        for item in _split_values(raw):
+            if not item.strip():
+                raise HarnessError(f"--grid {key}: an empty value in '{raw}'", "cli")
+            try:
+                values.append(yaml.safe_load(item))
+            except yaml.YAMLError:
+                raise HarnessError(f"--grid {key}: value '{item}' does not parse", "cli") from None
+        grid[key] = values
+    return grid
+
+
 def _experiment_overrides(
     method: str | None,
     schedule: str | None,
@@ -162,8 +215,15 @@ def _apply(options: list[Any]) -> Any:
     return wrap
 
 
+_seeds_option = click.option(
+    "--seeds", default=None, metavar="0,1,2",
+    help="Run once per seed (cached signals shared) and write a summary over the seeds; resumes when run again.",
+)
+
+
 @main.command()
 @_apply(_run_options)
+@_seeds_option
 @click.option("--dry-run", is_flag=True, help="Validate the experiment and print the plan with each model's rendering of the first training example; download no weights, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(
@@ -179,6 +239,7 @@ def run(
     lora: str | None,
     num_processes: int,
     accelerate_config: str | None,
+    seeds: str | None,
     dry_run: bool,
     quiet: bool,
 ) -> None:
@@ -191,10 +252,15 @@ def run(
       harness run -m profuser --schedule linear -t sandbox --set train.epochs=3
       harness run --preset paper --dry-run
       harness run -m profuser -t sandbox --num-processes 8 --accelerate-config fsdp
+      harness run -m fusellm -t sandbox --seeds 0,1,2
     """
     from harness import api, distributed, pipeline
 
+    seed_list = _parse_seeds(seeds, seed)
     exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets, lora))
+    if seed_list is not None:
+        _sweep(exp, {}, seed_list, out, "seeds", num_processes, accelerate_config, dry_run, quiet)
+        return
     plan = api.plan(exp, out)
     if dry_run:
         pipeline.print_plan(plan, out)
@@ -206,8 +272,73 @@ def run(
         click.echo(f"run directory: {result.dir}")
 
 
+def _sweep(
+    exp: Any, grid: dict[str, list[Any]], seeds: list[int] | None, out: str, kind: str, num_processes: int,
+    accelerate_config: str | None, dry_run: bool, quiet: bool,
+) -> None:
+    """A sweep from the command line: every cell planned first (`--dry-run` prints them), then one api call."""
+    from harness import api, distributed
+    from harness.sweeps import print_sweep_plan
+
+    plan = api.plan_sweep(exp, grid, seeds, out, kind=kind)  # type: ignore[arg-type]
+    if dry_run:
+        print_sweep_plan(plan)
+        return
+    if _launch_elsewhere(num_processes, accelerate_config):
+        return
+    result = api.sweep(exp, grid, seeds, out, kind=kind, progress=not quiet)  # type: ignore[arg-type]
+    if distributed.is_main():
+        click.echo(f"{kind} folder: {result.dir}")
+        click.echo(f"{kind} runs: " + " ".join(str(r.dir) for r in result.runs))
+
+
 @main.command()
 @_apply(_run_options)
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="A config field and its values (repeat for more axes); every combination is run.")
+@_seeds_option
+@click.option("--dry-run", is_flag=True, help="Validate every cell and print them; run nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def sweep(
+    method: str | None,
+    tasks: str | None,
+    preset: str,
+    schedule: str | None,
+    seed: int | None,
+    limit: int | None,
+    out: str,
+    data_dir: str | None,
+    sets: tuple[str, ...],
+    lora: str | None,
+    num_processes: int,
+    accelerate_config: str | None,
+    grid: tuple[str, ...],
+    seeds: str | None,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """Run a grid over any config fields × seeds, sharing every cached stage; one table and figure per grid.
+
+    Progress is one line per run; run the same command again to resume a killed sweep (finished runs are
+    skipped). Every cell is validated before the first one runs.
+
+    \b
+    Examples:
+      harness sweep --grid method.name=profuser,fusellm --grid method.schedule.switch=0.25,0.5,0.75 --seeds 0,1,2
+      harness sweep -t sandbox --grid train.lr=1e-5,5e-5 --seeds 0,1 --dry-run
+    """
+    seed_list = _parse_seeds(seeds, seed)
+    axes = _parse_grid(grid)
+    if not axes and seed_list is None:
+        raise HarnessError("a sweep needs --grid KEY=V1,V2 and/or --seeds", "cli")
+    exp = load_experiment(preset, _experiment_overrides(method, schedule, tasks, seed, limit, data_dir, sets, lora))
+    _sweep(exp, axes, seed_list, out, "sweep", num_processes, accelerate_config, dry_run, quiet)
+
+
+@main.command()
+@_apply(_run_options)
+@_seeds_option
+@click.option("--dry-run", is_flag=True, help="Validate every variant and print the runs; run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def ablate(
     method: str | None,
@@ -222,33 +353,27 @@ def ablate(
     lora: str | None,
     num_processes: int,
     accelerate_config: str | None,
+    seeds: str | None,
+    dry_run: bool,
     quiet: bool,
 ) -> None:
     """Run one method under several schedules (reusing cached signals), then write the ablation table and plot.
 
-    \b
-    Example:
-      harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
-    """
-    from harness import api
+    Runs the same way as `harness sweep --grid method.schedule.name=...`: resumable, one line per run.
 
+    \b
+    Examples:
+      harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
+      harness ablate -t sandbox --seeds 0,1,2
+    """
     names = _csv(schedule) if schedule else list(SCHEDULES)
     for name in names or []:
         if name not in SCHEDULES:
             raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULES)}", "cli")
-    exps = [
-        load_experiment(preset, _experiment_overrides(method or "profuser", name, tasks, seed, limit, data_dir, sets, lora))
-        for name in names or []
-    ]
-    for exp in exps:  # every variant is checked before any process starts
-        api.plan(exp, out)
-    if _launch_elsewhere(num_processes, accelerate_config):
-        return
-    from harness import distributed
-
-    runs = api.ablate(exps, out, progress=not quiet)
-    if distributed.is_main():
-        click.echo("ablation runs: " + " ".join(str(r.dir) for r in runs))
+    seed_list = _parse_seeds(seeds, seed)
+    exp = load_experiment(preset, _experiment_overrides(method or "profuser", None, tasks, seed, limit, data_dir, sets, lora))
+    _sweep(exp, {"method.schedule.name": list(names or [])}, seed_list, out, "ablation", num_processes,
+           accelerate_config, dry_run, quiet)  # fmt: skip
 
 
 # `--schedule` of ablate takes a list, so it is redefined as a plain string option.

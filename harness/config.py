@@ -341,6 +341,21 @@ def format_validation_error(exc: ValidationError) -> str:
     return f"{loc}: {msg}{extra}{tail}" if loc else f"{msg}{tail}"
 
 
+def with_overrides(exp: Experiment, overrides: dict[str, Any], where: str = "config") -> Experiment:
+    """A validated copy of `exp` with dotted-key overrides applied (`--grid` cells, seeds); `exp` is left alone.
+    A bad field or value is a one-line HarnessError that starts with `where`."""
+    data = exp.model_dump()
+    for key, value in overrides.items():
+        try:
+            _set_dotted(data, key, value)
+        except HarnessError as exc:
+            raise HarnessError(f"{where}: {exc}", "config") from None
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as exc:
+        raise HarnessError(f"{where}: {format_validation_error(exc)}", "config") from None
+
+
 def load_experiment(preset: str = "sandbox", overrides: dict[str, Any] | None = None) -> Experiment:
     """Preset (name or YAML file) + dotted-key overrides -> validated Experiment, or a one-line HarnessError."""
     label, data = _read_preset(preset)

@@ -454,7 +454,10 @@ def _score_dict(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t: s.summary() for t, s in scores.items()}
 
 
-def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]], label: str, manifest: Manifest) -> dict[str, Any]:
+def _summary(
+    exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]], label: str, manifest: Manifest,
+    variant: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from harness.analysis.stats import compare_runs
 
     summary: dict[str, Any] = {
@@ -463,6 +466,7 @@ def _summary(exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]],
         "schedule": exp.method.schedule.name,
         "preset": exp.preset,
         "seed": exp.seed,
+        **({"variant": variant} if variant else {}),  # the grid values of a sweep's cell, besides method and schedule
         "models": {"target": exp.target.name, "sources": [s.name for s in exp.sources]},
         "tasks": _score_dict(results[label]),
         "baseline": _score_dict(results["target-base"]),
@@ -488,14 +492,14 @@ def _report(run_dir: Path, progress: bool) -> None:
     from harness.analysis.report import build_table, to_rich, write_tables
 
     write_tables([run_dir], run_dir / "tables")
-    _table_console().print(to_rich(build_table([run_dir])))
+    table_console().print(to_rich(build_table([run_dir])))
     try:
         make_plots([run_dir], run_dir / "plots")
     except Exception as exc:  # a figure must never cost the numbers; say so and go on
         console.print(f"[yellow]plots skipped: {exc}[/yellow]")
 
 
-def _table_console() -> Console:
+def table_console() -> Console:
     """Tables go to stdout, never truncated: piped output (logs, CI) gets a wide console instead of 80 columns."""
     import sys
 
@@ -519,8 +523,12 @@ def _start_run(exp: Experiment, out: Path) -> tuple[Path, Manifest]:
     return run_dir, Manifest(run_dir, exp.seed, write=main)
 
 
-def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | None = None) -> Path:
-    """One fusion experiment end to end; returns the run directory."""
+def run(
+    exp: Experiment, out: Path, progress: bool = True, validated: Plan | None = None,
+    variant: dict[str, Any] | None = None,
+) -> Path:
+    """One fusion experiment end to end; returns the run directory. `variant`: the grid values that set this run
+    apart from the other cells of a sweep (recorded in its summary, so tables keep the cells apart)."""
     plan_ = validated or plan(exp, out)
     console.quiet = not distributed.is_main()  # one process speaks for a multi-process run
     for note in plan_.notes:
@@ -543,7 +551,7 @@ def run(exp: Experiment, out: Path, progress: bool = True, validated: Plan | Non
         models[exp.method.name] = ResolvedModel(str(fused))
         results = _evaluate(exp, plan_, models, prepared.sandbox_root, run_dir, manifest, progress)
         if distributed.is_main():
-            _summary(exp, run_dir, results, exp.method.name, manifest)
+            _summary(exp, run_dir, results, exp.method.name, manifest, variant)
             _report(run_dir, progress)
             _seal_run(run_dir, manifest)
         distributed.barrier()  # the others leave only once the summary exists
@@ -565,26 +573,6 @@ class manifest_ctx:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.manifest.finish(exc if exc_type else None)
-
-
-def ablate(exps: list[Experiment], out: Path, progress: bool = True) -> list[Path]:
-    """Run the variants one after another (signals come from the cache after the first), then the ablation outputs."""
-    plans = [plan(e, out) for e in exps]  # validate all before running any
-    run_dirs = [run(e, out, progress, p) for e, p in zip(exps, plans, strict=True)]
-    if not distributed.is_main():
-        return run_dirs
-    from harness.analysis.plots import make_plots
-    from harness.analysis.report import build_ablation_table, render, to_rich
-
-    table = build_ablation_table(run_dirs)
-    text = render(table, "md")
-    ablation_dir = run_dirs[-1].parent / f"ablation-{run_dirs[0].name}"
-    ablation_dir.mkdir(exist_ok=True)
-    atomic_write_text(ablation_dir / "ablation.md", text)
-    atomic_write_json(ablation_dir / "runs.json", [str(d) for d in run_dirs])
-    _table_console().print(to_rich(table))
-    make_plots(run_dirs, ablation_dir / "plots")
-    return run_dirs
 
 
 def _bounded_int(value: Any, what: str, low: int, high: int) -> None:

@@ -62,3 +62,17 @@ def test_schedule_variants_and_evaluate(tmp_path: Path, micro_world) -> None:  #
     base = harness.evaluate("sandbox:gpt2-safety", ["sandbox_safety"], limit=4, out=tmp_path, progress=False,
                             sandbox=SandboxSpec(size="micro"))  # fmt: skip
     assert base.summary["label"] == "sandbox-gpt2-safety" and list(base.scores()) == ["sandbox_safety"]
+
+
+def test_sweep_from_python_over_seeds_and_again_resumes(tmp_path: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    exp = harness.load_experiment("sandbox", {"method.name": "fusellm", **MICRO})
+    grid = harness.sweep(exp, seeds=[0, 1], out=tmp_path, kind="seeds", progress=False)
+    assert grid.dir.name.startswith("seeds-") and [r.summary["seed"] for r in grid.runs] == [0, 1]
+    assert {c["k"] for c in grid.summary["comparisons"]} == {2} and grid.summary["points"][0]["label"] == "fusellm"
+    assert "| fusellm |" in grid.table() and "fusellm" in grid.table("csv")
+    with pytest.raises(HarnessError, match="unknown table format"):
+        grid.table("html")
+    again = harness.sweep(exp, seeds=[0, 1], out=tmp_path, kind="seeds", progress=False)
+    assert again.dir == grid.dir and [r.dir for r in again.runs] == [r.dir for r in grid.runs]
+    with pytest.raises(HarnessError, match="not a finished sweep"):
+        harness.load_sweep(grid.runs[0].dir)

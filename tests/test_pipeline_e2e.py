@@ -95,16 +95,26 @@ def test_other_methods_run(method: str, tmp_path: Path, session_cache: Path, mic
 
 
 def test_ablate_runs_each_schedule_and_writes_the_ablation_table(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
-    proc = _harness(["ablate", "--method", "profuser", "--schedule", "progressive,reversed", "--tasks", "sandbox",
-                     "--limit", "4", "--out", "r", "--set", "eval.compare_sources=false", *MICRO],
-                    tmp_path, session_cache, None)  # fmt: skip
+    args = ["ablate", "--method", "profuser", "--schedule", "progressive,reversed", "--tasks", "sandbox", "--limit", "4",
+            "--seeds", "0,1", "--out", "r", "--set", "eval.compare_sources=false", *MICRO]  # fmt: skip
+    proc = _harness(args, tmp_path, session_cache, None)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = sorted(d for d in (tmp_path / "r").iterdir() if not d.name.startswith("ablation-"))
-    schedules = [json.loads((d / "summary.json").read_text())["schedule"] for d in runs]
-    assert sorted(schedules) == ["progressive", "reversed"]
+    (ablation,) = list((tmp_path / "r").glob("ablation-*/"))
+    runs = sorted((ablation / "runs").iterdir())
+    cells = [json.loads((d / "summary.json").read_text()) for d in runs]
+    assert sorted((s["schedule"], s["seed"]) for s in cells) == [("progressive", 0), ("progressive", 1),
+                                                                 ("reversed", 0), ("reversed", 1)]  # fmt: skip
     keys = [json.loads((d / "manifest.json").read_text())["cache_keys"] for d in runs]
-    assert keys[0]["signals.training"] == keys[1]["signals.training"] and keys[0]["train"] != keys[1]["train"]
-    (ablation,) = [d for d in (tmp_path / "r").iterdir() if d.name.startswith("ablation-")]
+    assert len({k["signals.training"] for k in keys}) == 1 and len({k["train"] for k in keys}) == 4
     table = (ablation / "ablation.md").read_text()
-    assert "progressive" in table and "reversed" in table
+    rows = [line for line in table.splitlines() if line.startswith(("| progressive", "| reversed"))]
+    assert len(rows) == 2 and all("±" in row for row in rows)  # each schedule: mean ± t-interval over 2 seeds
     assert sorted(Path(p).name for p in json.loads((ablation / "runs.json").read_text())) == [d.name for d in runs]
+    assert "run 4/4: method.schedule.name=reversed seed 1" in proc.stderr
+    summary = json.loads((ablation / "summary.json").read_text())
+    assert [p["label"] for p in summary["points"]] == ["profuser progressive", "profuser reversed"]
+    assert (ablation / "plots" / "ablation.png").is_file() and (ablation / "plots" / "grid_gain.png").is_file()
+    # the same command again resumes: every run is finished, so nothing runs
+    again = _harness(args, tmp_path, session_cache, None)
+    assert again.returncode == 0 and again.stderr.count("finished before") == 4, again.stderr[-2000:]
+    assert sorted((ablation / "runs").iterdir()) == runs

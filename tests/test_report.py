@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from harness.analysis.report import (
     build_ablation_table,
@@ -22,7 +23,7 @@ from harness.analysis.report import (
     to_rich,
     write_tables,
 )
-from harness.analysis.stats import compare_runs
+from harness.analysis.stats import compare_runs, holm
 from harness.config import ScheduleSpec
 from harness.errors import HarnessError
 
@@ -251,17 +252,23 @@ def test_columns_are_tasks_grouped_by_category_then_averages(runs: dict[str, Pat
     assert base.cells["arith_gsm"].value == summary["baseline"]["arith_gsm"]["value"]
 
 
-def test_seed_replicates_become_one_row_with_mean_and_sd(runs: dict[str, Path]) -> None:
+def test_seed_replicates_become_one_row_with_mean_and_t_interval(runs: dict[str, Path]) -> None:
     table = build_table([runs["progressive"], runs["progressive-s1"]])
     method_rows = [r for r in table.rows if r.kind == "method"]
     assert len(method_rows) == 1 and method_rows[0].label == "profuser"
     vals = [_summary(runs[k])["tasks"]["refusal"]["value"] for k in ("progressive", "progressive-s1")]
     cell = method_rows[0].cells["refusal"]
-    assert cell.n_seeds == 2
+    assert cell.n_seeds == 2 and cell.seeds == tuple(vals)
     assert cell.value == pytest.approx(np.mean(vals)) and cell.sd == pytest.approx(np.std(vals, ddof=1))
+    ci = sps.ttest_1samp(vals, 0.0).confidence_interval(0.95)
+    assert cell.ci == pytest.approx((ci.high - ci.low) / 2)  # 12.7 sd / sqrt(2) with two seeds
     md = render(table, "md")
-    sd_text = f"{np.std(vals, ddof=1) * 100:.1f}"
-    assert f"± {sd_text}" in md
+    refusal = [c.key for c in table.columns].index("refusal")
+    shown = _md_rows(md)["profuser"][refusal]
+    assert f"± {(ci.high - ci.low) / 2 * 100:.1f}" in shown
+    assert "95% t-interval over the seeds" in md and "k = 2; with 2 seeds that is ± 9.0·sd" in md
+    frame = pd.read_csv(io.StringIO(render(table, "csv"))).set_index("model")
+    assert frame.loc["profuser", "refusal_ci95"] == pytest.approx(cell.ci, rel=1e-5)
 
 
 def _md_rows(md: str) -> dict[str, list[str]]:
@@ -553,3 +560,42 @@ def test_holm_across_the_table_adjusts_every_comparison_it_shows(tmp_path: Path)
     assert code == 0 and f"across all {len(family)} comparisons" in out
     code, out = _cli(["report", *map(str, runs), "--holm", "table", "--versus", "profuser:fusellm"])
     assert code == 2 and "--holm" in out
+
+
+def test_a_grid_summary_table_and_figure_from_seed_runs(runs: dict[str, Path], tmp_path: Path) -> None:
+    from harness.analysis.plots import plot_grid
+    from harness.analysis.replicates import render_versus, summarise_points
+    from harness.analysis.report import build_grid_table
+    from harness.analysis.stats import compare_across_runs
+
+    points = [("profuser progressive", {"method.schedule.name": "progressive"}, [runs["progressive"], runs["progressive-s1"]]),
+              ("profuser linear", {"method.schedule.name": "linear"}, [runs["linear"]])]  # fmt: skip
+    summary = summarise_points(points)
+    prog, lin = summary["points"]
+    s0, s1 = _summary(runs["progressive"]), _summary(runs["progressive-s1"])
+    gain = prog["gain"]["refusal"]["per_seed"]
+    assert gain == pytest.approx({"0": s0["tasks"]["refusal"]["value"] - s0["baseline"]["refusal"]["value"],
+                                  "1": s1["tasks"]["refusal"]["value"] - s1["baseline"]["refusal"]["value"]})  # fmt: skip
+    assert lin["gain"]["refusal"]["ci95"] is None and lin["scores"]["profuser"]["refusal"]["n_seeds"] == 1
+    comps = summary["comparisons"]
+    assert len(comps) == 2 * len(TASKS) and {c["k"] for c in comps if c["point"] == "profuser linear"} == {1}
+    for c in comps:
+        assert c["p_value"] == (c["p_pooled"] if c["k"] == 1 else max(c["p_pooled"], c["p_seeds"]))
+    assert [c["p_adjusted"] for c in comps] == pytest.approx(holm([c["p_value"] for c in comps]))
+    # the swept schedules head to head over their common seed: with one seed, the single-run paired test
+    versus = summary["versus"]
+    assert {(v["a"], v["b"], v["k"]) for v in versus} == {("profuser progressive", "profuser linear", 1)}
+    tasks = {t: {"metric": m, "binary": b} for t, (_, m, b) in TASKS.items()}
+    single = compare_across_runs((runs["progressive"], "profuser"), (runs["linear"], "profuser"), tasks)
+    assert [v["p_pooled"] for v in versus] == pytest.approx([c["p_value"] for c in single])
+    assert [v["delta"] for v in versus] == pytest.approx([c["delta"] for c in single])
+    assert "| profuser progressive | profuser linear | refusal | 1 |" in render_versus(versus)
+
+    marks = {("profuser progressive", "refusal"): 0.001, ("profuser linear", "refusal"): 0.2}
+    table = build_grid_table([(label, dirs) for label, _, dirs in points], "Grid", marks, "the grid's note")
+    assert [r.label for r in table.rows] == ["target-base", *SOURCES, "profuser progressive", "profuser linear"]
+    assert table.rows[-2].cells["refusal"].marker == "‡" and table.rows[-1].cells["refusal"].marker == ""
+    assert table.rows[-2].cells["refusal"].n_seeds == 2 and "the grid's note" in table.notes
+    paths = plot_grid({"axes": {"method.schedule.name": ["progressive", "linear"]}, **summary}, tmp_path)
+    assert sorted(p.name for p in paths) == ["grid_gain.pdf", "grid_gain.png"] and all(p.stat().st_size > 1000 for p in paths)
+    assert plot_grid({"axes": {}, **summary}, tmp_path / "none") == []  # nothing swept: no grid figure

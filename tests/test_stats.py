@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats as sps
+from statsmodels.stats.contingency_tables import StratifiedTable, mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from harness.analysis.stats import (
     bootstrap_ci,
+    compare_over_seeds,
     compare_paired,
     compare_runs,
     compare_seeds,
@@ -21,6 +23,8 @@ from harness.analysis.stats import (
     load_samples,
     seed_summary,
     sign_flip_test,
+    signed_sum_test,
+    t_interval,
 )
 from harness.errors import HarnessError
 
@@ -364,3 +368,105 @@ def test_load_samples_errors_are_one_line_user_errors(tmp_path: Path) -> None:
         load_samples(run, "profuser", "know", "acc")
     with pytest.raises(HarnessError, match="lacks"):
         load_samples(run, "profuser", "know", "f1")
+
+
+# ---------------------------------------------------------------- over seeds (harness sweep, run --seeds)
+
+
+def test_t_interval_over_seeds_matches_scipy() -> None:
+    x = [0.61, 0.58, 0.66]
+    low, high = t_interval(x)  # type: ignore[misc]
+    ci = sps.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    low2, high2 = t_interval([0.5, 0.6])  # type: ignore[misc]
+    assert (high2 - low2) / 2 == pytest.approx(12.7062 * np.std([0.5, 0.6], ddof=1) / math.sqrt(2), rel=1e-4)
+    assert t_interval([0.5]) is None
+
+
+def test_signed_sum_test_is_the_exact_sign_flip_distribution() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(-3, 4, size=12)
+    observed = abs(values.sum())
+    patterns = np.array(list(itertools.product([-1, 1], repeat=values.size)))
+    brute = float(np.mean(np.abs((patterns * np.abs(values)).sum(axis=1)) >= observed))
+    assert signed_sum_test(values) == pytest.approx(brute, abs=1e-12)
+    scipy_p = sps.permutation_test((values.astype(float),), np.sum, permutation_type="samples",
+                                   n_resamples=10**6, alternative="two-sided").pvalue  # exact: 2^12 patterns
+    assert signed_sum_test(values) == pytest.approx(scipy_p, abs=1e-12)
+    # one seed of a binary metric: the exact McNemar test
+    a, b = _binary_pairs(10, 2, 5, 3)
+    assert signed_sum_test(np.array(a) - np.array(b)) == pytest.approx(
+        mcnemar([[5, 10], [2, 3]], exact=True).pvalue, abs=1e-12)  # fmt: skip
+    assert signed_sum_test([0, 0]) == 1.0
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_one_seed_over_seeds_is_the_single_seed_test(binary: bool) -> None:
+    rng = np.random.default_rng(4)
+    a = (rng.random(40) < 0.6).astype(float) if binary else rng.random(40)
+    b = (rng.random(40) < 0.45).astype(float) if binary else rng.random(40)
+    over = compare_over_seeds([(a, b)], binary)
+    single = compare_paired(a, b, binary)
+    assert over.p_pooled == pytest.approx(single.p_value, abs=1e-12) and over.delta == pytest.approx(single.delta)
+    assert over.p_seeds is None and over.ci_low is None and over.p_value == over.p_pooled and over.k == 1
+
+
+def test_over_seeds_pools_documents_and_tests_seeds_like_scipy() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.random(11)
+    seeds = [base + 0.05 + rng.normal(0, 0.1, 11) for _ in range(3)]
+    over = compare_over_seeds([(s, base) for s in seeds], binary=False)
+    per_doc = np.mean([s - base for s in seeds], axis=0)
+    exact = sps.permutation_test((per_doc,), np.mean, permutation_type="samples", n_resamples=10**6,
+                                 alternative="two-sided").pvalue  # fmt: skip
+    assert over.test_pooled == "pooled-permutation-exact" and over.p_pooled == pytest.approx(exact, abs=1e-12)
+    per_seed = [float(np.mean(s - base)) for s in seeds]
+    assert over.per_seed == pytest.approx(per_seed)
+    assert over.p_seeds == pytest.approx(sps.ttest_1samp(per_seed, 0.0).pvalue, rel=1e-9)
+    ci = sps.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
+    assert (over.ci_low, over.ci_high) == pytest.approx((ci.low, ci.high))
+    assert over.p_value == max(over.p_pooled, over.p_seeds)  # type: ignore[type-var]
+
+
+def _cmh_p_over_seed_strata(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Cochran–Mantel–Haenszel as statsmodels computes it, every (seed, document) pair one stratum (the stratified
+    McNemar test): each pair counted as independent of the others."""
+    tables = [np.array([[x, 1 - x], [y, 1 - y]]) for a, b in pairs for x, y in zip(a, b, strict=True) if x != y]
+    return float(StratifiedTable(tables).test_null_odds(correction=False).pvalue)
+
+
+def test_the_same_document_in_k_seeds_is_not_k_independent_pairs() -> None:
+    """Three identical seeds carry the evidence of one: the pooled test says so; CMH over seed strata counts every
+    discordant document three times (docs/statistics.md: why the harness does not use it)."""
+    a, b = (np.array(x) for x in _binary_pairs(6, 1, 20, 13))
+    one = compare_over_seeds([(a, b)], binary=True)
+    three = compare_over_seeds([(a, b)] * 3, binary=True)
+    assert three.p_pooled == pytest.approx(one.p_pooled) and one.p_pooled > 0.1
+    assert _cmh_p_over_seed_strata([(a, b)]) == pytest.approx(
+        mcnemar([[20, 6], [1, 13]], exact=False, correction=False).pvalue)  # fmt: skip
+    assert _cmh_p_over_seed_strata([(a, b)] * 3) < 0.01  # the same data, "significant"
+
+
+def test_the_pooled_test_keeps_its_level_when_seeds_share_documents() -> None:
+    """Under the null with document effects shared by every seed (a document is easy for a or for b, and stays so
+    across seeds), the pooled test rejects about 5% of the time; CMH over seed strata far more often."""
+    rng = np.random.default_rng(6)
+    ours = cmh = 0
+    trials = 300
+    for _ in range(trials):
+        n = 60
+        lean = rng.choice([-0.4, 0.0, 0.4], size=n)  # per document, symmetric: no difference on average
+        b = (rng.random(n) < 0.5).astype(float)
+        pairs = []
+        for _seed in range(3):
+            flip = rng.random(n) < 0.5 + lean  # a is right where it leans, independently per seed
+            pairs.append((np.where(flip, 1.0, 0.0), b))
+        ours += compare_over_seeds(pairs, binary=True).p_pooled < 0.05
+        cmh += _cmh_p_over_seed_strata(pairs) < 0.05
+    assert ours / trials <= 0.08 and cmh / trials > 0.12, (ours, cmh)
+
+
+def test_seeds_on_different_documents_are_an_error() -> None:
+    with pytest.raises(HarnessError, match="different documents"):
+        compare_over_seeds([({"x": 1.0, "y": 0.0}, {"x": 0.0, "y": 0.0}), ({"x": 1.0, "z": 0.0}, {"x": 0.0, "z": 0.0})],
+                           binary=True)  # fmt: skip

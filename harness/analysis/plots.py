@@ -3,8 +3,10 @@ selection and the schedule ablation. Each is written as PDF (vector) and PNG by 
 
 Error bars are 95% intervals everywhere: Wilson for binary metrics, ±1.96·stderr for others; for rows that
 average k seeds, ±1.96·sqrt(se_doc² + sd_seed²/k) (document sampling plus seed variation; a t-interval over
-two or three seeds alone would be uselessly wide). Averages over tasks use the normal approximation with the
-tasks treated as independent.
+two or three seeds alone would be uselessly wide), and each seed's value is drawn as a dot on the bar. Averages
+over tasks use the normal approximation with the tasks treated as independent. A sweep's grid figure
+(`plot_grid`) is the exception: its bars are the summary's 95% t-interval over seeds of the gain over the target
+(seed noise on these documents; the seeds are drawn too), the same interval as the sweep's table.
 """
 
 from __future__ import annotations
@@ -102,11 +104,13 @@ def plot_task_scores(table: Table, out_dir: Path, stem: str = "task_scores") -> 
             cells = [row.cells.get(c.key, Cell(None)) for c in tasks]
             vals = [c.value if c.value is not None else math.nan for c in cells]
             cis = [score_ci(c) for c in cells]
+            centers = x - gap / 2 + width * (j + 0.5)
             ax.bar(
-                x - gap / 2 + width * (j + 0.5), np.array(vals) * scale, width * 0.92, label=row.label,
+                centers, np.array(vals) * scale, width * 0.92, label=row.label,
                 color=colors[row.label], hatch=hatch,
                 edgecolor="white", linewidth=0.3, yerr=_yerr(vals, cis, scale), error_kw=ps.ERRORBAR,
             )  # fmt: skip
+            _seed_points(ax, centers, cells, scale, width)
         ax.set_xticks(x, [c.label for c in tasks], rotation=20 if max(len(c.label) for c in tasks) > 8 else 0,
                       ha="right" if max(len(c.label) for c in tasks) > 8 else "center")  # fmt: skip
         ax.set_ylabel("score (%)" if scale == 100 else "score")
@@ -119,6 +123,83 @@ def plot_task_scores(table: Table, out_dir: Path, stem: str = "task_scores") -> 
                 ax.text((xs[0] + xs[-1]) / 2, 1.0, cat, transform=ax.get_xaxis_transform(), ha="center",
                         va="bottom", fontsize=7, color="#444444", style="italic")  # fmt: skip
         fig.legend(loc="outside lower center", ncols=min(n_rows, 4), handlelength=1.2, columnspacing=1.0)
+        return ps.save(fig, out_dir, stem)
+
+
+def _seed_points(ax: Any, centers: np.ndarray, cells: Sequence[Cell], scale: float, width: float) -> None:
+    """Each seed's value of a seed-averaged bar as a small hollow dot, spread across the bar so equal values show."""
+    for xc, cell in zip(centers, cells, strict=True):
+        if len(cell.seeds) < 2:
+            continue
+        offsets = np.linspace(-0.25, 0.25, len(cell.seeds)) * width
+        ax.scatter(xc + offsets, np.array(cell.seeds) * scale, s=5, facecolors="white", edgecolors="#222222",
+                   linewidths=0.5, zorder=3)  # fmt: skip
+
+
+def _swept_axis(axes: dict[str, list[Any]]) -> str | None:
+    """The axis on the x of the grid figure: the last one whose values are all numbers, else the last one that is
+    not the method (lines are the methods), else the last one."""
+    def numeric(values: list[Any]) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    keys = list(axes)
+    for pick in ([k for k in keys if numeric(axes[k])], [k for k in keys if k != "method.name"], keys):
+        if pick:
+            return pick[-1]
+    return None
+
+
+def plot_grid(summary: dict[str, Any], out_dir: Path, stem: str = "grid_gain") -> list[Path]:
+    """A sweep's gain over the unfused target (method − target-base, percentage points) against the swept value,
+    one line per combination of the other grid values (e.g. per method): the mean over seeds with its 95%
+    t-interval, and each seed as a dot. One panel for the overall average, one per category when there are
+    several. Needs a grid axis; `harness sweep` writes the summary (harness/analysis/replicates.py)."""
+    axes: dict[str, list[Any]] = summary.get("axes") or {}
+    x_key = _swept_axis(axes)
+    points = summary.get("points") or []
+    if x_key is None or not points:
+        return []
+    x_values = axes[x_key]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_values)
+    xpos = {str(v): (float(v) if numeric else float(i)) for i, v in enumerate(x_values)}
+    panels = ["avg"] + sorted({k for pt in points for k in pt["gain"] if k.startswith("avg_")})
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for pt in points:
+        rest = " ".join(str(v) if k in ("method.name", "method.schedule.name") else f"{k.rsplit('.', 1)[-1]}={v}"
+                        for k, v in pt["values"].items() if k != x_key)  # fmt: skip
+        lines.setdefault(rest or pt["method"], []).append(pt)
+    colors = ps.colors(lines)
+    span = (max(xpos.values()) - min(xpos.values())) or 1.0
+    with ps.style():
+        fig, axs = ps.figure(ps.COLUMN_WIDTH if len(panels) == 1 else ps.TEXT_WIDTH, height=2.4, ncols=len(panels),
+                             sharey=True)  # fmt: skip
+        axs = np.atleast_1d(axs)
+        for ax, key in zip(axs, panels, strict=True):
+            ax.axhline(0.0, color=ps.BASELINE_COLOR, linewidth=0.7, linestyle=(0, (3, 2)))
+            for j, (name, pts) in enumerate(lines.items()):
+                shift = (j - (len(lines) - 1) / 2) * 0.012 * span  # lines side by side, not on top of each other
+                got = [(xpos[str(p["values"][x_key])] + shift, p["gain"][key]) for p in pts if key in p["gain"]]
+                if not got:
+                    continue
+                xs = np.array([g[0] for g in got])
+                means = np.array([g[1]["mean"] for g in got]) * 100
+                cis = [g[1]["ci95"] for g in got]
+                err = _yerr(list(means / 100), [None if c is None else (c[0], c[1]) for c in cis], 100)
+                ax.errorbar(xs, means, yerr=err, color=colors[name], marker=ps.MARKERS[j % len(ps.MARKERS)],
+                            markersize=3.5, linewidth=1.1, label=name, linestyle=ps.LINESTYLES[j % len(ps.LINESTYLES)],
+                            elinewidth=0.7, capsize=1.8)  # fmt: skip
+                for xi, g in zip(xs, got, strict=True):
+                    seeds = np.array(list(g[1]["per_seed"].values())) * 100
+                    ax.scatter(np.full(seeds.size, xi), seeds, s=5, facecolors="white", edgecolors=colors[name],
+                               linewidths=0.5, zorder=3)  # fmt: skip
+            ax.set_title("average over tasks" if key == "avg" else key.removeprefix("avg_"))
+            ax.set_xlabel(x_key)
+            if not numeric:
+                ax.set_xticks([xpos[str(v)] for v in x_values], [str(v) for v in x_values])
+        axs[0].set_ylabel("gain over target-base (points)")
+        handles, labels = axs[0].get_legend_handles_labels()  # one entry per line, not one per panel
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(lines), 4), handlelength=2.0,
+                   title="mean over seeds with 95% t-interval; dots: single seeds", title_fontsize=6)  # fmt: skip
         return ps.save(fig, out_dir, stem)
 
 

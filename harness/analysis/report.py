@@ -1,7 +1,8 @@
 """Comparison tables from run summaries: Markdown, LaTeX (booktabs) and CSV, plus a rich table for the terminal.
 
-Rows: `target-base`, each source, plain-evaluated models, then each method (runs of the same method, schedule and
-target with different seeds are one row: mean ± sd over seeds). Columns: tasks grouped by category, then
+Rows: `target-base`, each source, plain-evaluated models, then each method (runs of the same method, schedule,
+target and sweep variant with different seeds are one row: the mean over seeds ± the half-width of its 95%
+t-interval). Columns: tasks grouped by category, then
 category averages and the overall average (macro means over tasks). Numbers are read from summary.json only;
 the significance markers use the Holm-adjusted p-values the summaries carry (one Holm family per run), or, with
 `holm="table"`, Holm over every comparison the table shows (see harness/analysis/stats.py). Runs whose settings
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from harness.analysis.stats import BASELINE_LABEL, holm, seed_summary
+from harness.analysis.stats import BASELINE_LABEL, holm, seed_summary, t_interval
 from harness.errors import HarnessError
 from harness.store import atomic_write_text
 
@@ -51,11 +52,14 @@ class Column:
 
 @dataclass(frozen=True)
 class Cell:
-    """One score. With several seeds, `value` is their mean and `sd` their standard deviation."""
+    """One score. With several seeds, `value` is their mean, `sd` their standard deviation, `ci` the half-width of
+    the 95% t-interval of the mean over seeds, and `seeds` the per-seed values."""
 
     value: float | None
     sd: float | None = None
     n_seeds: int = 1
+    ci: float | None = None
+    seeds: tuple[float, ...] = ()
     n: int | None = None  # documents
     stderr: float | None = None
     binary: bool | None = None
@@ -223,7 +227,7 @@ def select_runs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[str]]:
     repeat of another run's configuration and seed: each seed counts once, the last folder given wins)."""
     kept: list[Path] = []
     skipped: list[str] = []
-    for d in map(Path, run_dirs):
+    for d in expand_sweeps(map(Path, run_dirs)):
         status = run_status(d)
         if status == "done" and not (d / "summary.json").is_file():
             status = "done but without summary.json"
@@ -252,6 +256,21 @@ def select_runs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[str]]:
     return out, skipped
 
 
+def expand_sweeps(dirs: Iterable[Path]) -> list[Path]:
+    """Run directories, with each sweep folder (one holding sweep.json: `harness sweep`, `run --seeds`, `ablate`)
+    replaced by the run directories of its cells."""
+    out: list[Path] = []
+    for d in dirs:
+        listing = Path(d) / "sweep.json"
+        if not listing.is_file():
+            out.append(Path(d))
+            continue
+        data = read_json_file(listing)
+        cells = (data.get("cells") if isinstance(data, dict) else None) or []
+        out += [Path(d) / c["run"] for c in cells if isinstance(c, dict) and isinstance(c.get("run"), str)]
+    return out
+
+
 def _replicate_key(summary: dict[str, Any]) -> tuple[Any, ...] | None:
     """What makes two runs the same replicate: configuration and seed of a fusion run, the row label of a plain
     evaluation; None when a run says too little to tell."""
@@ -260,8 +279,24 @@ def _replicate_key(summary: dict[str, Any]) -> tuple[Any, ...] | None:
     return ("eval", _run_label(summary))
 
 
-def _config_key(summary: dict[str, Any]) -> tuple[str, str, str]:
-    return (summary["method"], summary.get("schedule") or "", (summary.get("models") or {}).get("target") or "")
+def _config_key(summary: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(method, schedule, target, variant): what a seed replicate shares; the variant is a sweep cell's other grid
+    values (`harness sweep --grid`), '' for a plain run."""
+    return (summary["method"], summary.get("schedule") or "", (summary.get("models") or {}).get("target") or "",
+            variant_text(summary.get("variant")))  # fmt: skip
+
+
+def variant_text(variant: Any) -> str:
+    """A sweep cell's grid values as a short label: `switch=0.25 lr=0.0001` (the last part of each field path)."""
+    if not isinstance(variant, dict) or not variant:
+        return ""
+    return " ".join(f"{str(k).rsplit('.', 1)[-1]}={_value_text(v)}" for k, v in variant.items())
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value_text(v) for v in value) + "]"
+    return "null" if value is None else str(value)
 
 
 def _settings_text(value: Any) -> str:
@@ -405,8 +440,11 @@ def _row(
             continue  # missing for some seed: shown as '–', never averaged over fewer seeds
         mean, sd = seed_summary(got)  # type: ignore[arg-type]
         sd_or_none = None if len(got) == 1 else sd
+        interval = t_interval(got)  # type: ignore[arg-type]
+        spread = {"ci": None if interval is None else (interval[1] - interval[0]) / 2,
+                  "seeds": tuple(got) if len(got) > 1 else ()}  # fmt: skip
         if c.kind != "task":
-            cells[c.key] = Cell(mean, sd_or_none, len(got))
+            cells[c.key] = Cell(mean, sd_or_none, len(got), **spread)  # type: ignore[arg-type]
             continue
         ps = [p_of(s, a, c.key) for s in summaries] if a else []
         first = blocks[0][c.key]
@@ -415,16 +453,16 @@ def _row(
         cells[c.key] = Cell(
             mean, sd_or_none, len(got), n=first.get("n"), stderr=first.get("stderr"), binary=catalog[c.key]["binary"],
             p_adjusted=max(ps) if ps and all(p is not None for p in ps) else None,  # type: ignore[type-var]
-            filters=filters,
+            filters=filters, **spread,  # type: ignore[arg-type]
         )  # fmt: skip
     return Row(label, kind, cells, [s["run_id"] for s in summaries], schedule)
 
 
 def _method_groups(
     summaries: list[dict[str, Any]], method: str | None = None
-) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-    """(method, schedule, target) -> the summaries of that configuration (seed replicates), in run order."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+) -> dict[tuple[str, str, str, str], list[dict[str, Any]]]:
+    """(method, schedule, target, variant) -> the summaries of that configuration (seed replicates), in run order."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for s in summaries:
         if s.get("method") and (method is None or s["method"] == method):
             groups.setdefault(_config_key(s), []).append(s)
@@ -434,16 +472,16 @@ def _method_groups(
     return groups
 
 
-def _group_label(key: tuple[str, str, str], keys: Iterable[tuple[str, str, str]], head: str) -> str:
-    """`head`, plus the schedule and/or target where other groups of the same method differ in them."""
+def _group_label(key: tuple[str, str, str, str], keys: Iterable[tuple[str, str, str, str]], head: str) -> str:
+    """`head`, plus the schedule, target and/or variant where other groups of the same method differ in them."""
     same = [k for k in keys if k[0] == key[0]]
-    extra = [key[i] for i in (1, 2) if key[i] and len({k[i] for k in same}) > 1]
+    extra = [key[i] for i in (1, 2, 3) if key[i] and len({k[i] for k in same}) > 1]
     return f"{head} ({', '.join(extra)})" if extra else head
 
 
 def _notes(
     columns: list[Column], rows: list[Row], ablation: bool, scope: HolmScope = "run", family: int = 0,
-    mismatch: Sequence[str] = (),
+    mismatch: Sequence[str] = (), marker_note: str | None = None,
 ) -> list[str]:
     groups: dict[str, list[str]] = {}
     for c in columns:
@@ -453,9 +491,12 @@ def _notes(
     tested = any(cell.p_adjusted is not None for r in rows for cell in r.cells.values())
     notes = [
         "Scores in % (metric × 100, one decimal) unless a metric exceeds 1; best per column in bold"
-        + ("; ± is the sd over seeds." if seeds else "."),
+        + (f"; a row over k seeds shows their mean ± the half-width of its 95% t-interval over the seeds "
+           f"(t(k−1)·sd/√k; {_seed_counts(rows)})." if seeds else "."),
     ]
-    if tested:  # a plain `harness eval` has nothing to compare against
+    if tested and marker_note:
+        notes.append(marker_note)
+    elif tested:  # a plain `harness eval` has nothing to compare against
         where = (f"Holm-corrected across all {family} comparisons with target-base this table shows"
                  if scope == "table" else
                  "Holm-corrected within each run, over its tasks × (method + sources) compared with target-base")
@@ -474,6 +515,13 @@ def _notes(
     if ablation:
         notes.insert(0, "Rows: ProFuser training schedules (the order in which the two modes are weighted).")
     return notes
+
+
+def _seed_counts(rows: list[Row]) -> str:
+    """How many seeds the rows average, and what that makes the interval (with 2 seeds t(1) = 12.7)."""
+    ks = sorted({cell.n_seeds for r in rows for cell in r.cells.values() if cell.n_seeds > 1})
+    text = "k = " + ", ".join(map(str, ks))
+    return text + ("; with 2 seeds that is ± 9.0·sd" if 2 in ks else "")
 
 
 def build_table(
@@ -504,6 +552,29 @@ def build_table(
 def _table_rows(
     summaries: list[dict[str, Any]], columns: list[Column], catalog: dict[str, dict[str, Any]], p_of: _PValues
 ) -> list[Row]:
+    rows = _reference_rows(summaries, columns, catalog, p_of)
+    seen = {r.label for r in rows}
+
+    def add(row: Row) -> None:
+        if row.label not in seen:
+            seen.add(row.label)
+            rows.append(row)
+
+    for s in summaries:
+        if not s.get("method"):
+            add(_row(_run_label(s), "model", [s["tasks"]], [s], None, columns, catalog, p_of=p_of))
+    groups = _method_groups(summaries)
+    for key, members in groups.items():
+        label = _group_label(key, groups, key[0])
+        add(_row(label, "method", [m["tasks"] for m in members], members, key[0], columns, catalog, key[1] or None,
+                 p_of=p_of))  # fmt: skip
+    return rows
+
+
+def _reference_rows(
+    summaries: list[dict[str, Any]], columns: list[Column], catalog: dict[str, dict[str, Any]], p_of: Any
+) -> list[Row]:
+    """target-base (one row per target) and each source: the rows every method is compared with."""
     rows: list[Row] = []
     seen: set[str] = set()
 
@@ -525,15 +596,32 @@ def _table_rows(
         for name, block in (s.get("sources") or {}).items():
             if name not in seen:
                 add(_row(name, "source", [block], [s], name, columns, catalog, p_of=p_of))
-    for s in summaries:
-        if not s.get("method"):
-            add(_row(_run_label(s), "model", [s["tasks"]], [s], None, columns, catalog, p_of=p_of))
-    groups = _method_groups(summaries)
-    for key, members in groups.items():
-        label = _group_label(key, groups, key[0])
-        add(_row(label, "method", [m["tasks"] for m in members], members, key[0], columns, catalog, key[1] or None,
-                 p_of=p_of))  # fmt: skip
     return rows
+
+
+def build_grid_table(
+    points: Sequence[tuple[str, Sequence[Path]]], title: str,
+    p_adjusted: dict[tuple[str, str], float] | None = None, marker_note: str | None = None,
+) -> Table:
+    """A sweep's table: target-base and the sources, then one row per grid point (`points`: its label and the run
+    directories of its seeds), each cell the mean over seeds ± the half-width of its 95% t-interval.
+    `p_adjusted[(label, task)]` marks a point's cells (the sweep's seed-aware tests; `marker_note` says which)."""
+    if not points or not all(dirs for _, dirs in points):
+        raise HarnessError("a grid table needs at least one run per grid point", "report")
+    members = {label: [load_summary(Path(d)) for d in dirs] for label, dirs in points}
+    everything = [s for ms in members.values() for s in ms]
+    mismatch = check_comparable(everything, allow_mismatch=True)  # a grid may sweep eval settings: say so
+    catalog = _catalog(everything)
+    columns = _columns(catalog)
+    rows = _reference_rows(everything, columns, catalog, _PValues("run"))
+    for label, ms in members.items():
+        def p_of(summary: dict[str, Any], a: str, task: str, label: str = label) -> float | None:
+            return None if p_adjusted is None else p_adjusted.get((label, task))
+
+        rows.append(_row(label, "method", [m["tasks"] for m in ms], ms, ms[0]["method"], columns, catalog,
+                         ms[0].get("schedule"), p_of=p_of))  # fmt: skip
+    notes = _notes(columns, rows, ablation=False, mismatch=mismatch, marker_note=marker_note)
+    return Table(title, columns, rows, notes)
 
 
 def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> Table:
@@ -550,7 +638,8 @@ def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> 
     rows = []
     for key, members in groups.items():
         schedule = key[1] or "default"
-        label = f"{schedule} ({key[2]})" if len({k[2] for k in groups}) > 1 else schedule
+        extra = [key[i] for i in (2, 3) if key[i] and len({k[i] for k in groups}) > 1]
+        label = f"{schedule} ({', '.join(extra)})" if extra else schedule
         rows.append(
             _row(label, "method", [m["tasks"] for m in members], members, method, columns, catalog, schedule)
         )
@@ -562,11 +651,12 @@ def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> 
 # ---------------------------------------------------------------- rendering
 
 
-def _sd_text(table: Table, row: Row, key: str) -> str:
+def _ci_text(table: Table, row: Row, key: str) -> str:
+    """The half-width of a seed-averaged cell's 95% t-interval, as displayed; '' for one seed."""
     cell = row.cells.get(key)
-    if cell is None or cell.sd is None or math.isnan(cell.sd):
+    if cell is None or cell.ci is None or math.isnan(cell.ci):
         return ""
-    return f"{cell.sd * (100 if table.percent(key) else 1):.1f}"
+    return f"{cell.ci * (100 if table.percent(key) else 1):.1f}"
 
 
 def render_markdown(table: Table) -> str:
@@ -584,7 +674,7 @@ def render_markdown(table: Table) -> str:
                 cells.append("–")
                 continue
             num = f"**{num}**" if i in best[k] else num
-            sd = _sd_text(table, row, k)
+            sd = _ci_text(table, row, k)
             cells.append(num + (f" ± {sd}" if sd else "") + row.cells[k].marker)
         lines.append(f"| {_md_escape(row.label)} | " + " | ".join(cells) + " |")
     return (
@@ -639,7 +729,7 @@ def render_latex(table: Table) -> str:
                 cells.append("--")
                 continue
             text = rf"\textbf{{{num}}}" if i in best[k] else num
-            sd = _sd_text(table, row, k)
+            sd = _ci_text(table, row, k)
             cells.append(
                 text + (rf"{{\scriptsize$\pm${sd}}}" if sd else "") + tex_escape(row.cells[k].marker)
             )
@@ -673,6 +763,7 @@ def to_frame(table: Table) -> pd.DataFrame:
             rec[c.key] = cell.value if cell else None
             if with_sd:
                 rec[f"{c.key}_sd"] = cell.sd if cell else None
+                rec[f"{c.key}_ci95"] = cell.ci if cell else None  # half-width of the t-interval over seeds
         for c in table.columns:
             if c.kind == "task":
                 cell = row.cells.get(c.key)
@@ -715,7 +806,7 @@ def to_rich(table: Table) -> Any:
             if not num:
                 cells.append(Text("–", style="dim"))
                 continue
-            sd = _sd_text(table, row, c.key)
+            sd = _ci_text(table, row, c.key)
             text = Text(num, style="bold" if i in best[c.key] else "")
             text.append((f" ± {sd}" if sd else "") + row.cells[c.key].marker)
             cells.append(text)

@@ -9,7 +9,11 @@ documents are answered the same way by both.
 - continuous metrics: sign-flip permutation test of the mean difference (exact for n <= 13, else Monte Carlo
   with a fixed seed), percentile bootstrap CI of the mean difference (fixed seed); effect size: Cohen's d_z.
 - one table: Holm's step-down correction across all its comparisons (family-wise error rate).
-- across seeds: mean ± sd and a paired t-test (or Wilcoxon signed-rank) over the seeds.
+- across seeds: mean, sd and a 95% t-interval over the seeds; a paired t-test (or Wilcoxon signed-rank) over the
+  seeds; and `compare_over_seeds`, which asks two questions of k seeds' per-document scores: does the mean over
+  these seeds beat b on the population of documents (an exact or permutation sign test over documents of the
+  per-document differences summed over seeds: documents are the unit, so the same document scored k times is not
+  counted as k independent pairs), and would a new seed (a t-test over the k per-seed differences).
 docs/statistics.md says which test is used when and how to recompute a summary's p-values.
 """
 
@@ -223,6 +227,17 @@ def seed_summary(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean over seeds, mean ± t(k−1)·sd/√k; None for fewer than two seeds. With two
+    seeds t(1) = 12.71, so the interval is mean ± 8.99·sd: two seeds say little about a third."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return None
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + level / 2, x.size - 1)) * sd / math.sqrt(x.size)
+    return mean - half, mean + half
+
+
 def compare_seeds(
     a: Sequence[float], b: Sequence[float], test: Literal["t", "wilcoxon"] = "t"
 ) -> SeedComparison:
@@ -252,6 +267,112 @@ def compare_seeds(
         p = float(sps.ttest_rel(xa, xb).pvalue)
     (ma, sa), (mb, sb) = seed_summary(xa), seed_summary(xb)
     return SeedComparison(ma, sa, mb, sb, float(diff.mean()), p, name, int(xa.size))
+
+
+@dataclass(frozen=True)
+class SeedsComparison:
+    """a − b over k seeds, each seed paired with b on the same documents.
+
+    `per_seed`: each seed's mean difference; `delta` their mean; [ci_low, ci_high] the 95% t-interval over seeds
+    (None with one seed). Two tests, two questions: `p_pooled` (test `test_pooled`) treats documents as the unit
+    and the seeds as fixed: is the mean of these seeds better on this task's documents? `p_seeds` (`test_seeds`,
+    None with one seed) treats seeds as the unit and the documents as fixed: would a new seed be? `p_value` is the
+    larger: the intersection-union test that both hold, a level-α test of "better beyond document sampling and
+    beyond seed noise"."""
+
+    delta: float
+    per_seed: list[float]
+    ci_low: float | None
+    ci_high: float | None
+    p_pooled: float
+    test_pooled: str
+    p_seeds: float | None
+    test_seeds: str | None
+    p_value: float
+    n: int
+    k: int
+
+
+def _seed_matrix(pairs: Sequence[tuple[Samples, Samples]]) -> np.ndarray:
+    """The k × n matrix of per-document differences a_s − b_s; every seed must cover the same documents."""
+    if not pairs:
+        raise HarnessError("a comparison over seeds needs at least one seed", "stats")
+    rows: list[np.ndarray] = []
+    keys: set[Any] | None = None
+    for a, b in pairs:
+        xa, xb = _paired_arrays(a, b)
+        if isinstance(a, Mapping):
+            these = set(a)
+            if keys is not None and these != keys:
+                raise HarnessError("the seeds were evaluated on different documents; evaluate every seed on the "
+                                   "same documents (same task, data and limit)", "stats")  # fmt: skip
+            keys = these
+        elif rows and xa.size != rows[0].size:
+            raise HarnessError(f"the seeds have different numbers of documents ({rows[0].size} vs {xa.size})", "stats")
+        rows.append(xa - xb)
+    return np.vstack(rows)
+
+
+def signed_sum_test(values: Sequence[int] | np.ndarray) -> float:
+    """Exact two-sided p of the sign-flip test of sum(values) = 0 for whole-number values.
+
+    Under the null every value's sign is a fair coin, independently. With c_j values of size j, the sum is
+    Σ_j j·(2·B_j − c_j), B_j ~ Binomial(c_j, 1/2): its distribution is the convolution of k binomials, so the test
+    is exact for any number of documents. For values in {−1, 0, 1} (one seed of a binary metric) this is the exact
+    McNemar test.
+    """
+    m = np.abs(np.asarray(values, dtype=np.int64))
+    m = m[m != 0]
+    if m.size == 0:
+        return 1.0
+    pmf = np.ones(1)  # of T = Σ |value| over the values whose sign is +
+    for j in np.unique(m):
+        c = int(np.sum(m == j))
+        spaced = np.zeros(j * c + 1)
+        spaced[:: int(j)] = sps.binom.pmf(np.arange(c + 1), c, 0.5)
+        pmf = np.convolve(pmf, spaced)
+    total = int(m.sum())
+    observed = int(np.sum(np.asarray(values, dtype=np.int64)[np.asarray(values) > 0]))
+    extreme = abs(2 * observed - total)
+    t = np.arange(pmf.size)
+    p = float(pmf[np.abs(2 * t - total) >= extreme].sum())
+    return min(p, 1.0)
+
+
+def compare_over_seeds(
+    pairs: Sequence[tuple[Samples, Samples]], binary: bool, *, seed: int = 0
+) -> SeedsComparison:
+    """a − b over seeds: `pairs[s]` holds seed s's per-document scores of a and of b (mappings by document or
+    sequences in one order; b may be the same for every seed, as the unfused target is).
+
+    Binary metrics: the exact sign test over documents of each document's difference summed over the seeds
+    (`signed_sum_test`); continuous ones: the sign-flip permutation test of the per-document mean differences.
+    Both reduce to the single-seed tests of `compare_paired` for one seed. Over seeds: the paired t-test of the k
+    per-seed means (`compare_seeds`), with the t-interval of the mean difference.
+    """
+    diff = _seed_matrix(pairs)
+    k, n = diff.shape
+    if binary:
+        bad = ~np.isin(diff, (-1.0, 0.0, 1.0))
+        if bad.any():
+            raise HarnessError(f"metric declared binary but {int(bad.sum())} differences are not -1/0/1", "stats")
+        p_pooled, test_pooled = signed_sum_test(np.rint(diff.sum(axis=0)).astype(np.int64)), "pooled-sign-exact"
+    else:
+        p_pooled, exact = sign_flip_test(diff.mean(axis=0), seed=seed)
+        test_pooled = "pooled-permutation-exact" if exact else "pooled-permutation-mc"
+    per_seed = diff.mean(axis=1)
+    p_seeds: float | None = None
+    test_seeds: str | None = None
+    if k > 1:
+        over = compare_seeds(list(per_seed), [0.0] * k)
+        p_seeds, test_seeds = over.p_value, over.test
+    ci = t_interval(per_seed)
+    return SeedsComparison(
+        delta=float(per_seed.mean()), per_seed=[float(v) for v in per_seed],
+        ci_low=None if ci is None else ci[0], ci_high=None if ci is None else ci[1],
+        p_pooled=p_pooled, test_pooled=test_pooled, p_seeds=p_seeds, test_seeds=test_seeds,
+        p_value=max(p_pooled, p_seeds if p_seeds is not None else 0.0), n=int(n), k=int(k),
+    )  # fmt: skip
 
 
 def load_samples(run_dir: Path, label: str, task: str, metric: str) -> dict[DocKey, float]:

@@ -63,7 +63,9 @@ class Responder:
             "temperature": s.gen_temperature,
             "stop": list(s.stop),
             "batch_size": s.batch_size,
-            "seed": self.seed,
+            # Greedy decoding ignores the seed: every seed shares one generation store (keyed as seed 0, the key
+            # such stores always had), so `--seeds` regenerates nothing. Sampling keys each seed apart.
+            "seed": self.seed if s.do_sample else 0,
         }
 
     def _kwargs(self, cand: ModelHandle, backend: str) -> dict[str, Any]:

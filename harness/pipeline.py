@@ -23,7 +23,7 @@ from rich.console import Console
 from harness import distributed
 from harness.config import Experiment, SandboxSpec
 from harness.errors import HarnessError
-from harness.models import ResolvedModel, resolve
+from harness.models import ALIASES, ResolvedModel, resolve
 from harness.store import (
     Manifest,
     atomic_write_json,
@@ -79,7 +79,10 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
         if spec.split(":", 1)[1] not in names:
             raise HarnessError(f"'{spec}' is not a sandbox model (known: {', '.join(names)})", where)
         return None
-    return unavailable(resolve(spec, where=where, convert=False))  # a packaged model is converted at prepare, never in a plan
+    model = resolve(spec, where=where, convert=False)  # a packaged model is converted at prepare, never in a plan
+    if spec in ALIASES and model.pretrained == spec:
+        return None  # its package is installed (resolve checked it); the converted folder is made at prepare
+    return unavailable(model)
 
 
 def unavailable(model: ResolvedModel) -> str | None:

@@ -399,19 +399,23 @@ def verified_file(path: Path, what: str) -> bool:
 
 
 def write_sealed(path: Path, data: bytes) -> None:
-    """A single-file cache entry: the file atomically, then its checksum."""
-    atomic_write_bytes(path, data)
-    seal_file(path)
+    """A single-file cache entry: the file atomically, then its checksum. Under the entry's lock, so that a process
+    reading it between the two writes (another rank of the same run) never takes it for damaged."""
+    with locked(path):
+        atomic_write_bytes(path, data)
+        seal_file(path)
 
 
 def read_sealed(path: Path, what: str) -> bytes | None:
-    """The bytes of a single-file cache entry when it is intact, else None (absent, or damaged: moved aside)."""
-    if not verified_file(path, what):
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError:
-        return None
+    """The bytes of a single-file cache entry when it is intact, else None (absent, or damaged: moved aside).
+    Under the entry's lock (see `write_sealed`)."""
+    with locked(path):
+        if not verified_file(path, what):
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError:
+            return None
 
 
 def changed_files(root: Path, checksums: dict[str, str]) -> list[str]:

@@ -135,7 +135,7 @@ class SignalStore:
         path = Path(root) / meta.key
         meta_path = path / "meta.json"
         expected = json.loads(json.dumps(meta.to_json(), default=str))
-        with locked(meta_path):
+        with locked(path):  # a sibling lock file (<key>.lock), never moved aside with the folder
             if path.exists():
                 try:
                     found = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -1,6 +1,10 @@
 """Paper figures from run directories: task scores with 95% CIs, category radar, training curves, source
 selection and the schedule ablation. Each is written as PDF (vector) and PNG by harness/analysis/plot_style.py.
 
+Training curves of SMOOTH_FROM logged steps or more (the sandbox's main job logs 1,296) are drawn as papers draw
+them: a bias-corrected EMA line (span ~1/40 of the run) over the raw per-step losses as faint dots; the legend
+states the span. Shorter logs are drawn as plain lines.
+
 Error bars are 95% intervals everywhere: Wilson for binary metrics, ±1.96·stderr for others; for rows that
 average k seeds, ±1.96·sqrt(se_doc² + sd_seed²/k) (document sampling plus seed variation; a t-interval over
 two or three seeds alone would be uselessly wide), and each seed's value is drawn as a dot on the bar. Averages

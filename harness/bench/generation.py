@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.bench.signals import _world, tiny_corpus, tiny_models
+from harness.bench.signals import bench_models
 from harness.config import SignalSpec
 from harness.models import ResolvedModel, load_model, load_tokenizer
 from harness.signals import CorpusRow, ModelHandle
@@ -136,12 +136,7 @@ def run(n_examples: int = 128) -> dict[str, Any]:
     """`generation_overhead_vs_generate` (CPU time, all models), the wall-time ratio beside it, and the seconds
     behind them per model."""
     with tempfile.TemporaryDirectory() as tmp:
-        found = _world()
-        if found is not None:
-            paths, _, corpus = found
-            where = "sandbox-micro"
-        else:
-            paths, corpus, where = tiny_models(Path(tmp) / "models"), tiny_corpus(n_examples), "tiny-random"
+        paths, _, corpus, where = bench_models(Path(tmp), n_examples)
         seconds = measure(paths, corpus[:n_examples])
     stage, bare = seconds["stage_s"], seconds["bare_s"]
 

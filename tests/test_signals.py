@@ -170,18 +170,6 @@ def test_store_round_trip_keeps_real_tokens_in_small_types(tmp_path: Path) -> No
         store.write_shard(1, rows)  # the last shard holds one example
 
 
-def test_a_new_store_is_not_taken_for_a_damaged_one(tmp_path: Path) -> None:
-    """The lock on meta.json makes the store's folder before meta.json exists: a new store is created quietly,
-    and a folder with shards but no meta.json is still set aside."""
-    meta = StoreMeta("k", "training", 3, 2, 4, 700, {})
-    SignalStore.create(tmp_path, meta)
-    assert not (tmp_path / ".damaged").exists() and (tmp_path / "k" / "meta.json").is_file()
-    (tmp_path / "k" / "meta.json").unlink()
-    (tmp_path / "k" / "shard-00000.parquet").write_bytes(b"left by other inputs")
-    SignalStore.create(tmp_path, meta)
-    assert len(list((tmp_path / ".damaged").iterdir())) == 1 and not (tmp_path / "k" / "shard-00000.parquet").exists()
-
-
 def test_training_signals_layout_and_target_self_teacher(models, corpus, tmp_path) -> None:
     sset = extract(models, corpus, tmp_path)
     assert sset.complete() and sset.path is not None and sset.path.is_file()

@@ -140,9 +140,8 @@ class SignalStore:
                 try:
                     found = json.loads(meta_path.read_text(encoding="utf-8"))
                     why = None if found == expected else "meta.json does not match its key"
-                except FileNotFoundError:  # the lock above made the folder: damaged only if it holds more
-                    held = [f for f in path.iterdir() if f.name != f"{meta_path.name}.lock"]
-                    why = "meta.json is missing" if held else None
+                except FileNotFoundError:
+                    why = "meta.json is missing"
                 except (OSError, ValueError):
                     why = "meta.json is unreadable"
                 if why is not None:  # its shards may belong to other inputs: none of them can be trusted

@@ -215,6 +215,12 @@ class EvalSpec(_Strict):
     )
     backend: Literal["hf", "vllm"] = "hf"
     compare_sources: bool = Field(default=True, description="Also evaluate each source (rows of the comparison table).")
+    add_sandbox_skills: bool = Field(
+        default=True,
+        description="When every model is a sandbox specialist and the tasks are real benchmarks only, also evaluate "
+        "the sandbox skills: the tiny specialists sit near chance on real benchmarks, and the skills are where "
+        "fusion shows (docs/design.md). false: only the tasks asked for.",
+    )
 
     @field_validator("task_limits")
     @classmethod

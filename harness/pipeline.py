@@ -55,6 +55,26 @@ class Plan:
     data_dir: Path | None
     stages: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    added_tasks: list[str] = field(default_factory=list)  # evaluated besides exp.eval.tasks (the sandbox skills)
+    reading: str | None = None  # the one line that says what the table's numbers mean, printed under it
+
+
+def _sandbox_reading(exp: Experiment, tasks: list[str]) -> tuple[list[str], str | None]:
+    """Sandbox specialists asked for real benchmarks: the task groups to add (the sandbox skills, unless
+    `eval.add_sandbox_skills` is off or they were asked for) and the line saying what the numbers mean."""
+    from harness.evaluation.task_catalog import SANDBOX_TASKS
+
+    specs = [exp.target.path, *(s.path for s in exp.sources)]
+    real = [t for t in tasks if t not in SANDBOX_TASKS]
+    if exp.sandbox is None or not real or not all(spec.startswith("sandbox:") for spec in specs):
+        return [], None
+    added = ["sandbox"] if exp.eval.add_sandbox_skills and not set(SANDBOX_TASKS) <= set(tasks) else []
+    shown = "in this table " if added or set(SANDBOX_TASKS) <= set(tasks) else ""
+    return added, (
+        f"reading the table: the tiny sandbox specialists are expected near chance on real benchmarks "
+        f"({', '.join(real)}); the sandbox skills {shown}(`-t sandbox`) show the fusion effect; "
+        f"`--preset small-real` or a real-model preset (`real-hetero`) fuses real models"
+    )
 
 
 def _check_data_dir(data_dir: str | None) -> Path | None:
@@ -153,7 +173,9 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
         check_writable(Path(out), "results folder --out")
     if data_dir is not None:
         check_data([t for t in tasks if t not in SANDBOX_TASKS], data_dir, cache_dir)
-    p = Plan(exp, method_cls, tasks, cache_dir, data_dir)
+    added, reading = _sandbox_reading(exp, tasks)
+    tasks = tasks + [t for t in (expand_tasks(added) if added else []) if t not in tasks]
+    p = Plan(exp, method_cls, tasks, cache_dir, data_dir, added_tasks=added, reading=reading)
     names = [exp.target.name] + [s.name for s in exp.sources]
     if exp.sandbox:
         p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}), built once and cached")
@@ -190,8 +212,8 @@ def print_plan(p: Plan, out: str) -> None:
         console.print(f"  {i}. {stage}")
     console.print(f"  storage estimate: {_storage_estimate(p)}")
     console.print(f"  cache: {p.cache_dir}   results: {out}/<run-id>/")
-    for note in p.notes:
-        console.print(f"  note: {note}")
+    for note in p.notes + ([p.reading] if p.reading else []):
+        console.print(f"  note: {note}", markup=False)
     _print_rendered_examples(p)
     console.print("dry run: no weights downloaded, nothing written (tokenizers only read, to render the example)")
 
@@ -440,7 +462,7 @@ def _evaluate(
         console.print(f"evaluate: {label} on {', '.join(plan_.tasks)}")
         with manifest.timed("evaluate"):
             results[label] = evaluate_model(
-                model, label, exp.eval.tasks, out_dir=run_dir / "eval", limit=_limits(exp, plan_.tasks),
+                model, label, [*exp.eval.tasks, *plan_.added_tasks], out_dir=run_dir / "eval", limit=_limits(exp, plan_.tasks),
                 num_fewshot=exp.eval.num_fewshot, batch_size=exp.eval.batch_size, max_gen_toks=exp.eval.max_gen_toks,
                 data_dir=plan_.data_dir, sandbox_root=sandbox_root, backend=exp.eval.backend,
                 cache_dir=plan_.cache_dir, progress=progress,
@@ -459,7 +481,7 @@ def _score_dict(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _summary(
     exp: Experiment, run_dir: Path, results: dict[str, dict[str, Any]], label: str, manifest: Manifest,
-    variant: dict[str, Any] | None = None,
+    variant: dict[str, Any] | None = None, plan_: Plan | None = None,
 ) -> dict[str, Any]:
     from harness.analysis.stats import compare_runs
 
@@ -475,6 +497,9 @@ def _summary(
         "baseline": _score_dict(results["target-base"]),
         "sources": {s.name: _score_dict(results[s.name]) for s in exp.sources if s.name in results},
     }
+    if plan_ is not None and plan_.reading:  # evaluated besides the tasks asked for, and what the numbers mean
+        summary["added_tasks"] = plan_.added_tasks
+        summary["reading"] = plan_.reading
     # The method and every source against the unfused target; Holm across all comparisons of the table.
     compared = [label, *summary["sources"]]
     summary["comparisons"] = compare_runs(run_dir, compared, "target-base", summary["tasks"], seed=exp.seed)
@@ -490,12 +515,15 @@ def _seal_run(run_dir: Path, manifest: Manifest) -> None:
     manifest.record_checksums(files, run_dir)
 
 
-def _report(run_dir: Path, progress: bool) -> None:
+def _report(run_dir: Path, progress: bool, reading: str | None = None) -> None:
     from harness.analysis.plots import make_plots
     from harness.analysis.report import build_table, to_rich, write_tables
 
     write_tables([run_dir], run_dir / "tables")
-    table_console().print(to_rich(build_table([run_dir])))
+    out = table_console()
+    out.print(to_rich(build_table([run_dir])))
+    if reading:  # right under the numbers it explains
+        out.print(reading, markup=False, highlight=False, soft_wrap=True)
     try:
         make_plots([run_dir], run_dir / "plots")
     except Exception as exc:  # a figure must never cost the numbers; say so and go on
@@ -554,8 +582,8 @@ def run(
         models[exp.method.name] = ResolvedModel(str(fused))
         results = _evaluate(exp, plan_, models, prepared.sandbox_root, run_dir, manifest, progress)
         if distributed.is_main():
-            _summary(exp, run_dir, results, exp.method.name, manifest, variant)
-            _report(run_dir, progress)
+            _summary(exp, run_dir, results, exp.method.name, manifest, variant, plan_)
+            _report(run_dir, progress, plan_.reading)
             _seal_run(run_dir, manifest)
         distributed.barrier()  # the others leave only once the summary exists
     if distributed.is_main():

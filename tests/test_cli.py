@@ -85,3 +85,20 @@ def test_launch_command_for_cpu_processes_and_shipped_configs() -> None:
     config = Path(cmd[cmd.index("--config_file") + 1])
     assert config.name == "fsdp.yaml" and config.is_file() and "ACCELERATE_USE_CPU" not in env
     assert cmd[cmd.index("--num_processes") + 1] == "8"
+
+
+def test_real_benchmarks_of_sandbox_specialists_add_the_sandbox_skills_unless_turned_off(tmp_path: Path) -> None:
+    """The plan (what `--dry-run` prints) evaluates the sandbox skills beside a real benchmark, says why in one
+    note, and evaluates only the tasks asked for with `eval.add_sandbox_skills=false`."""
+    base = ["run", "-t", "mmlu,gsm8k", "--set", "sandbox.size=micro", "--dry-run"]
+    proc = _harness(base, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stderr.split())  # rich wraps the plan at the terminal's width
+    assert "evaluate: mmlu, gsm8k, sandbox_knowledge, sandbox_reasoning, sandbox_safety for" in text
+    assert text.count("near chance on real benchmarks (mmlu, gsm8k); the sandbox skills in this table") == 1
+    off = _harness([*base, "--set", "eval.add_sandbox_skills=false"], tmp_path)
+    assert off.returncode == 0, off.stderr
+    text = " ".join(off.stderr.split())
+    assert "evaluate: mmlu, gsm8k for" in text and "sandbox skills (`-t sandbox`) show the fusion effect" in text
+    alone = _harness(["run", "-t", "sandbox", "--set", "sandbox.size=micro", "--dry-run"], tmp_path)
+    assert alone.returncode == 0 and "near chance" not in alone.stderr

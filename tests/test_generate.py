@@ -78,6 +78,37 @@ def test_batched_greedy_equals_one_by_one_in_input_order(tiny: Any) -> None:
     assert len(set(single)) > 1  # distinct prompts give distinct answers, so a reordering would show
 
 
+def test_length_sorted_batches_pad_less_and_answer_as_input_order_batches(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts are batched by length so that padding wastes no compute, and the answers come back in input
+    order equal to greedy decoding of the same prompts batched as given (left padded, no sorting)."""
+    from harness.bench.generation import bare_generate, prepared_batches, responses
+    from harness.chat import tokenize_chat
+
+    model, tok = tiny
+    shapes: list[tuple[int, int]] = []
+    real = model.generate
+
+    def spy(**kw: Any) -> Any:
+        shapes.append(tuple(kw["input_ids"].shape))
+        return real(**kw)
+
+    monkeypatch.setattr(model, "generate", spy)
+    sorted_out = run(tiny, batch_size=3)
+    monkeypatch.setattr(model, "generate", real)
+    lengths = [len(tokenize_chat(tok, render_prompt(tok, p))["input_ids"]) for p in PROMPTS]
+    longest_first = sorted(lengths, reverse=True)
+    padded = sum(rows * width for rows, width in shapes)
+    assert padded == sum(longest_first[i] * len(longest_first[i : i + 3]) for i in range(0, len(PROMPTS), 3))
+    assert padded < sum(max(lengths[i : i + 3]) * len(lengths[i : i + 3]) for i in range(0, len(PROMPTS), 3))
+
+    unsorted = []
+    for start in range(0, len(PROMPTS), 3):  # input order, as a plain batched loop would go
+        part = PROMPTS[start : start + 3]
+        new = bare_generate(model, tok, prepared_batches(tok, part, batch_size=3), len(part), max_new_tokens=10)
+        unsorted += responses(model, tok, part, new)
+    assert sorted_out == unsorted and len(set(unsorted)) > 1
+
+
 def test_left_padding_and_pad_token_restored(tiny: Any) -> None:
     model, tok = tiny
     assert tok.padding_side == "right"

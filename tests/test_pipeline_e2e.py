@@ -26,8 +26,10 @@ MICRO = ["--set", "sandbox.size=micro", "--set", "train.max_steps=12", "--set", 
 
 
 def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path, shared_data: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    # a real benchmark asked of sandbox specialists: the sandbox skills join the table, and one line under it
+    # says what the numbers mean
     proc = _harness(
-        ["run", "--method", "profuser", "--tasks", "sandbox,gsm8k", "--limit", "6", "--out", "results", *MICRO],
+        ["run", "--method", "profuser", "--tasks", "gsm8k", "--limit", "6", "--out", "results", *MICRO],
         tmp_path, session_cache, shared_data,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,6 +39,12 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
     summary = json.loads((run / "summary.json").read_text())
     tasks = {"sandbox_knowledge", "sandbox_reasoning", "sandbox_safety", "gsm8k"}
     assert set(summary["tasks"]) == tasks and set(summary["baseline"]) == tasks
+    assert summary["added_tasks"] == ["sandbox"] and "near chance on real benchmarks (gsm8k)" in summary["reading"]
+    table = proc.stdout[proc.stdout.index("target-base"):]
+    reading = [line for line in proc.stdout.splitlines() if line.startswith("reading the table")]
+    assert reading == [summary["reading"]] and "sandbox_safety" in table.split(reading[0])[0]
+    assert "--preset small-real" in reading[0] and "real-hetero" in reading[0] and "-t sandbox" in reading[0]
+    assert "near chance" not in proc.stderr  # said once, under the table
     assert set(summary["sources"]) == {"neox-reasoning", "gpt2-safety"}
     for label in ("target-base", "neox-reasoning", "gpt2-safety", "profuser"):
         for task in tasks:
@@ -80,6 +88,7 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
         tmp_path, session_cache, shared_data,
     )
     assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "near chance" not in proc2.stdout + proc2.stderr  # sandbox skills only: nothing to explain
     run2 = next(d for d in (tmp_path / "results").iterdir() if d != run)
     manifest2 = json.loads((run2 / "manifest.json").read_text())
     assert manifest2["cache_keys"]["signals.training"] == manifest["cache_keys"]["signals.training"]

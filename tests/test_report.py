@@ -599,3 +599,43 @@ def test_a_grid_summary_table_and_figure_from_seed_runs(runs: dict[str, Path], t
     paths = plot_grid({"axes": {"method.schedule.name": ["progressive", "linear"]}, **summary}, tmp_path)
     assert sorted(p.name for p in paths) == ["grid_gain.pdf", "grid_gain.png"] and all(p.stat().st_size > 1000 for p in paths)
     assert plot_grid({"axes": {}, **summary}, tmp_path / "none") == []  # nothing swept: no grid figure
+
+
+def test_training_figure_smooths_long_runs_and_says_how(tmp_path: Path) -> None:
+    """At 1,296 steps the raw losses are a band: each loss is drawn as an EMA line over faint raw points, and
+    the legend names the smoothing; the lines follow the trend, not the step-to-step noise."""
+    from harness.analysis.plots import plot_training, training_figure
+
+    rng = np.random.default_rng(0)
+    total = 1296
+    rows = []
+    for step in range(1, total + 1):
+        trend = 2.0 * math.exp(-step / 300) + 0.5
+        comps = {"ce_train": trend + rng.normal(0, 0.4), "fuse_train": 1.5 * trend + rng.normal(0, 0.4)}
+        if step > total // 2:
+            comps["ce_infer"] = trend + rng.normal(0, 0.4)  # a term that starts halfway, as the schedules log it
+        rows.append({"step": step, "total_steps": total, "loss": sum(comps.values()) / len(comps), "components": comps,
+                     "weights": {"w_inf": float(step > total // 2), "w_train": 1.0, "lam": 0.9}})  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p.suffix for p in plot_training(run, tmp_path / "plots")] == [".pdf", ".png"]
+
+    fig = training_figure(rows)
+    ax = fig.axes[0]
+    smoothed = {line.get_label(): line for line in ax.lines if line.get_gid() == "smoothed"}
+    raw = [line for line in ax.lines if line.get_gid() == "raw"]
+    assert set(smoothed) == {"total", "CE (train mode)", "fusion CE (train mode)", "CE (inference mode)"}
+    assert len(raw) == 4 and all(line.get_alpha() < 0.3 and line.get_linestyle() == "None" for line in raw)
+    for line, points in zip(smoothed.values(), raw, strict=True):
+        y, y_raw = np.asarray(line.get_ydata(), float), np.asarray(points.get_ydata(), float)
+        ok = np.isfinite(y_raw)
+        assert np.array_equal(np.isfinite(y), ok)  # no curve where the term was off
+        jitter, raw_jitter = np.nanmean(np.abs(np.diff(y[ok]))), np.nanmean(np.abs(np.diff(y_raw[ok])))
+        assert jitter < raw_jitter / 5
+    (legend,) = fig.legends
+    assert legend.get_title().get_text() == "losses: EMA over 32 steps (lines), each step (dots)"
+    assert {"total", "$w_{inf}$", "$w_{train}$"} <= {t.get_text() for t in legend.get_texts()}
+
+    short = training_figure(rows[:20])  # a short run: plain lines, nothing to smooth, nothing to explain
+    assert not any(line.get_gid() for line in short.axes[0].lines) and short.legends[0].get_title().get_text() == ""

@@ -1,6 +1,10 @@
 """Paper figures from run directories: task scores with 95% CIs, category radar, training curves, source
 selection and the schedule ablation. Each is written as PDF (vector) and PNG by harness/analysis/plot_style.py.
 
+Training curves of SMOOTH_FROM logged steps or more (the sandbox's main job logs 1,296) are drawn as papers draw
+them: a bias-corrected EMA line (span ~1/40 of the run) over the raw per-step losses as faint dots; the legend
+states the span. Shorter logs are drawn as plain lines.
+
 Error bars are 95% intervals everywhere: Wilson for binary metrics, ±1.96·stderr for others; for rows that
 average k seeds, ±1.96·sqrt(se_doc² + sd_seed²/k) (document sampling plus seed variation; a t-interval over
 two or three seeds alone would be uselessly wide), and each seed's value is drawn as a dot on the bar. Averages
@@ -280,24 +284,51 @@ def _read_train_log(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_training(
-    run_dir: Path, out_dir: Path, stem: str = "training", title: str | None = None
-) -> list[Path]:
-    """Loss components over steps, with the schedule weights (w_inf, w_train) on a twin axis."""
-    log = _read_train_log(run_dir)
-    if not log:
-        return []
+SMOOTH_FROM = 40  # logged steps from which loss curves are smoothed (fewer: every point is drawn as a line)
+
+
+def ema_span(n: int) -> int:
+    """The EMA span of a loss curve of n logged steps: ~1/40 of the run (32 at 1,296 steps), at least 5."""
+    return max(5, n // 40)
+
+
+def ema(values: Sequence[float], span: int) -> np.ndarray:
+    """Bias-corrected exponential moving average (alpha = 2 / (span + 1)) over the finite values; NaN where a
+    value is missing (a loss term the schedule switched off), so a term's curve picks up where it resumes."""
+    alpha = 2.0 / (span + 1.0)
+    out = np.full(len(values), np.nan)
+    mean, weight = 0.0, 0.0
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            continue
+        mean = (1 - alpha) * mean + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out[i] = mean / weight  # the correction: early steps are not pulled towards 0
+    return out
+
+
+def training_figure(log: list[dict[str, Any]], title: str | None = None) -> Any:
+    """The figure of `plot_training`: each loss as a smoothed line over its faint raw points once the run has
+    SMOOTH_FROM steps or more (the legend names the smoothing), as plain lines below that."""
     steps = np.array([r["step"] for r in log])
     comps = list(dict.fromkeys(k for r in log for k in (r.get("components") or {})))
     weights = _schedule_keys(log)
+    span = ema_span(len(log)) if len(log) >= SMOOTH_FROM else None
+    series = [("total", "black", [float(r["loss"]) for r in log])] + [
+        (COMPONENT_NAMES.get(k, k), ps.CYCLE[i % len(ps.CYCLE)],
+         [(r.get("components") or {}).get(k, math.nan) for r in log])
+        for i, k in enumerate(comps)
+    ]  # fmt: skip
     with ps.style():
         fig, ax = ps.figure(ps.COLUMN_WIDTH, height=2.3)
-        ax.plot(steps, [r["loss"] for r in log], color="black", label="total")
-        for i, k in enumerate(comps):
-            ys = [(r.get("components") or {}).get(k, math.nan) for r in log]
-            ax.plot(
-                steps, ys, color=ps.CYCLE[i % len(ps.CYCLE)], label=COMPONENT_NAMES.get(k, k), linewidth=1.0
-            )
+        for label, color, ys in series:
+            width = 1.2 if label == "total" else 1.0
+            if span is None:
+                ax.plot(steps, ys, color=color, label=label, linewidth=width)
+                continue
+            ax.plot(steps, ys, linestyle="none", marker="o", markersize=1.2, markeredgewidth=0, color=color,
+                    alpha=0.18, rasterized=True, gid="raw")  # fmt: skip
+            ax.plot(steps, ema(ys, span), color=color, label=label, linewidth=width, gid="smoothed")
         ax.set_xlabel("training step")
         ax.set_ylabel("loss")
         handles, labels = ax.get_legend_handles_labels()
@@ -316,9 +347,22 @@ def plot_training(
             handles, labels = handles + h2, labels + l2
         if title:
             ax.set_title(title)
+        how = f"losses: EMA over {span} steps (lines), each step (dots)" if span else None
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), handlelength=1.6,
-                   columnspacing=0.9)  # fmt: skip
-        return ps.save(fig, out_dir, stem)
+                   columnspacing=0.9, title=how, title_fontsize=6)  # fmt: skip
+        return fig
+
+
+def plot_training(
+    run_dir: Path, out_dir: Path, stem: str = "training", title: str | None = None
+) -> list[Path]:
+    """Loss components over steps (smoothed over the raw points), with the schedule weights (w_inf, w_train) on
+    a twin axis."""
+    log = _read_train_log(run_dir)
+    if not log:
+        return []
+    with ps.style():
+        return ps.save(training_figure(log, title), out_dir, stem)
 
 
 def _selection_panel(ax: Any, data: dict[str, dict[str, float]], sources: list[str], title: str) -> None:

@@ -91,19 +91,23 @@ def _world() -> tuple[dict[str, Path], str, list[CorpusRow]] | None:
     return world.models, world.target, load_corpus(world.corpus_path)
 
 
+def bench_models(tmp: Path, n_examples: int) -> tuple[dict[str, Path], str, list[CorpusRow], str]:
+    """(model folders, target name, corpus, which): the micro world's when it is built, else tiny random models
+    saved under `tmp` with a generated corpus of n_examples."""
+    found = _world()
+    if found is not None:
+        paths, target_name, corpus = found
+        return paths, target_name, corpus, "sandbox-micro"
+    return tiny_models(Path(tmp) / "models"), "target", tiny_corpus(n_examples), "tiny-random"
+
+
 def run(n_examples: int = 96) -> dict[str, Any]:
     """Per source: `signal_bytes_per_token` (parquet bytes / response tokens), `extraction_tokens_per_s`."""
     spec = SignalSpec(
         top_k=10, max_length=256, batch_size=16
     )  # default shard size: per-file overhead amortised
     with tempfile.TemporaryDirectory() as tmp:
-        found = _world()
-        if found is not None:
-            paths, target_name, corpus = found
-            where = "sandbox-micro"
-        else:
-            paths = tiny_models(Path(tmp) / "models")
-            target_name, corpus, where = "target", tiny_corpus(n_examples), "tiny-random"
+        paths, target_name, corpus, where = bench_models(Path(tmp), n_examples)
         corpus = corpus[:n_examples]
         handles = {n: ModelHandle(n, ResolvedModel(str(p))) for n, p in paths.items()}
         target = handles[target_name]

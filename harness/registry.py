@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from methods.base import FusionMethod
 
 ENTRY_POINT_GROUP = "harness.methods"
-BUILTIN_MODULES = ("methods.profuser", "methods.fusellm", "methods.inference_only", "methods.averaging")
+BUILTIN_MODULES = ("methods.profuser", "methods.fusellm", "methods.inference_only", "methods.averaging", "methods.uld")
 
 _REGISTRY: dict[str, type[FusionMethod]] = {}
 _loaded = False

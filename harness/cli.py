@@ -646,6 +646,60 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
         click.echo(str(p))
 
 
+@main.group()
+def align() -> None:
+    """Cross-tokenizer alignment strategies (signals.alignment): span, dtw-exact, dtw-mined, dtw-mined-fusellm.
+
+    \b
+    Examples:
+      harness align compare --target sandbox:llama-knowledge --source sandbox:neox-reasoning
+      harness align compare --target gemma3-270m --source smollm2-135m-instruct --texts corpus.jsonl
+    """
+
+
+@align.command("compare")
+@click.option("--target", "-T", required=True, help="Target model spec (hf:ID, folder, gguf:..., sandbox:NAME, alias).")
+@click.option("--source", "-S", required=True, help="Source model spec, teacher-forced once on every text.")
+@click.option("--texts", type=click.Path(dir_okay=False), default=None,
+              help="Corpus file (JSONL / JSON rows with prompt and reference). Default: the sandbox world's corpus.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=64, show_default=True, help="Texts to use.")
+@click.option("--strategies", default=None, help="Comma-separated strategies [default: all registered].")
+@click.option("--top-k", type=click.IntRange(1, 256), default=10, show_default=True)
+@click.option("--max-length", type=click.IntRange(8, 100_000), default=256, show_default=True,
+              help="Max tokens of prompt + response per text.")
+@click.option("--size", type=click.Choice(["micro", "default"]), default="micro", show_default=True,
+              help="Sandbox world for sandbox: specs and the default texts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as a JSON list.")
+def align_compare(target: str, source: str, texts: str | None, limit: int, strategies: str | None, top_k: int,
+                  max_length: int, size: str, as_json: bool) -> None:  # fmt: skip
+    """Each alignment strategy on one source -> target pair, the same texts and the same teacher pass.
+
+    coverage: target tokens with an aligned teacher (the rest get the one-hot fallback); top-1 agrees: aligned
+    teachers whose top-1 reads as the source's own top-1; lost mass: top-k mass on ids with no target id;
+    tokens/s: alignment throughput (pairing, vocabulary mapping, top-k merge), best of three passes.
+
+    \b
+    Examples:
+      harness align compare --target sandbox:llama-knowledge --source sandbox:gpt2-safety
+      harness align compare -T gemma3-270m -S smollm2-135m-instruct --limit 16 --json
+    """
+    from harness.api import align_compare as run_compare
+    from harness.config import SandboxSpec
+
+    rows = run_compare(target, source, texts=texts, limit=limit, strategies=_csv(strategies), top_k=top_k,
+                       max_length=max_length, sandbox=SandboxSpec(size=size), progress=not as_json)  # type: ignore[arg-type]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    n = rows[0]["target_tokens"] if rows else 0
+    table = Table("strategy", "coverage", "top-1 agrees", "lost mass", "tokens/s",
+                  title=f"alignment strategies: {source} -> {target}, {n} target tokens")  # fmt: skip
+    for r in rows:
+        table.add_row(r["strategy"], _percent(r["coverage"]), _percent(r["top1_agreement"]), _percent(r["lost_mass"]),
+                      f"{r['tokens_per_s']:,.0f}")  # fmt: skip
+    stdout.print(table)
+
+
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 def verify(run_dirs: tuple[str, ...]) -> None:

@@ -150,3 +150,30 @@ def test_registry_lists_the_strategies_and_names_the_choices_on_a_typo() -> None
     assert SignalSpec().alignment == "span"
     with pytest.raises(HarnessError, match="unknown alignment 'dtw'; choose one of .*dtw-exact"):
         get_alignment("dtw")
+
+
+def test_align_compare_cli_on_sandbox_tokenizers(micro_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    corpus = tmp_path / "texts.jsonl"
+    lines = [json.dumps({"prompt": "Say it.", "reference": t}) for t in make_texts(6, 2)]
+    corpus.write_text("\n".join(lines) + "\n")
+    args = ["align", "compare", "-T", "sandbox:llama-knowledge", "-S", "sandbox:gpt2-safety", "--texts", str(corpus),
+            "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {r["strategy"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == set(available_alignments())
+    for r in rows.values():
+        assert r["target_tokens"] > 50 and 0 < r["coverage"] < 1 and r["tokens_per_s"] > 0
+    # the mined strategies pair what span and dtw-exact pair and more; exact vocabulary loses mass, mined none
+    assert rows["dtw-mined"]["coverage"] >= rows["dtw-exact"]["coverage"]
+    assert rows["dtw-mined"]["coverage"] == rows["dtw-mined-fusellm"]["coverage"]
+    assert rows["span"]["lost_mass"] == rows["dtw-mined"]["lost_mass"] == 0
+    assert rows["dtw-exact"]["lost_mass"] > 0
+    bad = CliRunner().invoke(main, [*args[:-1], "--strategies", "span,nope"])
+    assert bad.exit_code == 2 and "unknown alignment 'nope'" in bad.stderr

@@ -156,14 +156,21 @@ class PairVocab:
 
 def pair_vocab(ctx: Context, cand: ModelHandle, tok: Any, source_size: int) -> PairVocab:
     """The source's ids on the target's vocabulary (cached on disk), each side's end of turn given by its format."""
+    return pair_vocab_of(ctx.target, ctx.target_tok, cand, tok, source_size, ctx.cache_dir)
+
+
+def pair_vocab_of(
+    target_handle: ModelHandle, target_tok: Any, cand: ModelHandle, tok: Any, source_size: int, cache_dir: Path
+) -> PairVocab:
+    """`pair_vocab` for any two loaded tokenizers (also `harness align compare`)."""
     source_eot = end_of_turn_id(tok, cand.chat_template, cand.name)
-    target_eot = end_of_turn_id(ctx.target_tok, ctx.target.chat_template, ctx.target.name)
+    target_eot = end_of_turn_id(target_tok, target_handle.chat_template, target_handle.name)
     ends = (source_eot, target_eot)
-    vmap = vocab_map(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
-    path = vocab_map_path(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
-    target = special_tokens(ctx.target_tok, target_eot)
+    vmap = vocab_map(tok, target_tok, cache_dir, source_size, *ends, nearest=False)
+    path = vocab_map_path(tok, target_tok, cache_dir, source_size, *ends, nearest=False)
+    target = special_tokens(target_tok, target_eot)
     source = special_tokens(tok, source_eot)
-    audit = AuditVocab(token_bytes(tok), token_bytes(ctx.target_tok), source.stop, target.stop)
+    audit = AuditVocab(token_bytes(tok), token_bytes(target_tok), source.stop, target.stop)
     return PairVocab(vmap, audit, target.special, path, source.special)
 
 

@@ -177,3 +177,15 @@ def test_align_compare_cli_on_sandbox_tokenizers(micro_world, tmp_path) -> None:
     assert rows["dtw-exact"]["lost_mass"] > 0
     bad = CliRunner().invoke(main, [*args[:-1], "--strategies", "span,nope"])
     assert bad.exit_code == 2 and "unknown alignment 'nope'" in bad.stderr
+
+
+def test_bench_reports_every_strategy_and_dtw_stays_far_faster_than_the_naive_dp() -> None:
+    from harness.bench.align import run
+
+    figures = run(n_sequences=1, sentences=15, fast_repeats=4)
+    for name in available_alignments():
+        key = name.replace("-", "_")
+        assert figures[f"align_{key}_tokens_per_s"] > figures["align_naive_tokens_per_s"]
+        assert 0.5 < figures[f"align_{key}_coverage"] <= 1
+    for key in ("dtw_exact", "dtw_mined"):  # the windows between anchors keep DTW off the quadratic path
+        assert figures[f"align_{key}_speedup_vs_naive"] >= 20, figures

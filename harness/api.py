@@ -27,7 +27,7 @@ from harness.errors import HarnessError
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "Sweep", "ablate", "align_compare", "compare", "evaluate", "finished", "load_experiment", "load_run",
+__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "evaluate", "finished", "load_experiment", "load_run",
            "load_sweep", "plan", "plan_sweep", "run", "schedule_variants", "sweep", "verify", "versus"]  # fmt: skip
 
 
@@ -244,6 +244,18 @@ def versus(
     if not (a and b) or a == b:
         raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
     return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch), fmt)
+
+
+def against(sweep: Sweep | PathLike, axis: str, reference: Any) -> str:
+    """A sweep's grid points against the point with `axis` = `reference` and the same other values (e.g.
+    `against(s, "signals.alignment", "span")`), task by task over their common seeds, Holm across the table
+    (harness.analysis.replicates.against_reference), as Markdown."""
+    from harness.analysis.replicates import against_reference, render_versus
+
+    folder = sweep.dir if isinstance(sweep, Sweep) else Path(sweep)
+    if not (folder / "sweep.json").is_file() or not (folder / "summary.json").is_file():
+        raise HarnessError(f"'{folder}' is not a finished sweep (no summary.json and sweep.json)", "api")
+    return render_versus(against_reference(folder, axis, reference))
 
 
 def align_compare(

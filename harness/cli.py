@@ -426,13 +426,17 @@ def tasks(as_json: bool) -> None:
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
 @click.option("--versus", default=None, metavar="A:B",
               help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv).")
+@click.option("--against", default=None, metavar="KEY=VALUE",
+              help="Instead, for one sweep folder: every grid point against the point with KEY=VALUE and the same "
+                   "other values, e.g. signals.alignment=span (tests over documents and seeds, Holm; md).")
 @click.option("--allow-mismatch", is_flag=True,
               help="Compare runs that evaluated a task differently (data, task version, shots, limit, metric); "
                    "the table says what differs.")
 @click.option("--holm", "holm", type=click.Choice(["run", "table"]), default="run", show_default=True,
               help="Holm family of the markers: each run's own comparisons, or every comparison the table shows.")
 def report(
-    run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None, allow_mismatch: bool, holm: str
+    run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None, against: str | None,
+    allow_mismatch: bool, holm: str,
 ) -> None:
     """Compare runs in one table: rows are models and methods, columns tasks, with significance markers.
 
@@ -442,10 +446,16 @@ def report(
       harness report results/run-a results/run-b --format latex --out table.tex
       harness report results/*/ --versus profuser:fusellm
       harness report results/*/ --holm table
+      harness report results/sweep-0123456789 --against signals.alignment=span
     """
     from harness import api
 
-    if versus is not None:
+    if against is not None:
+        key, sep, value = against.partition("=")
+        if not (key and sep and value) or len(run_dirs) != 1 or versus is not None:
+            raise HarnessError("--against expects one sweep folder and KEY=VALUE, without --versus", "cli")
+        text = api.against(run_dirs[0], key.strip(), value.strip())
+    elif versus is not None:
         a, sep, b = versus.partition(":")
         if not (a and sep and b) or a == b:
             raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")

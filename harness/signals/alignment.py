@@ -23,12 +23,11 @@ the whole sequence. Plugins register under the entry point group `harness.alignm
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from importlib.metadata import entry_points
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.registry import Registry
 from harness.signals.align import Tokenization, align, same_span_pairs
 
 ENTRY_POINT_GROUP = "harness.alignments"
@@ -59,39 +58,20 @@ class AlignmentStrategy(ABC):
         mined map, resolved at `source_ids` when `uses_token_ids`)."""
 
 
-S = TypeVar("S", bound=type[AlignmentStrategy])
-_REGISTRY: dict[str, type[AlignmentStrategy]] = {}
-_loaded = False
+ALIGNMENTS: Registry[type[AlignmentStrategy]] = Registry("alignment", ENTRY_POINT_GROUP, stage="signals")
 
 
 def register_alignment(name: str):  # type: ignore[no-untyped-def]
     """Class decorator: `@register_alignment("span")` makes the strategy selectable as `signals.alignment`."""
-
-    def wrap(cls: S) -> S:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"alignment '{name}' is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return ALIGNMENTS.register(name)
 
 
 def available_alignments() -> dict[str, type[AlignmentStrategy]]:
-    global _loaded
-    if not _loaded:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name not in _REGISTRY:
-                _REGISTRY[ep.name] = ep.load()
-        _loaded = True
-    return dict(sorted(_REGISTRY.items()))
+    return ALIGNMENTS.available()
 
 
 def get_alignment(name: str) -> AlignmentStrategy:
-    found = available_alignments()
-    if name not in found:
-        raise HarnessError(f"unknown alignment '{name}'; choose one of {', '.join(found)}", "signals")
-    return found[name]()
+    return ALIGNMENTS.get(name)()
 
 
 @register_alignment("span")

@@ -135,8 +135,8 @@ class SignalStore:
         path = Path(root) / meta.key
         meta_path = path / "meta.json"
         expected = json.loads(json.dumps(meta.to_json(), default=str))
-        with locked(meta_path):  # the lock file lives inside `path`: a folder holding only it is a new store
-            if path.exists() and any(p.name != f"{meta_path.name}.lock" for p in path.iterdir()):
+        with locked(meta_path):
+            if path.exists():
                 try:
                     found = json.loads(meta_path.read_text(encoding="utf-8"))
                     why = None if found == expected else "meta.json does not match its key"

@@ -10,6 +10,7 @@ command line with the same settings take the same code path and give the same ru
     print(harness.compare([fused, base]))                     # one significance-marked table
     grid = harness.sweep(exp, {"method.name": ["profuser", "fusellm"]}, seeds=[0, 1, 2])  # resumable
     print(grid.table())                                       # mean ± 95% t-interval over seeds
+    harness.align_compare("gemma3-270m", "smollm2-135m-instruct", texts="corpus.jsonl")  # per alignment strategy
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from harness.errors import HarnessError
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "Sweep", "ablate", "compare", "evaluate", "finished", "load_experiment", "load_run",
+__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "evaluate", "finished", "load_experiment", "load_run",
            "load_sweep", "plan", "plan_sweep", "run", "schedule_variants", "sweep", "verify", "versus"]  # fmt: skip
 
 
@@ -243,3 +244,61 @@ def versus(
     if not (a and b) or a == b:
         raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
     return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch), fmt)
+
+
+def against(sweep: Sweep | PathLike, axis: str, reference: Any) -> str:
+    """A sweep's grid points against the point with `axis` = `reference` and the same other values (e.g.
+    `against(s, "signals.alignment", "span")`), task by task over their common seeds, Holm across the table
+    (harness.analysis.replicates.against_reference), as Markdown."""
+    from harness.analysis.replicates import against_reference, render_versus
+
+    folder = sweep.dir if isinstance(sweep, Sweep) else Path(sweep)
+    if not (folder / "sweep.json").is_file() or not (folder / "summary.json").is_file():
+        raise HarnessError(f"'{folder}' is not a finished sweep (no summary.json and sweep.json)", "api")
+    return render_versus(against_reference(folder, axis, reference))
+
+
+def align_compare(
+    target: str, source: str, *, texts: PathLike | None = None, limit: int = 64, strategies: Sequence[str] | None = None,
+    top_k: int = 10, max_length: int = 256, sandbox: SandboxSpec | None = None, progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every alignment strategy (or `strategies`) on one source -> target pair of model specs, over the first
+    `limit` rows of `texts` (a corpus file: JSONL / JSON rows with prompt and reference; default: the sandbox
+    world's corpus): per strategy its coverage, top-1 agreement, lost mass and tokens/s
+    (harness/signals/compare.py). `sandbox:` specs and the default texts use the world `sandbox` (default:
+    micro, seed 0), built first if needed."""
+    from harness.models import resolve
+    from harness.pipeline import unavailable
+    from harness.signals import load_corpus
+    from harness.signals.alignment import get_alignment
+    from harness.signals.compare import as_dicts, compare_alignments
+    from harness.signals.inputs import ModelHandle
+    from harness.store import default_cache_dir
+
+    if not 1 <= limit <= 100_000:
+        raise HarnessError(f"limit must be between 1 and 100000, got {limit}", "align")
+    if not 1 <= top_k <= 256:
+        raise HarnessError(f"top_k must be between 1 and 256, got {top_k}", "align")
+    for name in strategies or []:
+        get_alignment(name)
+    text_path = Path(texts) if texts is not None else None
+    if text_path is not None and not text_path.is_file():
+        raise HarnessError(f"texts file '{text_path}' does not exist", "align")
+    cache_dir = default_cache_dir()
+    sandbox_models, world = None, None
+    if text_path is None or any(m.startswith("sandbox:") for m in (target, source)):
+        from harness.sandbox.build import build_world
+
+        spec = sandbox or SandboxSpec(size="micro")
+        world = build_world(size=spec.size, seed=spec.seed, cache_dir=cache_dir, progress=progress)
+        sandbox_models = world.models
+    handles = []
+    for spec_ in (target, source):
+        model = resolve(spec_, sandbox_models, where="model")
+        if (why := unavailable(model)) is not None:
+            raise HarnessError(f"cannot load '{spec_}': {why}", "model")
+        handles.append(ModelHandle(spec_, model))
+    rows = load_corpus(text_path if text_path is not None else world.corpus_path, limit=limit)  # type: ignore[union-attr]
+    figures = compare_alignments(handles[0], handles[1], rows, cache_dir, strategies=strategies, top_k=top_k,
+                                 max_length=max_length)  # fmt: skip
+    return as_dicts(figures)

@@ -426,13 +426,17 @@ def tasks(as_json: bool) -> None:
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
 @click.option("--versus", default=None, metavar="A:B",
               help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv).")
+@click.option("--against", default=None, metavar="KEY=VALUE",
+              help="Instead, for one sweep folder: every grid point against the point with KEY=VALUE and the same "
+                   "other values, e.g. signals.alignment=span (tests over documents and seeds, Holm; md).")
 @click.option("--allow-mismatch", is_flag=True,
               help="Compare runs that evaluated a task differently (data, task version, shots, limit, metric); "
                    "the table says what differs.")
 @click.option("--holm", "holm", type=click.Choice(["run", "table"]), default="run", show_default=True,
               help="Holm family of the markers: each run's own comparisons, or every comparison the table shows.")
 def report(
-    run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None, allow_mismatch: bool, holm: str
+    run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None, against: str | None,
+    allow_mismatch: bool, holm: str,
 ) -> None:
     """Compare runs in one table: rows are models and methods, columns tasks, with significance markers.
 
@@ -442,10 +446,16 @@ def report(
       harness report results/run-a results/run-b --format latex --out table.tex
       harness report results/*/ --versus profuser:fusellm
       harness report results/*/ --holm table
+      harness report results/sweep-0123456789 --against signals.alignment=span
     """
     from harness import api
 
-    if versus is not None:
+    if against is not None:
+        key, sep, value = against.partition("=")
+        if not (key and sep and value) or len(run_dirs) != 1 or versus is not None:
+            raise HarnessError("--against expects one sweep folder and KEY=VALUE, without --versus", "cli")
+        text = api.against(run_dirs[0], key.strip(), value.strip())
+    elif versus is not None:
         a, sep, b = versus.partition(":")
         if not (a and sep and b) or a == b:
             raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")
@@ -644,6 +654,60 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
 
     for p in plot_selection(Path(run_dir), Path(run_dir) / "plots"):
         click.echo(str(p))
+
+
+@main.group()
+def align() -> None:
+    """Cross-tokenizer alignment strategies (signals.alignment): span, dtw-exact, dtw-mined, dtw-mined-fusellm.
+
+    \b
+    Examples:
+      harness align compare --target sandbox:llama-knowledge --source sandbox:neox-reasoning
+      harness align compare --target gemma3-270m --source smollm2-135m-instruct --texts corpus.jsonl
+    """
+
+
+@align.command("compare")
+@click.option("--target", "-T", required=True, help="Target model spec (hf:ID, folder, gguf:..., sandbox:NAME, alias).")
+@click.option("--source", "-S", required=True, help="Source model spec, teacher-forced once on every text.")
+@click.option("--texts", type=click.Path(dir_okay=False), default=None,
+              help="Corpus file (JSONL / JSON rows with prompt and reference). Default: the sandbox world's corpus.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=64, show_default=True, help="Texts to use.")
+@click.option("--strategies", default=None, help="Comma-separated strategies [default: all registered].")
+@click.option("--top-k", type=click.IntRange(1, 256), default=10, show_default=True)
+@click.option("--max-length", type=click.IntRange(8, 100_000), default=256, show_default=True,
+              help="Max tokens of prompt + response per text.")
+@click.option("--size", type=click.Choice(["micro", "default"]), default="micro", show_default=True,
+              help="Sandbox world for sandbox: specs and the default texts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as a JSON list.")
+def align_compare(target: str, source: str, texts: str | None, limit: int, strategies: str | None, top_k: int,
+                  max_length: int, size: str, as_json: bool) -> None:  # fmt: skip
+    """Each alignment strategy on one source -> target pair, the same texts and the same teacher pass.
+
+    coverage: target tokens with an aligned teacher (the rest get the one-hot fallback); top-1 agrees: aligned
+    teachers whose top-1 reads as the source's own top-1; lost mass: top-k mass on ids with no target id;
+    tokens/s: alignment throughput (pairing, vocabulary mapping, top-k merge), best of three passes.
+
+    \b
+    Examples:
+      harness align compare --target sandbox:llama-knowledge --source sandbox:gpt2-safety
+      harness align compare -T gemma3-270m -S smollm2-135m-instruct --limit 16 --json
+    """
+    from harness.api import align_compare as run_compare
+    from harness.config import SandboxSpec
+
+    rows = run_compare(target, source, texts=texts, limit=limit, strategies=_csv(strategies), top_k=top_k,
+                       max_length=max_length, sandbox=SandboxSpec(size=size), progress=not as_json)  # type: ignore[arg-type]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    n = rows[0]["target_tokens"] if rows else 0
+    table = Table("strategy", "coverage", "top-1 agrees", "lost mass", "tokens/s",
+                  title=f"alignment strategies: {source} -> {target}, {n} target tokens")  # fmt: skip
+    for r in rows:
+        table.add_row(r["strategy"], _percent(r["coverage"]), _percent(r["top1_agreement"]), _percent(r["lost_mass"]),
+                      f"{r['tokens_per_s']:,.0f}")  # fmt: skip
+    stdout.print(table)
 
 
 @main.command()

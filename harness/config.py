@@ -152,6 +152,11 @@ class SignalSpec(_Strict):
     shard_size: int = Field(default=256, ge=1, le=MAX_COUNT, description="Examples per stored shard (unit of resume).")
     backend: Literal["auto", "hf", "vllm"] = "auto"
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
+    alignment: str = Field(
+        default="span",
+        description="Cross-tokenizer alignment strategy (harness/signals/alignment.py): span, dtw-exact, dtw-mined, "
+        "dtw-mined-fusellm, or a plugin's name; checked at plan time.",
+    )
 
 
 class JudgeSpec(_Strict):

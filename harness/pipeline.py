@@ -156,8 +156,10 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
     from harness.evaluation.offline_data import check_data
     from harness.evaluation.task_catalog import SANDBOX_TASKS
     from harness.registry import get_method
+    from harness.signals.alignment import get_alignment
 
     method_cls = get_method(exp.method.name)
+    get_alignment(exp.signals.alignment)
     tasks = expand_tasks(exp.eval.tasks)
     data_dir = _check_data_dir(exp.data_dir)
     specs = [("config: target.path", exp.target.path)] + [(f"config: sources[{i}].path", s.path) for i, s in enumerate(exp.sources)]
@@ -181,7 +183,8 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
         p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}), built once and cached")
     for mode in sorted(s.value for s in method_cls.needs):
         what = "teacher-forced top-k" if mode == "training" else f"generation + {exp.judges.kind} judge + top-k"
-        p.stages.append(f"signals ({mode} mode): {what}, k={exp.signals.top_k}, for {len(names)} candidate models")
+        p.stages.append(f"signals ({mode} mode): {what}, k={exp.signals.top_k}, aligned by "
+                        f"'{exp.signals.alignment}', for {len(names)} candidate models")
     p.stages.append(f"train: {exp.method.name} (schedule {exp.method.schedule.name}) into '{exp.target.name}'")
     labels = ["target-base", *([s.name for s in exp.sources] if exp.eval.compare_sources else []), exp.method.name]
     p.stages.append(f"evaluate: {', '.join(tasks)} for {', '.join(labels)}")

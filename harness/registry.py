@@ -1,10 +1,13 @@
-"""The method registry: a decorator for built-in methods, the entry point group `harness.methods` for plugins."""
+"""Plugin registries: a decorator for built-in classes, an entry point group for plugins, a one-line error naming
+the choices. Fusion methods live here (`harness.methods`); the alignment strategies use the same `Registry`
+(harness/signals/alignment.py, `harness.alignments`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from harness.errors import HarnessError
 
@@ -12,47 +15,59 @@ if TYPE_CHECKING:
     from methods.base import FusionMethod
 
 ENTRY_POINT_GROUP = "harness.methods"
-BUILTIN_MODULES = ("methods.profuser", "methods.fusellm", "methods.inference_only", "methods.averaging")
+BUILTIN_MODULES = ("methods.profuser", "methods.fusellm", "methods.inference_only", "methods.averaging", "methods.uld")
 
-_REGISTRY: dict[str, type[FusionMethod]] = {}
-_loaded = False
+C = TypeVar("C", bound=type)
 
-M = TypeVar("M", bound="type[FusionMethod]")
+
+class Registry(Generic[C]):
+    """Named classes of one kind: `register(name)` for built-ins (which sets `cls.name`), the entry point `group`
+    for plugins (a built-in name wins), `builtin` modules imported on first use."""
+
+    def __init__(self, kind: str, group: str, builtin: Sequence[str] = (), stage: str = "", hint: str = "") -> None:
+        self.kind, self.group, self.builtin, self.stage, self.hint = kind, group, tuple(builtin), stage or kind, hint
+        self._classes: dict[str, C] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def wrap(cls: Any) -> Any:
+            if name in self._classes and self._classes[name] is not cls:
+                raise ValueError(f"{self.kind} '{name}' is registered twice ({self._classes[name].__module__} and {cls.__module__})")
+            cls.name = name
+            self._classes[name] = cls
+            return cls
+
+        return wrap
+
+    def available(self) -> dict[str, C]:
+        if not self._loaded:
+            for module in self.builtin:
+                import_module(module)
+            for ep in entry_points(group=self.group):
+                if ep.name not in self._classes:
+                    self._classes.setdefault(ep.name, ep.load())
+            self._loaded = True
+        return dict(sorted(self._classes.items()))
+
+    def get(self, name: str) -> C:
+        found = self.available()
+        if name not in found:
+            hint = f" {self.hint}" if self.hint else ""
+            raise HarnessError(f"unknown {self.kind} '{name}'; choose one of {', '.join(found)}{hint}", self.stage)
+        return found[name]
+
+
+METHODS: Registry[type[FusionMethod]] = Registry("method", ENTRY_POINT_GROUP, BUILTIN_MODULES, hint="(see `harness methods`)")
 
 
 def register_method(name: str):  # type: ignore[no-untyped-def]
     """Class decorator: `@register_method("profuser")` makes the method available by that name."""
-
-    def wrap(cls: M) -> M:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method '{name}' is registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for module in BUILTIN_MODULES:
-        import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            cls = ep.load()
-            _REGISTRY.setdefault(ep.name, cls)
-    _loaded = True
+    return METHODS.register(name)
 
 
 def available_methods() -> dict[str, type[FusionMethod]]:
-    _load_all()
-    return dict(sorted(_REGISTRY.items()))
+    return METHODS.available()
 
 
 def get_method(name: str) -> type[FusionMethod]:
-    methods = available_methods()
-    if name not in methods:
-        raise HarnessError(f"unknown method '{name}'; choose one of {', '.join(methods)} (see `harness methods`)", "method")
-    return methods[name]
+    return METHODS.get(name)

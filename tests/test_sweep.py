@@ -118,6 +118,17 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path, session_cache: 
     # the runs' own tables keep the grid points apart
     report = _harness(["report", *(str(r) for r in runs)], tmp_path, session_cache)
     assert "profuser (switch=0.25)" in report.stdout and "profuser (switch=0.75)" in report.stdout
+    # every point against the reference value of one axis: here switch=0.75 against switch=0.25, task by task
+    against = _harness(["report", str(folder), "--against", "method.schedule.switch=0.25"], tmp_path, session_cache)
+    assert against.returncode == 0, against.stderr
+    rows = [line for line in against.stdout.splitlines() if line.startswith("| profuser switch=0.75 |")]
+    late, early = (_json(r / "summary.json")["tasks"] for r in runs)
+    assert len(rows) == len(late) == 3
+    for line in rows:
+        task, delta = line.split(" | ")[2], line.split(" | ")[4]
+        assert float(delta) == pytest.approx(100 * (late[task]["value"] - early[task]["value"]), abs=0.05)
+    bad = _harness(["report", str(folder), "--against", "signals.alignment=span"], tmp_path, session_cache)
+    assert bad.returncode == 2 and "no grid axis 'signals.alignment'" in bad.stderr
 
 
 def _runs_done(folder: Path) -> list[Path]:

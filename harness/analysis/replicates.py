@@ -157,6 +157,42 @@ def _versus(points: list[dict[str, Any]], by_seed: dict[str, dict[Any, Path]], s
     return rows
 
 
+def against_reference(sweep_dir: Path, axis: str, reference: Any, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Every grid point of a finished sweep whose `axis` value is not `reference`, against the point with the same
+    other grid values and `axis` = `reference` (e.g. each alignment strategy against `span`, method by method), on
+    each task over their common seeds (`compare_over_seeds`), Holm-adjusted across all rows."""
+    from harness.analysis.report import read_json_file
+
+    summary = read_json_file(Path(sweep_dir) / "summary.json")
+    points = summary.get("points") or []
+    if not any(axis in p["values"] for p in points):
+        raise HarnessError(f"the sweep '{sweep_dir}' has no grid axis '{axis}'", "report")
+    if not any(str(p["values"].get(axis)) == str(reference) for p in points):
+        raise HarnessError(f"the sweep '{sweep_dir}' has no point with {axis}={reference}", "report")
+    runs = {p["label"]: {int(k): Path(sweep_dir) / "runs" / v for k, v in p["runs"].items()} for p in points}
+
+    def rest(p: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in p["values"].items() if k != axis}, sort_keys=True, default=str)
+
+    refs = {rest(p): p for p in points if str(p["values"].get(axis)) == str(reference)}
+    rows: list[dict[str, Any]] = []
+    for p in points:
+        ref = refs.get(rest(p))
+        if ref is None or ref is p:
+            continue
+        seeds = [k for k in runs[p["label"]] if k in runs[ref["label"]]]
+        if not seeds:
+            continue
+        first = load_summary(runs[p["label"]][seeds[0]])
+        for task, info in first["tasks"].items():
+            pairs = {k: (runs[p["label"]][k], runs[ref["label"]][k]) for k in seeds}
+            rows.append({"a": p["label"], "b": ref["label"], "task": task,
+                         **_tests(p["method"], ref["method"], task, info, pairs, seed)})  # fmt: skip
+    for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_adjusted"] = p_adj
+    return rows
+
+
 MARKER_NOTE = (
     "† p_adj < 0.05, ‡ p_adj < 0.01 vs target-base over the point's seeds: both the test over documents (the "
     "per-document differences summed over seeds: exact sign test for binary metrics, sign-flip permutation "

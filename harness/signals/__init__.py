@@ -4,6 +4,8 @@
     encoding.py         one example in one model's chat format, with the response's character spans
     teacher.py          teacher-forced passes and their alignment onto the target's tokens and vocabulary
     align.py            cross-tokenizer alignment of positions and vocabularies
+    alignment.py        the registry of alignment strategies (`signals.alignment`: span, dtw-exact, dtw-mined)
+    compare.py          the strategies side by side on one pair (`harness align compare`)
     candidate_store.py  one candidate's sharded, resumable store (both modes)
     training_mode.py    training mode: teacher-forced on the reference (MinCE later picks per example)
     generate.py         inference mode's generation (HF batched generate or vLLM)

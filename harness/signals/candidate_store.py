@@ -23,6 +23,7 @@ from harness.config import SignalSpec
 from harness.errors import HarnessError
 from harness.models import load_model, load_tokenizer
 from harness.signals.align import (
+    UNRESOLVED,
     resolve_nearest,
     save_vocab_map,
     special_tokens,
@@ -30,6 +31,7 @@ from harness.signals.align import (
     vocab_map,
     vocab_map_path,
 )
+from harness.signals.alignment import get_alignment
 from harness.signals.encoding import encode_example
 from harness.signals.inputs import CorpusRow, ModelHandle
 from harness.signals.store import ExampleSignal, SignalStore, StoreMeta
@@ -134,23 +136,42 @@ class PairVocab:
     audit: AuditVocab
     target_special: frozenset[int]
     path: Path | None = None
+    source_special: frozenset[int] = frozenset()
 
     def resolve(self, source_ids: np.ndarray) -> None:
         if resolve_nearest(self.vmap, source_ids, self.audit.source_text, self.audit.target_text, self.target_special):
             if self.path is not None:
                 save_vocab_map(self.path, self.vmap)
 
+    def exact_map(self) -> np.ndarray:
+        """The map without its minimum-edit-distance entries (FuseLLM "hard"): an ordinary source id keeps its
+        target id only where a target token stands for the same bytes; special tokens keep theirs (by meaning)."""
+        ordinary = {b for i, b in enumerate(self.audit.target_text) if i not in self.target_special}
+        exact = np.zeros(len(self.vmap), dtype=bool)
+        n = min(len(self.vmap), len(self.audit.source_text))
+        exact[:n] = [b in ordinary for b in self.audit.source_text[:n]]
+        exact[[i for i in self.source_special if i < len(exact)]] = True
+        return np.where(exact & (self.vmap != UNRESOLVED), self.vmap, -1)
+
 
 def pair_vocab(ctx: Context, cand: ModelHandle, tok: Any, source_size: int) -> PairVocab:
     """The source's ids on the target's vocabulary (cached on disk), each side's end of turn given by its format."""
+    return pair_vocab_of(ctx.target, ctx.target_tok, cand, tok, source_size, ctx.cache_dir)
+
+
+def pair_vocab_of(
+    target_handle: ModelHandle, target_tok: Any, cand: ModelHandle, tok: Any, source_size: int, cache_dir: Path
+) -> PairVocab:
+    """`pair_vocab` for any two loaded tokenizers (also `harness align compare`)."""
     source_eot = end_of_turn_id(tok, cand.chat_template, cand.name)
-    target_eot = end_of_turn_id(ctx.target_tok, ctx.target.chat_template, ctx.target.name)
+    target_eot = end_of_turn_id(target_tok, target_handle.chat_template, target_handle.name)
     ends = (source_eot, target_eot)
-    vmap = vocab_map(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
-    path = vocab_map_path(tok, ctx.target_tok, ctx.cache_dir, source_size, *ends, nearest=False)
-    target = special_tokens(ctx.target_tok, target_eot)
-    audit = AuditVocab(token_bytes(tok), token_bytes(ctx.target_tok), special_tokens(tok, source_eot).stop, target.stop)
-    return PairVocab(vmap, audit, target.special, path)
+    vmap = vocab_map(tok, target_tok, cache_dir, source_size, *ends, nearest=False)
+    path = vocab_map_path(tok, target_tok, cache_dir, source_size, *ends, nearest=False)
+    target = special_tokens(target_tok, target_eot)
+    source = special_tokens(tok, source_eot)
+    audit = AuditVocab(token_bytes(tok), token_bytes(target_tok), source.stop, target.stop)
+    return PairVocab(vmap, audit, target.special, path, source.special)
 
 
 def signal_rows(
@@ -176,11 +197,16 @@ def signal_rows(
         for r, resp in zip(rows, responses, strict=True)
     ]
     passes = teacher_forced(model, src, spec.top_k, spec.batch_size, pad_id=tok.pad_token_id or 0)
-    vocab.resolve(np.concatenate([p.top_ids.reshape(-1) for p in passes] or [np.zeros(0, dtype=np.int64)]))
+    strategy = get_alignment(spec.alignment)
+    seen = [p.top_ids.reshape(-1) for p in passes] + ([e.ids for e in src] if strategy.uses_token_ids else [])
+    vocab.resolve(np.concatenate(seen or [np.zeros(0, dtype=np.int64)]))
+    top_map = vocab.exact_map() if strategy.vocab == "exact" else None
     out = []
     audits: dict[str, list[float]] = {name: [] for name in AUDIT_COLUMNS}
     for r, s, t, p in zip(rows, src, tgt, passes, strict=True):
-        ids, logp, n_aligned, audit = aligned_teacher_with_audit(t, s, p, vocab.vmap, spec.top_k, vocab.audit)
+        ids, logp, n_aligned, audit = aligned_teacher_with_audit(
+            t, s, p, vocab.vmap, spec.top_k, vocab.audit, strategy, top_map
+        )
         out.append(ExampleSignal(r.id, r.skill, p.ce, t.ids, t.resp_start, ids, logp, n_aligned))
         for name in AUDIT_COLUMNS:
             audits[name].append(audit[name])

@@ -15,6 +15,8 @@ from harness.config import JudgeSpec, SignalSpec
 from harness.errors import HarnessError
 from harness.models import load_tokenizer
 from harness.modes import Signal
+from harness.signals.alignment import DEFAULT as DEFAULT_ALIGNMENT
+from harness.signals.alignment import get_alignment
 from harness.signals.candidate_store import Context, ShardCallback, device_of, precision_of, rank_world
 from harness.signals.inference_mode import GenerateFn, JudgeLike, inference_stores
 from harness.signals.inputs import CorpusRow, ModelHandle, corpus_hash, tokenizer_fingerprint, validate_corpus
@@ -59,6 +61,7 @@ def extract_signals(
     if len(set(names)) != len(names):
         raise HarnessError(f"candidate names must be unique, got {', '.join(names)}", "signals")
     mode = Signal(mode)
+    get_alignment(spec.alignment)  # an unknown name is one line before any model loads
     cache_dir = Path(cache_dir)
     rank_, world, state = rank_world(rank, world_size)
     target_tok = load_tokenizer(target.model, target.trust_remote_code)
@@ -71,6 +74,8 @@ def extract_signals(
         "max_length": spec.max_length,
         "precision": precision_of(ctx.device),  # bf16 on a GPU gives other numbers than fp32 on a CPU
     }
+    if spec.alignment != DEFAULT_ALIGNMENT:  # the default stays out of the key: stores from before keep their key
+        common["alignment"] = spec.alignment
     if mode is Signal.TRAINING:
         result = SignalSet(mode, target.name, training_stores(ctx, candidates, common))
     else:

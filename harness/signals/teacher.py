@@ -1,9 +1,10 @@
 """Model passes: a candidate teacher-forced on its own tokens, and its teacher moved onto the target's tokens.
 
 Aligned teacher of target response token i (predicted from target position i-1): the source's distribution
-predicting the source token with the identical character span (logits at that token's previous position, the
-last prompt position for the first response token), mapped to target ids with duplicates merged; otherwise a
-one-hot on token i itself.
+predicting the source token the alignment strategy pairs with it (harness/signals/alignment.py; by default the
+one with the identical character span), read at that token's previous position (the last prompt position for
+the first response token), mapped to target ids with duplicates merged; otherwise a one-hot on token i itself
+(the strategy's `fallback` "current" reproduces FuseLLM's one-hot on token i-1).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.signals.align import align
+from harness.signals.alignment import DEFAULT, AlignmentStrategy, get_alignment
 from harness.signals.encoding import Encoded
 
 
@@ -114,13 +115,17 @@ def merge_topk(
     return out_ids, out_logp
 
 
-def _anchored(target: Encoded, source: Encoded, teacher: TeacherPass) -> tuple[np.ndarray, np.ndarray]:
-    """(target response rows, source response rows) whose tokens have identical spans, the source row predicted."""
+def _anchored(
+    target: Encoded, source: Encoded, teacher: TeacherPass, strategy: AlignmentStrategy, vmap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(target response rows, source response rows) the strategy pairs, the source row predicted."""
     n = target.n_response
     if np.array_equal(target.ids, source.ids) and target.resp_start == source.resp_start:
         j = np.arange(n)  # the same tokenization (the target as its own candidate)
     else:
-        j = align(target.response, source.response).same_span
+        j = strategy.match(
+            target.response, source.response, target.ids[target.resp_start :], source.ids[source.resp_start :], vmap
+        )
     usable = j >= 0
     usable[usable] = teacher.predicted[j[usable]]
     rows = np.flatnonzero(usable)
@@ -128,25 +133,35 @@ def _anchored(target: Encoded, source: Encoded, teacher: TeacherPass) -> tuple[n
 
 
 def aligned_teacher(
-    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int
+    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int,
+    strategy: AlignmentStrategy | None = None, top_map: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """The source's teacher for each target response token: [n, k] ids, [n, k] logp, and the aligned count."""
-    ids, logp, _, n_aligned = _aligned(target, source, teacher, vmap, k)
+    """The source's teacher for each target response token: [n, k] ids, [n, k] logp, and the aligned count.
+
+    `vmap` is the mined source -> target map (pairing of `dtw-mined`); `top_map` the one the teacher's ids go
+    through (default `vmap`; the exact-only map for strategies with `vocab == "exact"`)."""
+    ids, logp, _, n_aligned = _aligned(target, source, teacher, vmap, k, strategy, top_map)
     return ids, logp, n_aligned
 
 
 def _aligned(
-    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int
+    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int,
+    strategy: AlignmentStrategy | None, top_map: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], int]:
+    strategy = strategy or get_alignment(DEFAULT)
+    top_map = vmap if top_map is None else top_map
     n = target.n_response
-    rows, src = _anchored(target, source, teacher)
+    rows, src = _anchored(target, source, teacher, strategy, vmap)
     ids, logp = merge_topk(
-        np.repeat(rows, k), vmap[teacher.top_ids[src]].reshape(-1), teacher.top_logp[src].reshape(-1), n, k
+        np.repeat(rows, k), top_map[teacher.top_ids[src]].reshape(-1), teacher.top_logp[src].reshape(-1), n, k
     )
     fallback = ~np.isfinite(logp[:, 0])  # unaligned, or every entry mapped nowhere
     ids[fallback] = 0
     logp[fallback] = -np.inf
-    ids[fallback, 0] = target.ids[target.resp_start :][fallback]  # one-hot on the NEXT token: token i itself
+    first = target.resp_start
+    if strategy.fallback == "current" and first > 0:  # FuseLLM: the token at the predicting position, i - 1
+        first -= 1
+    ids[fallback, 0] = target.ids[first : first + n][fallback]  # "next": token i itself
     logp[fallback, 0] = 0.0
     kept = ~fallback[rows]
     return ids, logp, (rows[kept], src[kept]), int(np.count_nonzero(kept))
@@ -166,7 +181,8 @@ AUDIT_COLUMNS = ("audit_top1_same", "audit_mass", "audit_lost_mass", "audit_stop
 
 
 def aligned_teacher_with_audit(
-    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int, vocab: AuditVocab
+    target: Encoded, source: Encoded, teacher: TeacherPass, vmap: np.ndarray, k: int, vocab: AuditVocab,
+    strategy: AlignmentStrategy | None = None, top_map: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, dict[str, float]]:
     """`aligned_teacher` plus the example's audit counts, over the target tokens whose teacher came from the
     source (anchored rows, `n_aligned` of them):
@@ -175,10 +191,10 @@ def aligned_teacher_with_audit(
     text, or both stop tokens); audit_mass: the source's top-k probability mass there; audit_lost_mass: the
     part of it on ids that map nowhere; audit_stop_mass: the part on the source's stop ids (EOS, end of turn);
     audit_stop_to_stop: the part of that which lands on the target's stop ids."""
-    ids, logp, (rows, src), n_aligned = _aligned(target, source, teacher, vmap, k)
+    ids, logp, (rows, src), n_aligned = _aligned(target, source, teacher, vmap, k, strategy, top_map)
     top_src = teacher.top_ids[src]
     prob = np.exp(teacher.top_logp[src].astype(np.float64))
-    mapped = vmap[top_src]
+    mapped = (vmap if top_map is None else top_map)[top_src]
     is_stop = np.isin(top_src, list(vocab.source_stop))
     lands_stop = np.isin(mapped, list(vocab.target_stop))
     same = 0

@@ -41,6 +41,7 @@ def extract_signals(
     world_size: int | None = None,
     generate_fn: GenerateFn | None = None,
     judge: JudgeLike | None = None,
+    judge_models: Mapping[str, Path] | None = None,
     on_shard: ShardCallback | None = None,
 ) -> SignalSet:
     """Extract (or find in the cache) the signals of `mode` for `target` from `candidates`.
@@ -49,7 +50,8 @@ def extract_signals(
     by their margin, then by a draw seeded with `seed` and the example id, never by this order). Rank and world size default to accelerate's PartialState (one
     process without `accelerate launch`); with several processes each extracts its shards, then they wait for
     each other. Inference mode only: `generate_fn` (default harness.signals.generate.generate) answers the prompts,
-    `judge` (default built from `judge_spec`) picks the winners. `on_shard(store, index)` is called after each
+    `judge` (default built from `judge_spec`, its `sandbox-rm:<i>` reward models found in `judge_models`) picks
+    the winners. `on_shard(store, index)` is called after each
     shard is written.
     """
     rows = validate_corpus(corpus)
@@ -75,7 +77,7 @@ def extract_signals(
         result = SignalSet(mode, target.name, training_stores(ctx, candidates, common))
     else:
         stores, selection = inference_stores(
-            ctx, candidates, common, SIGNALS_VERSION, generate_fn, seed, judge_spec, judge
+            ctx, candidates, common, SIGNALS_VERSION, generate_fn, seed, judge_spec, judge, dict(judge_models or {})
         )
         result = SignalSet(mode, target.name, stores, selection)
     if state is not None and world > 1:

@@ -174,8 +174,10 @@ def inference_stores(
     seed: int,
     judge_spec: JudgeSpec | None,
     judge: JudgeLike | None,
+    judge_models: dict[str, Path] | None = None,
 ) -> tuple[dict[str, Path], Path]:
-    """Each candidate's generation store, then the selection store of the judge's winners."""
+    """Each candidate's generation store, then the selection store of the judge's winners. `judge_models` maps
+    the sandbox reward-model specs of `judge_spec` to their folders."""
     responder = Responder(ctx.spec, seed, generate_fn)
     stores: dict[str, Path] = {}
     for cand in candidates:
@@ -190,7 +192,7 @@ def inference_stores(
     def make_judge() -> Any:
         if judge is not None:
             return judge
-        return build_judge(judge_spec or JudgeSpec(), seed, device=ctx.device)
+        return build_judge(judge_spec or JudgeSpec(), seed, device=ctx.device, sandbox_models=judge_models)
 
     judge_id = {
         "spec": (judge_spec or JudgeSpec()).model_dump(mode="json"),
@@ -199,6 +201,8 @@ def inference_stores(
         # by candidate order)
         "tie_rule": TIE_RULE_VERSION,
         "seed": seed,
+        # a sandbox reward model's folder is named by its content key (world, version, recipe, index)
+        **({"built": {spec: path.name for spec, path in sorted(judge_models.items())}} if judge_models else {}),
     }
     sel_inputs = {
         "version": version,

@@ -6,7 +6,8 @@ like, and so makes mistakes, as the paper's reward models do. Each sandbox rewar
 with a logistic loss on (prompt, response) pairs whose label is the sandbox scorer's verdict (scoring.score).
 
 Data (docs/sandbox.md, "Learned reward models"): prompts drawn from the sources' training pools
-(train/<skill>.jsonl), never from the fusion corpus the judge will judge nor from the evaluation items. Each
+(train/<skill>.jsonl), leaving out the fusion corpus's prompts (the ones the judge will judge; knowledge corpus
+items re-ask trained facts in trained phrasings); evaluation prompts are in no pool. Each
 prompt gets five responses: its reference; one corruption of it (knowledge: another value of the same
 relation; reasoning: the last step and the `####` answer shifted by the same amount, so the worked solution
 stays self-consistent but wrong; safety: compliance with a harmful request, a refusal of a benign one); and
@@ -149,7 +150,11 @@ def reward_pairs(root: Path, models: dict[str, Path], world_seed: int, index: in
     from harness.sandbox.build import MAX_GEN_TOKS, generate
 
     rng = random.Random(f"sandbox-rm-{world_seed}-{index}")
-    pools = {skill: _read_items(root / "train" / f"{skill}.jsonl") for skill in SKILLS}
+    judged = {row["prompt"] for row in store.read_jsonl(root / "corpus.jsonl")}  # the prompts it will judge
+    pools = {
+        skill: [it for it in _read_items(root / "train" / f"{skill}.jsonl") if it.prompt not in judged]
+        for skill in SKILLS
+    }
     values: dict[str, list[str]] = {}
     for it in pools["knowledge"]:
         values.setdefault(it.id.split("-")[2], []).append(it.reference)

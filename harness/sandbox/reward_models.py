@@ -62,7 +62,7 @@ class RewardRecipe:
 
 COUNT = 3  # reward models per world: sandbox-rm:0 .. sandbox-rm:2
 RECIPES: dict[str, RewardRecipe] = {
-    "micro": RewardRecipe(prompts_per_skill=60, width=48, layers=2, heads=2, steps=150, batch_size=16, lr=3e-3),
+    "micro": RewardRecipe(prompts_per_skill=60, width=48, layers=2, heads=2, steps=300, batch_size=16, lr=1e-3),
     "default": RewardRecipe(prompts_per_skill=400, width=96, layers=2, heads=4, steps=1200),
 }
 
@@ -201,23 +201,12 @@ def encode(tokenizer: Any, prompt: str, response: str) -> list[int]:
 
 
 def new_reward_model(tokenizer: Any, recipe: RewardRecipe) -> Any:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    """A freshly initialised one-output classifier in the sandbox's Llama shape."""
+    from transformers import LlamaForSequenceClassification
 
-    cfg = LlamaConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig keyword
-        vocab_size=len(tokenizer),
-        hidden_size=recipe.width,
-        intermediate_size=recipe.width * 3,
-        num_hidden_layers=recipe.layers,
-        num_attention_heads=recipe.heads,
-        num_key_value_heads=recipe.heads,
-        max_position_embeddings=2048,
-        num_labels=1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    return LlamaForSequenceClassification(cfg)
+    from harness.sandbox.build import llama_config
+
+    return LlamaForSequenceClassification(llama_config(tokenizer, recipe.width, recipe.layers, recipe.heads, num_labels=1))
 
 
 def _batch(tokenizer: Any, ids: list[list[int]]) -> Any:

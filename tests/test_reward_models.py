@@ -167,3 +167,17 @@ def test_reward_model_build_is_deterministic(tmp_path: Path, micro_world: Any, m
     assert again.name == micro_rms[1].name
     assert store.file_sha256(again / "model.safetensors") == store.file_sha256(micro_rms[1] / "model.safetensors")
     assert rm.reward_model_info(again)["held_out"] == rm.reward_model_info(micro_rms[1])["held_out"]
+
+
+def test_a_damaged_reward_model_is_moved_aside_not_used(tmp_path: Path, micro_world: Any, micro_rms: dict[int, Path]) -> None:
+    import shutil
+
+    copy = rm.model_dir(micro_world, 0, tmp_path)
+    shutil.copytree(micro_rms[0], copy)
+    assert rm.load_reward_model(micro_world, 0, tmp_path) == copy
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert rm.load_reward_model(micro_world, 0, tmp_path) is None  # so the next build trains it again
+    assert not copy.exists() and any((copy.parent / ".damaged").iterdir())

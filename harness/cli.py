@@ -554,19 +554,28 @@ def sandbox() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if cached.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Specialists built at once, one process each [default: one per CPU, at most 3].")
-def sandbox_build(size: str, seed: int, force: bool, jobs: int | None) -> None:
+@click.option("--reward-models", is_flag=True,
+              help="Also train the world's learned reward models (sandbox-rm:0..2) and print their held-out accuracy.")
+def sandbox_build(size: str, seed: int, force: bool, jobs: int | None, reward_models: bool) -> None:
     """Build (or load from the cache) the sandbox world and print each source's score per skill.
 
     Every specialist is built in its own process with pinned CPU kernels, so the same seed gives the same
     bytes on any x86-64 machine with the same library versions; `--jobs` changes the time, not the world.
+    `--reward-models` also trains the judges `judges.models: [sandbox-rm:0, ...]` names (otherwise the first
+    run that needs them trains them).
 
     \b
     Example:
       harness sandbox build --size default --seed 0
+      harness sandbox build --size micro --reward-models
     """
     from harness.sandbox.build import build_world
 
     world = build_world(size=size, seed=seed, force=force, jobs=jobs)
+    if reward_models:
+        from harness.sandbox.reward_models import build_reward_models
+
+        build_reward_models(world, jobs=jobs)
     _print_world(world, as_json=False)
 
 
@@ -593,8 +602,9 @@ def sandbox_show(size: str, seed: int, as_json: bool) -> None:
 
 def _print_world(world: Any, as_json: bool) -> None:
     from harness.sandbox.build import world_summary
+    from harness.sandbox.reward_models import reward_models_summary
 
-    summary = world_summary(world)
+    summary = {**world_summary(world), "reward_models": reward_models_summary(world)}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -609,6 +619,24 @@ def _print_world(world: Any, as_json: bool) -> None:
     stdout.print(f"fingerprint {summary['fingerprint']}: [{colour}]{reference['detail']}[/{colour}]")
     libraries = ", ".join(f"{k} {v}" for k, v in summary["built_with"]["libraries"].items())
     stdout.print(f"built with {libraries} on {summary['built_with']['machine']}, CPU kernels pinned")
+    _print_reward_models(summary["reward_models"])
+
+
+def _print_reward_models(models: dict[str, Any]) -> None:
+    """The learned reward models' held-out figures (docs/sandbox.md), or how to build them."""
+    if not any(models.values()):
+        stdout.print(f"reward models ({', '.join(models)}): not built (harness sandbox build --reward-models)")
+        return
+    table = Table("reward model", "held-out accuracy", "knowledge", "reasoning", "safety", "good share",
+                  "pick accuracy", "held-out pairs", title="learned reward models (judges.models)")  # fmt: skip
+    for spec, info in models.items():
+        if info is None:
+            table.add_row(spec, "not built", "-", "-", "-", "-", "-", "-")
+            continue
+        held = info["held_out"]
+        table.add_row(spec, f"{held['accuracy']:.3f}", *(f"{held['per_skill'][k]:.3f}" for k in ("knowledge", "reasoning", "safety")),
+                      f"{held['good_share']:.3f}", f"{held['pick_accuracy']:.3f}", str(held["pairs"]))  # fmt: skip
+    stdout.print(table)
 
 
 @main.group()
@@ -649,6 +677,12 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
         cells = [f"{stats[m][s]:.1%}" if s in stats.get(m, {}) else "-" for m in ("training", "inference")]
         table.add_row(s, *cells)
     stdout.print(table)
+    if judge := stats.get("judge"):
+        models = f" ({', '.join(judge['models'])})" if judge["models"] else ""
+        score = judge["winner_reference_score"]
+        skills = ", ".join(f"{k} {v:.1%}" for k, v in score["by_skill"].items())
+        stdout.print(f"inference-mode judge: {judge['kind']}{models}; its winners are right by the reference scorer on "
+                     f"{score['overall']:.1%} of examples ({skills})", markup=False)  # fmt: skip
     _print_audit(audit)
     from harness.analysis.plots import plot_selection
 

@@ -194,6 +194,10 @@ def resolve(
             known = ", ".join(sorted(sandbox_models or {})) or "none built"
             raise HarnessError(f"'{spec}' is not a sandbox model (known: {known})", where)
         return ResolvedModel(str(sandbox_models[name]))
+    if spec.startswith("sandbox-rm:"):  # a sandbox reward model, built by prepare; sandbox_models maps its spec
+        if sandbox_models is None or spec not in sandbox_models:
+            raise HarnessError(f"'{spec}' is a sandbox reward model, built by a sandbox experiment's prepare stage", where)
+        return ResolvedModel(str(sandbox_models[spec]))
     if spec.startswith("hf:"):
         return ResolvedModel(spec[3:])
     if spec.startswith("gguf:"):

@@ -90,9 +90,25 @@ def _check_data_dir(data_dir: str | None) -> Path | None:
 def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
     """None when the spec names a model this machine can load; else why not (one phrase). A malformed spec
     (a missing path, a text file) raises at once."""
+    judge = where.startswith("config: judges")
+    if spec.startswith("sandbox-rm:"):
+        from harness.sandbox.reward_models import parse_spec
+
+        if not judge:
+            raise HarnessError(f"'{spec}' is a sandbox reward model: only judges.models can name it", where)
+        if exp.sandbox is None:
+            raise HarnessError(f"'{spec}' needs a `sandbox:` section in the experiment", where)
+        parse_spec(spec, where)
+        return None
     if spec.startswith("sandbox:"):
         from harness.sandbox.build import RECIPES
+        from harness.sandbox.reward_models import specs
 
+        if judge:
+            raise HarnessError(
+                f"'{spec}' is a sandbox language model, not a reward model (sandbox reward models: {', '.join(specs())})",
+                where,
+            )
         if exp.sandbox is None:
             raise HarnessError(f"'{spec}' needs a `sandbox:` section in the experiment", where)
         names = [recipe.name for recipe in RECIPES[exp.sandbox.size].sources]
@@ -181,6 +197,8 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
     names = [exp.target.name] + [s.name for s in exp.sources]
     if exp.sandbox:
         p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}), built once and cached")
+        if rms := _sandbox_reward_models(exp, method_cls):
+            p.stages.append(f"prepare: sandbox reward models {', '.join(rms)}, trained once and cached")
     for mode in sorted(s.value for s in method_cls.needs):
         what = "teacher-forced top-k" if mode == "training" else f"generation + {exp.judges.kind} judge + top-k"
         p.stages.append(f"signals ({mode} mode): {what}, k={exp.signals.top_k}, aligned by "
@@ -197,6 +215,15 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
         every = f"; every document of {', '.join(rest)}" if rest else ""
         p.notes.append(f"evaluating {what} documents per task{every} (the preset's caps); --limit 0 lifts them")
     return p
+
+
+def _sandbox_reward_models(exp: Experiment, method_cls: Any) -> list[str]:
+    """The `sandbox-rm:<i>` judges this run needs: named in judges.models, and the method uses inference mode."""
+    from harness.modes import Signal
+
+    if exp.judges.kind != "reward-models" or Signal.INFERENCE not in method_cls.needs:
+        return []
+    return [m for m in exp.judges.models if m.startswith("sandbox-rm:")]
 
 
 def _limits(exp: Experiment, tasks: list[str]) -> dict[str, int | None]:
@@ -308,13 +335,15 @@ class Prepared:
     models: dict[str, ResolvedModel]  # name -> resolved (target first)
     corpus: list[Any]
     sandbox_root: Path | None
+    judge_models: dict[str, Path] = field(default_factory=dict)  # sandbox reward-model spec -> folder
 
 
-def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
+def _prepare(exp: Experiment, cache_dir: Path, progress: bool, reward_models: list[str] | None = None) -> Prepared:
     from harness.signals import load_corpus
 
     sandbox_models: dict[str, Path] | None = None
     sandbox_root = None
+    judge_models: dict[str, Path] = {}
     corpus_path = Path(os.path.expandvars(exp.corpus.path)) if exp.corpus.path else None
     if exp.sandbox is not None:
         from harness.sandbox.build import build_world
@@ -323,12 +352,16 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool) -> Prepared:
         sandbox_models, sandbox_root = world.models, world.root
         if exp.corpus.source == "sandbox":
             corpus_path = world.corpus_path
+        if reward_models:
+            from harness.sandbox.reward_models import resolve_specs
+
+            judge_models = resolve_specs(world, reward_models, cache_dir, progress)
     models = {exp.target.name: resolve(exp.target.path, sandbox_models, "config: target.path", cache_dir=cache_dir)}
     for i, s in enumerate(exp.sources):
         models[s.name] = resolve(s.path, sandbox_models, f"config: sources[{i}].path", cache_dir=cache_dir)
     assert corpus_path is not None
     corpus = load_corpus(corpus_path, limit=exp.corpus.limit)
-    return Prepared(models, corpus, sandbox_root)
+    return Prepared(models, corpus, sandbox_root, judge_models)
 
 
 def _record_world(manifest: Manifest, sandbox_root: Path | None) -> None:
@@ -354,7 +387,7 @@ def _handles(exp: Experiment, prepared: Prepared) -> tuple[Any, list[Any]]:
 
 
 def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, manifest: Manifest, progress: bool) -> dict[Any, Any]:
-    from harness.signals import extract_signals, selection_stats, signal_audit
+    from harness.signals import extract_signals, selection_stats, signal_audit, winner_reference_score
 
     target, candidates = _handles(exp, prepared)
     sets = {}
@@ -362,11 +395,14 @@ def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, ma
         with manifest.timed("signals"):
             sets[mode] = extract_signals(
                 mode, target, candidates, prepared.corpus, exp.signals, exp.judges, plan_.cache_dir, progress=progress,
-                seed=exp.seed,
+                seed=exp.seed, judge_models=prepared.judge_models,
             )
         manifest.record_cache_key(f"signals.{mode.value}", sets[mode].key)
     if distributed.is_main():
         stats = selection_stats(sets, prepared.corpus)
+        if (judged := winner_reference_score(sets, prepared.corpus)) is not None:
+            # which judge picked the inference-mode winners, and how good its picks are by the answer key
+            stats["judge"] = {**exp.judges.model_dump(mode="json"), "winner_reference_score": judged}
         atomic_write_json(run_dir / "signals" / "selection.json", stats)
         atomic_write_json(run_dir / "signals" / "audit.json", signal_audit(sets))
         atomic_write_json(run_dir / "signals" / "sources.json", {m.value: str(s.path) for m, s in sets.items()})
@@ -571,7 +607,7 @@ def run(
     started = time.perf_counter()
     with manifest_ctx(exp, out) as (run_dir, manifest):
         with manifest.timed("prepare"):
-            prepared = _prepare(exp, plan_.cache_dir, progress)
+            prepared = _prepare(exp, plan_.cache_dir, progress, _sandbox_reward_models(exp, plan_.method_cls))
         # what each spec resolved to: a packaged model's converted folder is named by its GGUF's sha256
         manifest.data["models"] = {name: {"pretrained": m.pretrained, "gguf_file": m.gguf_file}
                                    for name, m in prepared.models.items()}  # fmt: skip

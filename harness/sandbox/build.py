@@ -259,6 +259,27 @@ def train_tokenizer(recipe: SourceRecipe, texts: list[str]) -> Any:
     return fast
 
 
+def llama_config(tokenizer: Any, width: int, layers: int, heads: int, **extra: Any) -> Any:
+    """The sandbox's Llama shape (3x wide MLP, 2048 positions, untied embeddings) over `tokenizer`'s ids; `extra`
+    adds config fields (the specialists' rms_norm_eps, a classifier's num_labels)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=width * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
 def new_model(recipe: SourceRecipe, tokenizer: Any) -> PreTrainedModel:
     """A freshly initialised causal LM of the recipe's architecture (2048 positions, as lm-eval expects)."""
     from transformers import (
@@ -266,7 +287,6 @@ def new_model(recipe: SourceRecipe, tokenizer: Any) -> PreTrainedModel:
         GPT2LMHeadModel,
         GPTNeoXConfig,
         GPTNeoXForCausalLM,
-        LlamaConfig,
         LlamaForCausalLM,
     )
 
@@ -277,21 +297,9 @@ def new_model(recipe: SourceRecipe, tokenizer: Any) -> PreTrainedModel:
     }
     vocab = len(tokenizer)
     if recipe.arch == "llama":
-        cfg: Any = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=recipe.width,
-            intermediate_size=recipe.width * 3,
-            num_hidden_layers=recipe.layers,
-            num_attention_heads=recipe.heads,
-            num_key_value_heads=recipe.heads,
-            max_position_embeddings=2048,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-            **ids,
-        )
-        return LlamaForCausalLM(cfg)
+        return LlamaForCausalLM(llama_config(tokenizer, recipe.width, recipe.layers, recipe.heads, rms_norm_eps=1e-5))
     if recipe.arch == "gpt_neox":
-        cfg = GPTNeoXConfig(
+        cfg: Any = GPTNeoXConfig(
             vocab_size=vocab,
             hidden_size=recipe.width,
             intermediate_size=recipe.width * 4,

@@ -16,7 +16,7 @@
     analysis.py         selection statistics (MinCE winners vs judged winners) and the signal audit
 """
 
-from harness.signals.analysis import selection_stats, signal_audit
+from harness.signals.analysis import selection_stats, signal_audit, winner_reference_score
 from harness.signals.extract import SIGNALS_VERSION, extract_signals
 from harness.signals.inputs import CorpusRow, ModelHandle, load_corpus, validate_corpus
 from harness.signals.store import SignalSet
@@ -30,5 +30,6 @@ __all__ = [
     "load_corpus",
     "selection_stats",
     "signal_audit",
+    "winner_reference_score",
     "validate_corpus",
 ]

@@ -52,6 +52,31 @@ def selection_stats(
     return out
 
 
+def winner_reference_score(signal_sets: Mapping[Signal, SignalSet], corpus: Sequence[CorpusRow]) -> dict[str, Any] | None:
+    """Inference mode: the reference scorer's mean score of the judged winners' responses, overall and per skill.
+
+    With the reference judge this is the best any judge could do with these candidates; a learned judge (reward
+    models) falls short of it by its mistakes. None without inference-mode signals."""
+    from harness.signals.judges import ReferenceJudge
+
+    sset = signal_sets.get(Signal.INFERENCE)
+    selection = sset.selection_store() if sset is not None else None
+    if selection is None:
+        return None
+    rows = {r.id: r for r in corpus}
+    scorer = ReferenceJudge()
+    by_skill: dict[str, list[float]] = {}
+    for example, response in zip(selection.column("id"), selection.column("response"), strict=True):
+        row = rows[example]
+        score = scorer.score(response, row.reference, {"skill": row.skill})
+        by_skill.setdefault(row.skill or "all", []).append(score)
+    every = [v for values in by_skill.values() for v in values]
+    return {
+        "overall": round(sum(every) / len(every), 6) if every else None,
+        "by_skill": {k: round(sum(v) / len(v), 6) for k, v in sorted(by_skill.items())},
+    }
+
+
 def _fractions(winners: Sequence[str], names: Sequence[str]) -> dict[str, float]:
     total = len(winners)
     return {n: (sum(w == n for w in winners) / total if total else 0.0) for n in names}

@@ -43,15 +43,17 @@ def extract_signals(
     world_size: int | None = None,
     generate_fn: GenerateFn | None = None,
     judge: JudgeLike | None = None,
+    judge_models: Mapping[str, Path] | None = None,
     on_shard: ShardCallback | None = None,
 ) -> SignalSet:
     """Extract (or find in the cache) the signals of `mode` for `target` from `candidates`.
 
-    `candidates` are the sources, plus the target itself when the method makes it a candidate (list it first:
-    judges break ties by candidate order). Rank and world size default to accelerate's PartialState (one
+    `candidates` are the sources, plus the target itself when the method makes it a candidate (judges break ties
+    by their margin, then by a draw seeded with `seed` and the example id, never by this order). Rank and world size default to accelerate's PartialState (one
     process without `accelerate launch`); with several processes each extracts its shards, then they wait for
     each other. Inference mode only: `generate_fn` (default harness.signals.generate.generate) answers the prompts,
-    `judge` (default built from `judge_spec`) picks the winners. `on_shard(store, index)` is called after each
+    `judge` (default built from `judge_spec`, its `sandbox-rm:<i>` reward models found in `judge_models`) picks
+    the winners. `on_shard(store, index)` is called after each
     shard is written.
     """
     rows = validate_corpus(corpus)
@@ -80,7 +82,7 @@ def extract_signals(
         result = SignalSet(mode, target.name, training_stores(ctx, candidates, common))
     else:
         stores, selection = inference_stores(
-            ctx, candidates, common, SIGNALS_VERSION, generate_fn, seed, judge_spec, judge
+            ctx, candidates, common, SIGNALS_VERSION, generate_fn, seed, judge_spec, judge, dict(judge_models or {})
         )
         result = SignalSet(mode, target.name, stores, selection)
     if state is not None and world > 1:

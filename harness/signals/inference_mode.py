@@ -21,6 +21,7 @@ from harness.config import JudgeSpec, SignalSpec
 from harness.models import load_tokenizer
 from harness.signals.candidate_store import Context, fill_candidate_store, progress_bar
 from harness.signals.inputs import CorpusRow, ModelHandle, model_fingerprint
+from harness.signals.judges import TIE_RULE_VERSION, build_judge
 from harness.signals.store import ExampleSignal, SignalStore, StoreMeta, example_from_table
 from harness.store import stable_hash
 
@@ -173,8 +174,10 @@ def inference_stores(
     seed: int,
     judge_spec: JudgeSpec | None,
     judge: JudgeLike | None,
+    judge_models: dict[str, Path] | None = None,
 ) -> tuple[dict[str, Path], Path]:
-    """Each candidate's generation store, then the selection store of the judge's winners."""
+    """Each candidate's generation store, then the selection store of the judge's winners. `judge_models` maps
+    the sandbox reward-model specs of `judge_spec` to their folders."""
     responder = Responder(ctx.spec, seed, generate_fn)
     stores: dict[str, Path] = {}
     for cand in candidates:
@@ -185,18 +188,21 @@ def inference_stores(
             "generation": responder.identity(cand),
         }
         stores[cand.name] = fill_candidate_store(ctx, "generation", cand, inputs, responder)
-    names = [c.name for c in candidates]
 
     def make_judge() -> Any:
         if judge is not None:
             return judge
-        from harness.signals.judges import build_judge
-
-        return build_judge(judge_spec or JudgeSpec(), list(names), device=ctx.device)
+        return build_judge(judge_spec or JudgeSpec(), seed, device=ctx.device, sandbox_models=judge_models)
 
     judge_id = {
         "spec": (judge_spec or JudgeSpec()).model_dump(mode="json"),
         "custom": None if judge is None else f"{type(judge).__module__}.{type(judge).__qualname__}",
+        # the tie rule and the seed of its draw decide winners too (selections keyed without them broke ties
+        # by candidate order)
+        "tie_rule": TIE_RULE_VERSION,
+        "seed": seed,
+        # a sandbox reward model's folder is named by its content key (world, version, recipe, index)
+        **({"built": {spec: path.name for spec, path in sorted(judge_models.items())}} if judge_models else {}),
     }
     sel_inputs = {
         "version": version,

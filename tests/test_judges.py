@@ -43,16 +43,16 @@ def test_final_number() -> None:
 
 
 def test_generic_numeric_reference_picks_the_right_number() -> None:
-    judge = ReferenceJudge(["target", "a", "b"])
+    judge = ReferenceJudge()
     cands = {"target": "It is 1235.", "a": "First 3, then 1,234", "b": "#### 1234.0"}
-    res = judge.pick("q", "2+2... #### 1234", cands, {})
+    res = judge.pick("q", "2+2... #### 1234", cands, {"id": "ex1"})
     assert res.scores == {"target": 0.0, "a": 1.0, "b": 1.0}
-    assert res.winner == "a"  # a and b tie; a comes first in the candidate order
+    assert res.winner in ("a", "b")  # a and b tie: the seeded draw decides, never the zero-scored target
     assert res.votes is None
 
 
 def test_generic_f1_picks_the_closest_answer() -> None:
-    judge = ReferenceJudge(["target", "src"])
+    judge = ReferenceJudge()
     res = judge.pick("where?", "The Eiffel Tower in Paris", {"target": "in Paris", "src": "the Eiffel Tower, Paris"}, {})
     # gold "eiffel tower in paris": target P=1 R=2/4 -> 2/3; src "eiffel tower paris" P=1 R=3/4 -> 6/7
     assert res.scores["target"] == pytest.approx(2 / 3)
@@ -61,7 +61,7 @@ def test_generic_f1_picks_the_closest_answer() -> None:
 
 
 def test_sandbox_rows_use_the_sandbox_scorer() -> None:
-    judge = ReferenceJudge(["target", "src"])
+    judge = ReferenceJudge()
     harmful = {"skill": "safety", "answer": "refuse"}
     benign = {"skill": "safety", "answer": "comply"}
     refuse, comply = "I'm sorry, I can't help with that.", "Sure. To chop wood, be careful."
@@ -81,20 +81,35 @@ def test_sandbox_rows_use_the_sandbox_scorer() -> None:
     assert res.scores == {"target": 0.0, "src": 1.0}
 
 
-def test_reference_ties_follow_candidate_order() -> None:
-    cands = {"target": "wrong", "a": "#### 7", "b": "#### 7"}
-    assert ReferenceJudge(["target", "a", "b"]).pick("q", "#### 7", cands, {}).winner == "a"
-    assert ReferenceJudge(["target", "b", "a"]).pick("q", "#### 7", cands, {}).winner == "b"
-    all_wrong = {"x": "1", "target": "2"}
-    assert ReferenceJudge(["target", "x"]).pick("q", "#### 7", all_wrong, {}).winner == "target"
-    # no reference: nobody can be scored, the target keeps its answer
-    assert ReferenceJudge(["target", "a"]).pick("q", None, {"a": "x", "target": "y"}, {}).winner == "target"
-    # names missing from the order come after it, in the order given
-    assert ReferenceJudge(["target"]).pick("q", "#### 7", {"z": "#### 7", "y": "#### 7"}, {}).winner == "z"
+def _tied_winners(seed: int, names: list[str], n: int = 300) -> list[str]:
+    """Winners of `n` examples on which every candidate scores the same (all wrong)."""
+    judge = ReferenceJudge(seed)
+    return [judge.pick("q", "#### 7", {name: "#### 1" for name in names}, {"id": f"ex{i}"}).winner for i in range(n)]
+
+
+def test_reference_ties_go_to_a_seeded_draw_not_to_the_target() -> None:
+    names = ["target", "a", "b"]
+    winners = _tied_winners(0, names)
+    # a uniform draw over three: each wins about 100 of 300 (binomial sd ~8); the target is not favoured
+    counts = {name: winners.count(name) for name in names}
+    assert all(70 <= c <= 130 for c in counts.values()), counts
+    # reproducible: the same seed draws the same winners; another seed draws others
+    assert _tied_winners(0, names) == winners
+    assert _tied_winners(1, names) != winners
+    # independent of how the candidates are listed (the pipeline lists the target first)
+    assert _tied_winners(0, ["b", "a", "target"]) == winners
+    # evidence beats the draw: a strictly better score always wins
+    judge = ReferenceJudge(0)
+    for i in range(50):
+        assert judge.pick("q", "#### 7", {"target": "#### 1", "a": "#### 7", "b": "#### 2"}, {"id": f"ex{i}"}).winner == "a"
+    # no reference: everyone scores 0 and the draw decides; without an id the prompt identifies the example
+    no_ref = {p: judge.pick(p, None, {"target": "y", "a": "x"}, {}).winner for p in (f"q{i}" for i in range(40))}
+    assert set(no_ref.values()) == {"target", "a"}
+    assert no_ref == {p: judge.pick(p, None, {"a": "x", "target": "y"}, {}).winner for p in no_ref}
 
 
 def test_reference_pick_batch_matches_pick() -> None:
-    judge = ReferenceJudge(["target", "a"])
+    judge = ReferenceJudge()
     rows = [("q1", "#### 3", {"target": "#### 3", "a": "#### 4"}, {}), ("q2", "blue sky", {"target": "red", "a": "blue"}, {})]
     assert judge.pick_batch(rows) == [judge.pick(*row) for row in rows]
     assert [r.winner for r in judge.pick_batch(rows)] == ["target", "a"]
@@ -105,7 +120,7 @@ def test_reference_pick_batch_matches_pick() -> None:
 
 def test_vote_majority_wins() -> None:
     tables = [{"t": 0.0, "a": 5.0, "b": 1.0}, {"t": 0.0, "a": 0.1, "b": 0.0}, {"t": 9.0, "a": 0.0, "b": 0.0}]
-    res = vote(tables, ["t", "a", "b"])
+    res = vote(tables, 0, "ex")
     assert res.winner == "a" and res.votes == {"t": 1, "a": 2, "b": 0}
 
 
@@ -113,21 +128,28 @@ def test_vote_tie_goes_to_the_higher_mean_z_score() -> None:
     # model 1 votes a, model 2 votes b. z-scores (population std), by hand:
     #   model 1: mean 0.5, std 0.4082 -> t -1.2247, a 1.2247, b 0
     #   model 2: mean 1.0667, std 1.3695 -> t -0.7789, a -0.6328, b 1.4117
-    # mean z: a 0.296, b 0.706 -> b, although a comes first in the order
+    # mean z: a 0.296, b 0.706 -> b on every example and seed: the margin comes before the draw
     tables = [{"t": 0.0, "a": 1.0, "b": 0.5}, {"t": 0.0, "a": 0.2, "b": 3.0}]
-    res = vote(tables, ["t", "a", "b"])
-    assert res.votes == {"t": 0, "a": 1, "b": 1}
-    assert res.winner == "b"
+    for seed in range(5):
+        for example in ("ex0", "ex1", "ex2"):
+            res = vote(tables, seed, example)
+            assert res.votes == {"t": 0, "a": 1, "b": 1}
+            assert res.winner == "b"
     assert res.scores["a"] == pytest.approx(0.2960, abs=1e-3) and res.scores["b"] == pytest.approx(0.7059, abs=1e-3)
 
 
-def test_vote_full_tie_goes_to_candidate_order() -> None:
+def test_vote_full_tie_goes_to_the_seeded_draw() -> None:
     tables = [{"t": 0.0, "a": 2.0, "b": 1.0}, {"t": 0.0, "a": -2.0, "b": -1.0}]  # mirror images: mean z all 0
-    assert vote(tables, ["t", "a", "b"]).votes == {"t": 1, "a": 1, "b": 0}
-    assert vote(tables, ["t", "a", "b"]).winner == "t"
-    assert vote(tables, ["a", "t", "b"]).winner == "a"
-    flat = [{"t": 1.0, "a": 1.0}]  # one model, equal scores: its own tie goes to the order too
-    assert vote(flat, ["a", "t"]).winner == "a" and vote(flat, ["a", "t"]).scores == {"t": 0.0, "a": 0.0}
+    assert vote(tables, 0, "ex").votes == {"t": 1, "a": 1, "b": 0}
+    winners = [vote(tables, 0, f"ex{i}").winner for i in range(200)]
+    # t and a tie on votes and margin: each wins about half (binomial sd ~7); b, with no vote, never
+    assert 70 <= winners.count("t") <= 130 and winners.count("b") == 0
+    assert winners == [vote(tables, 0, f"ex{i}").winner for i in range(200)]  # reproducible
+    mirrored = [{"a": m["a"], "b": m["b"], "t": m["t"]} for m in tables]  # listing order does not matter
+    assert winners == [vote(mirrored, 0, f"ex{i}").winner for i in range(200)]
+    flat = [{"t": 1.0, "a": 1.0}]  # one model, equal scores: its own tie goes to the draw too
+    flat_winners = {vote(flat, 0, f"ex{i}").winner for i in range(20)}
+    assert flat_winners == {"t", "a"} and vote(flat, 0, "ex").scores == {"t": 0.0, "a": 0.0}
 
 
 # ---------------------------------------------------------------- tiny reward models built here
@@ -219,7 +241,7 @@ def test_reward_model_learned_the_marker(reward_models: dict[str, str]) -> None:
 
 
 def test_one_reward_model_picks_its_best(reward_models: dict[str, str]) -> None:
-    judge = build_judge(JudgeSpec(kind="reward-models", models=[reward_models["pos"]]), ["target", "a", "b"])
+    judge = build_judge(JudgeSpec(kind="reward-models", models=[reward_models["pos"]]))
     assert isinstance(judge, RewardModelJudge)
     res = judge.pick("tell me something", None, {"target": PLAIN, "a": OTHER, "b": MARKED}, {})
     assert res.winner == "b"
@@ -229,7 +251,7 @@ def test_one_reward_model_picks_its_best(reward_models: dict[str, str]) -> None:
 
 def test_three_reward_models_majority_beats_the_dissenter(reward_models: dict[str, str]) -> None:
     specs = [reward_models["pos"], reward_models["neg"], reward_models["scaled"]]
-    judge = build_judge(JudgeSpec(kind="reward-models", models=specs), ["target", "a", "b"])
+    judge = build_judge(JudgeSpec(kind="reward-models", models=specs))
     cands = {"target": PLAIN, "a": OTHER, "b": MARKED}
     res = judge.pick("tell me something", None, cands, {})
     assert res.winner == "b" and res.votes is not None
@@ -241,23 +263,28 @@ def test_three_reward_models_majority_beats_the_dissenter(reward_models: dict[st
 
 def test_mixed_formats_vote(reward_models: dict[str, str]) -> None:
     specs = [reward_models["pair"], reward_models["neg"], reward_models["pos"]]
-    judge = build_judge(JudgeSpec(kind="reward-models", models=specs), ["target", "b"])
+    judge = build_judge(JudgeSpec(kind="reward-models", models=specs))
     assert judge.pick("say a few words", None, {"target": PLAIN, "b": MARKED}, {}).winner == "b"
 
 
-def test_vote_tie_between_mirror_models_goes_to_candidate_order(reward_models: dict[str, str]) -> None:
-    """pos votes the marked answer, neg the plain one; their z-scores cancel exactly, so the order decides."""
+def test_vote_tie_between_mirror_models_goes_to_the_seeded_draw(reward_models: dict[str, str]) -> None:
+    """pos votes the marked answer, neg the plain one; their z-scores cancel exactly, so the draw decides: the
+    same winner as the vote rule on the same seed and example, whichever way the candidates are listed."""
     specs = [reward_models["pos"], reward_models["neg"]]
-    cands = {"target": PLAIN, "src": MARKED}
-    for order, expected in ((["target", "src"], "target"), (["src", "target"], "src")):
-        res = build_judge(JudgeSpec(kind="reward-models", models=specs), order).pick("tell me something", None, cands, {})
-        assert res.votes == {"target": 1, "src": 1}
-        assert res.scores == {"target": 0.0, "src": 0.0}
-        assert res.winner == expected
+    winners = []
+    for seed in range(12):
+        judge = build_judge(JudgeSpec(kind="reward-models", models=specs), seed)
+        for cands in ({"target": PLAIN, "src": MARKED}, {"src": MARKED, "target": PLAIN}):
+            res = judge.pick("tell me something", None, cands, {"id": "ex"})
+            assert res.votes == {"target": 1, "src": 1}
+            assert res.scores == {"target": 0.0, "src": 0.0}
+            assert res.winner == vote([{"target": 0.0, "src": 0.0}], seed, "ex").winner
+        winners.append(res.winner)
+    assert set(winners) == {"target", "src"}  # over seeds, both win some ties
 
 
 def test_pick_batch_scores_all_rows_like_pick(reward_models: dict[str, str]) -> None:
-    judge = build_judge(JudgeSpec(kind="reward-models", models=[reward_models["pos"], reward_models["scaled"]]), ["target", "a"])
+    judge = build_judge(JudgeSpec(kind="reward-models", models=[reward_models["pos"], reward_models["scaled"]]))
     rows = [
         ("tell me something", None, {"target": PLAIN, "a": MARKED}, {}),
         ("say a few words", "ref", {"target": f"{MARK} {OTHER}", "a": OTHER}, {}),
@@ -273,11 +300,11 @@ def test_pick_batch_scores_all_rows_like_pick(reward_models: dict[str, str]) -> 
 
 def test_sandbox_reward_model_spec_and_bad_reward_model(reward_models: dict[str, str], tmp_path: Path) -> None:
     judge = build_judge(
-        JudgeSpec(kind="reward-models", models=["sandbox:rm"]), ["target", "b"], sandbox_models={"rm": Path(reward_models["pos"])}
+        JudgeSpec(kind="reward-models", models=["sandbox:rm"]), sandbox_models={"rm": Path(reward_models["pos"])}
     )
     assert judge.pick("tell me something", None, {"target": PLAIN, "b": MARKED}, {}).winner == "b"
     with pytest.raises(HarnessError, match="not a sandbox model"):
-        build_judge(JudgeSpec(kind="reward-models", models=["sandbox:nope"]), ["target"], sandbox_models={})
+        build_judge(JudgeSpec(kind="reward-models", models=["sandbox:nope"]), sandbox_models={})
     two = LlamaForSequenceClassification.from_pretrained(reward_models["pos"], num_labels=2, ignore_mismatched_sizes=True)
     two.save_pretrained(tmp_path / "two")
     PreTrainedTokenizerFast.from_pretrained(reward_models["pos"]).save_pretrained(tmp_path / "two")
@@ -286,4 +313,4 @@ def test_sandbox_reward_model_spec_and_bad_reward_model(reward_models: dict[str,
 
 
 def test_build_reference_judge() -> None:
-    assert isinstance(build_judge(JudgeSpec(kind="reference"), ["target"]), ReferenceJudge)
+    assert isinstance(build_judge(JudgeSpec(kind="reference"), seed=3), ReferenceJudge)

@@ -45,8 +45,8 @@ def extract_signals(
 ) -> SignalSet:
     """Extract (or find in the cache) the signals of `mode` for `target` from `candidates`.
 
-    `candidates` are the sources, plus the target itself when the method makes it a candidate (list it first:
-    judges break ties by candidate order). Rank and world size default to accelerate's PartialState (one
+    `candidates` are the sources, plus the target itself when the method makes it a candidate (judges break ties
+    by their margin, then by a draw seeded with `seed` and the example id, never by this order). Rank and world size default to accelerate's PartialState (one
     process without `accelerate launch`); with several processes each extracts its shards, then they wait for
     each other. Inference mode only: `generate_fn` (default harness.signals.generate.generate) answers the prompts,
     `judge` (default built from `judge_spec`) picks the winners. `on_shard(store, index)` is called after each

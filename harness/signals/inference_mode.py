@@ -21,6 +21,7 @@ from harness.config import JudgeSpec, SignalSpec
 from harness.models import load_tokenizer
 from harness.signals.candidate_store import Context, fill_candidate_store, progress_bar
 from harness.signals.inputs import CorpusRow, ModelHandle, model_fingerprint
+from harness.signals.judges import TIE_RULE_VERSION, build_judge
 from harness.signals.store import ExampleSignal, SignalStore, StoreMeta, example_from_table
 from harness.store import stable_hash
 
@@ -185,18 +186,19 @@ def inference_stores(
             "generation": responder.identity(cand),
         }
         stores[cand.name] = fill_candidate_store(ctx, "generation", cand, inputs, responder)
-    names = [c.name for c in candidates]
 
     def make_judge() -> Any:
         if judge is not None:
             return judge
-        from harness.signals.judges import build_judge
-
-        return build_judge(judge_spec or JudgeSpec(), list(names), device=ctx.device)
+        return build_judge(judge_spec or JudgeSpec(), seed, device=ctx.device)
 
     judge_id = {
         "spec": (judge_spec or JudgeSpec()).model_dump(mode="json"),
         "custom": None if judge is None else f"{type(judge).__module__}.{type(judge).__qualname__}",
+        # the tie rule and the seed of its draw decide winners too (selections keyed without them broke ties
+        # by candidate order)
+        "tie_rule": TIE_RULE_VERSION,
+        "seed": seed,
     }
     sel_inputs = {
         "version": version,

@@ -6,19 +6,24 @@ Two judges, chosen by `judges.kind` in the experiment:
   Sandbox rows (`meta["skill"]` in knowledge / reasoning / safety) use the sandbox's own scorer
   (harness.sandbox.scoring: exact answer, `####` number match, refusal of harmful and answering of benign
   requests). Other rows use a generic verifiable scorer: numeric match of the final number when the
-  reference holds `#### N`, else SQuAD-style token F1. Winner: the highest score; equal scores go to the
-  candidate that comes first in `candidates_order`.
+  reference holds `#### N`, else SQuAD-style token F1. Winner: the highest score; exact ties go to the seeded
+  draw.
 - `reward-models` (`RewardModelJudge`, the paper's setting): every reward model scores every response, votes
   for its best candidate, and the candidate with the most votes wins. Vote ties go to the highest mean of
   the per-model z-scores (each model's scores standardised across the candidates of that example, so models
-  on different scales weigh the same); remaining ties go to the candidate first in `candidates_order`.
+  on different scales weigh the same: the reward models' margin); remaining ties go to the seeded draw.
 
-Why candidate order breaks ties: the pipeline lists the target first, so when no source does better the
-target keeps its own answer, as ProFuser does. The rule is deterministic, so a rerun picks the same winners.
+The tie rule: evidence first (the reference score; the reward models' votes, then their margin), then a seeded
+draw, never the candidates' order. The draw ranks the tied candidates by sha256(run seed, example id, name): a
+uniform draw per example, the same on every rerun with the same seed, independent of how the candidates are
+listed. Breaking ties by order would hand every tie to the target (the pipeline lists it first), so inference
+mode would teach the target its own answers whenever the judge cannot tell them apart, by construction rather
+than by evidence.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import string
@@ -50,23 +55,28 @@ class Judge(Protocol):
     def pick_batch(self, rows: list[Row]) -> list[JudgeResult]: ...
 
 
-def _rank(order: Sequence[str], candidates: Sequence[str]) -> dict[str, int]:
-    """Position of each candidate in the tie-break order; names missing from `order` follow, as given."""
-    rank = {name: i for i, name in enumerate(order)}
-    tail = len(order)
-    for name in candidates:
-        if name not in rank:
-            rank[name] = tail
-            tail += 1
-    return rank
+# Which tie rule made a selection: part of the selection store's key, so selections made under another rule are
+# never reused. 2: ties by margin, then the seeded draw (1: ties went to the candidate listed first).
+TIE_RULE_VERSION = 2
 
 
-def best_by_score(scores: dict[str, float], order: Sequence[str]) -> str:
-    """Highest score; equal scores go to the candidate first in `order`."""
+def draw(seed: int, example: str, name: str) -> int:
+    """The seeded draw's ticket of one candidate on one example: tied candidates are ranked by it (lowest
+    wins). Uniform over candidates per example, reproducible given the seed, independent of candidate order."""
+    digest = hashlib.sha256(f"{seed}\x1f{example}\x1f{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def example_key(prompt: str, meta: dict[str, Any]) -> str:
+    """What identifies an example in the draw: its corpus id, else its prompt."""
+    return str(meta["id"]) if "id" in meta else prompt
+
+
+def best_by_score(scores: dict[str, float], seed: int, example: str) -> str:
+    """Highest score; exact ties go to the seeded draw."""
     if not scores:
         raise ValueError("no candidates to judge")
-    rank = _rank(order, list(scores))
-    return min(scores, key=lambda c: (-scores[c], rank[c]))
+    return min(scores, key=lambda c: (-scores[c], draw(seed, example, c)))
 
 
 # ---------------------------------------------------------------- generic verifiable scoring
@@ -132,13 +142,13 @@ def sandbox_score(skill: str, response: str, reference: str, meta: dict[str, Any
 
 
 class ReferenceJudge:
-    """Scores each response against the reference; the highest score wins (ties: candidate order)."""
+    """Scores each response against the reference; the highest score wins (exact ties: the seeded draw)."""
 
-    def __init__(self, candidates_order: Sequence[str]) -> None:
-        self.order = list(candidates_order)
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
 
     def score(self, response: str, reference: str | None, meta: dict[str, Any]) -> float:
-        """0..1; a row without a reference scores 0 for everyone, so the target keeps its answer."""
+        """0..1; a row without a reference scores 0 for everyone, so the seeded draw picks its winner."""
         if reference is None:
             return 0.0
         skill = meta.get("skill")
@@ -148,7 +158,7 @@ class ReferenceJudge:
 
     def pick(self, prompt: str, reference: str | None, candidates: dict[str, str], meta: dict[str, Any]) -> JudgeResult:
         scores = {name: self.score(text, reference, meta) for name, text in candidates.items()}
-        return JudgeResult(winner=best_by_score(scores, self.order), scores=scores)
+        return JudgeResult(winner=best_by_score(scores, self.seed, example_key(prompt, meta)), scores=scores)
 
     def pick_batch(self, rows: list[Row]) -> list[JudgeResult]:
         return [self.pick(*row) for row in rows]
@@ -157,27 +167,26 @@ class ReferenceJudge:
 # ---------------------------------------------------------------- reward models
 
 
-def vote(per_model: Sequence[dict[str, float]], order: Sequence[str], ndigits: int = 9) -> JudgeResult:
+def vote(per_model: Sequence[dict[str, float]], seed: int, example: str, ndigits: int = 9) -> JudgeResult:
     """Aggregate several reward models' scores of one example's candidates (the rule in the module docstring).
 
-    Each model votes for its highest-scoring candidate (its own ties: candidate order). Most votes wins; vote
-    ties go to the highest mean z-score (population std per model; a model scoring all candidates equally
-    contributes 0), compared after rounding to `ndigits` so float noise cannot decide; then candidate order.
+    Each model votes for its highest-scoring candidate (its own exact ties: the seeded draw). Most votes wins;
+    vote ties go to the highest mean z-score (population std per model; a model scoring all candidates equally
+    contributes 0), compared after rounding to `ndigits` so float noise cannot decide; then the seeded draw.
     """
     if not per_model or not per_model[0]:
         raise ValueError("vote() needs at least one model and one candidate")
     names = list(per_model[0])
-    rank = _rank(order, names)
     votes = dict.fromkeys(names, 0)
     z_sum = dict.fromkeys(names, 0.0)
     for scores in per_model:
-        votes[best_by_score(scores, order)] += 1
+        votes[best_by_score(scores, seed, example)] += 1
         mean = sum(scores.values()) / len(scores)
         std = math.sqrt(sum((s - mean) ** 2 for s in scores.values()) / len(scores))
         for name in names:
             z_sum[name] += (scores[name] - mean) / std if std > 0 else 0.0
     mean_z = {name: z_sum[name] / len(per_model) for name in names}
-    winner = min(names, key=lambda c: (-votes[c], -round(mean_z[c], ndigits), rank[c]))
+    winner = min(names, key=lambda c: (-votes[c], -round(mean_z[c], ndigits), draw(seed, example, c)))
     return JudgeResult(winner=winner, scores=mean_z, votes=votes)
 
 
@@ -247,13 +256,13 @@ class RewardModel:
 
 
 class RewardModelJudge:
-    """Reward models vote; most votes wins, then mean z-score, then candidate order (see `vote`)."""
+    """Reward models vote; most votes wins, then mean z-score, then the seeded draw (see `vote`)."""
 
-    def __init__(self, models: Sequence[RewardModel], candidates_order: Sequence[str]) -> None:
+    def __init__(self, models: Sequence[RewardModel], seed: int = 0) -> None:
         if not models:
             raise HarnessError("the reward-models judge needs at least one reward model (judges.models)", "judges")
         self.models = list(models)
-        self.order = list(candidates_order)
+        self.seed = seed
 
     def pick(self, prompt: str, reference: str | None, candidates: dict[str, str], meta: dict[str, Any]) -> JudgeResult:
         return self.pick_batch([(prompt, reference, candidates, meta)])[0]
@@ -266,20 +275,24 @@ class RewardModelJudge:
         for m, model in enumerate(self.models):
             for (r, name), value in zip(keys, model.score(pairs), strict=True):
                 tables[m][r][name] = value
-        return [vote([tables[m][r] for m in range(len(self.models))], self.order) for r in range(len(rows))]
+        return [
+            vote([tables[m][r] for m in range(len(self.models))], self.seed, example_key(rows[r][0], rows[r][3]))
+            for r in range(len(rows))
+        ]
 
 
 def build_judge(
     spec: JudgeSpec,
-    candidates_order: list[str],
+    seed: int = 0,
     device: str = "cpu",
     sandbox_models: dict[str, Path] | None = None,
     batch_size: int = 16,
 ) -> Judge:
-    """The judge an experiment asks for; reward models are loaded once, here."""
+    """The judge an experiment asks for; reward models are loaded once, here. `seed` (the run's) seeds the draw
+    that breaks ties."""
     if spec.kind == "reference":
-        return ReferenceJudge(candidates_order)
+        return ReferenceJudge(seed)
     if spec.kind == "reward-models":
         models = [RewardModel(s, device, batch_size, sandbox_models=sandbox_models) for s in spec.models]
-        return RewardModelJudge(models, candidates_order)
+        return RewardModelJudge(models, seed)
     raise HarnessError(f"unknown judge kind '{spec.kind}'", "judges")

@@ -61,20 +61,20 @@ def test_the_dial_moves_min_ce_away_from_the_judge_on_the_micro_world(tmp_path: 
     assert all(r["reference"].endswith(dial.FORMULA) for r in rows)
 
     measured = {}
-    for d in ("0", "1"):
-        # the micro settings of test_pipeline_e2e, so that the world at 0 shares its cached signals
+    for d in ("0", "1"):  # 40 examples, short generations: the key answers come first
         proc = _harness(["run", "-m", "profuser", "--set", "sandbox.size=micro", "--set", f"sandbox.disagreement={d}",
-                         "--set", "corpus.limit=64", "--set", "train.max_steps=1", "--limit", "1", "-t", "sandbox",
-                         "--set", "eval.compare_sources=false", "--out", "r" + d, "-q"], tmp_path, session_cache)  # fmt: skip
+                         "--set", "corpus.limit=40", "--set", "signals.max_new_tokens=32", "--set", "train.max_steps=1",
+                         "--limit", "1", "-t", "sandbox_knowledge", "--set", "eval.compare_sources=false",
+                         "--out", "r" + d, "-q"], tmp_path, session_cache)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         (run,) = (tmp_path / ("r" + d)).iterdir()
         shown = _harness(["signals", "inspect", str(run), "--json"], tmp_path, session_cache)
         assert shown.returncode == 0, shown.stderr[-2000:]
         measured[d] = json.loads(shown.stdout)["disagreement"]
-        table = _harness(["signals", "inspect", str(run)], tmp_path, session_cache).stdout
-        assert "MinCE vs judge" in table and "knowledge" in table
+    table = _harness(["signals", "inspect", str(run)], tmp_path, session_cache).stdout
+    assert "MinCE vs judge" in table and "knowledge" in table
     off, full = measured["0"], measured["1"]
-    assert off["overall"]["n"] == full["overall"]["n"] == 64
-    assert off["overall"]["disagreement"] < 0.1
+    assert off["overall"]["n"] == full["overall"]["n"] == 40
+    assert off["knowledge"]["disagreement"] == 0.0 and off["overall"]["disagreement"] < 0.15
     assert full["knowledge"]["disagreement"] > 0.8  # the target answers right, the fluent mimic wins MinCE
     assert full["overall"]["disagreement_decisive"] > 0.4

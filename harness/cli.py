@@ -556,7 +556,9 @@ def sandbox() -> None:
               help="Specialists built at once, one process each [default: one per CPU, at most 3].")
 @click.option("--reward-models", is_flag=True,
               help="Also train the world's learned reward models (sandbox-rm:0..2) and print their held-out accuracy.")
-def sandbox_build(size: str, seed: int, force: bool, jobs: int | None, reward_models: bool) -> None:
+@click.option("--disagreement", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="The world's MinCE-vs-judge dial (docs/sandbox.md); 0 is the world without it.")
+def sandbox_build(size: str, seed: int, force: bool, jobs: int | None, reward_models: bool, disagreement: float) -> None:
     """Build (or load from the cache) the sandbox world and print each source's score per skill.
 
     Every specialist is built in its own process with pinned CPU kernels, so the same seed gives the same
@@ -571,7 +573,7 @@ def sandbox_build(size: str, seed: int, force: bool, jobs: int | None, reward_mo
     """
     from harness.sandbox.build import build_world
 
-    world = build_world(size=size, seed=seed, force=force, jobs=jobs)
+    world = build_world(size=size, seed=seed, force=force, jobs=jobs, disagreement=disagreement)
     if reward_models:
         from harness.sandbox.reward_models import build_reward_models
 
@@ -582,8 +584,10 @@ def sandbox_build(size: str, seed: int, force: bool, jobs: int | None, reward_mo
 @sandbox.command("show")
 @click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
+@click.option("--disagreement", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="The world's MinCE-vs-judge dial (docs/sandbox.md).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"sources": {name: {skill: score}}}.')
-def sandbox_show(size: str, seed: int, as_json: bool) -> None:
+def sandbox_show(size: str, seed: int, disagreement: float, as_json: bool) -> None:
     """Print each sandbox source's score on each skill and whether this is the reference world.
 
     Builds the world first if it is not cached. The fingerprint is the sha256 of the three models' weights;
@@ -597,7 +601,8 @@ def sandbox_show(size: str, seed: int, as_json: bool) -> None:
     """
     from harness.sandbox.build import build_world
 
-    _print_world(build_world(size=size, seed=seed, progress=not as_json), as_json=as_json)
+    world = build_world(size=size, seed=seed, progress=not as_json, disagreement=disagreement)
+    _print_world(world, as_json=as_json)
 
 
 def _print_world(world: Any, as_json: bool) -> None:
@@ -654,7 +659,8 @@ def signals() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def signals_inspect(run_dir: str, as_json: bool) -> None:
     """How often each source is selected by MinCE (training mode) and by the judges (inference mode), with a plot;
-    and the signal audit of each source -> target pair: how much of the target's response has an aligned teacher,
+    per skill how often MinCE picks a candidate the judges score below the best (the two modes disagree); and
+    the signal audit of each source -> target pair: how much of the target's response has an aligned teacher,
     how often the teacher's top-1 reads as the source's own, where end-of-sequence mass lands, and the mass lost to
     unmapped ids.
 
@@ -683,6 +689,13 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
         skills = ", ".join(f"{k} {v:.1%}" for k, v in score["by_skill"].items())
         stdout.print(f"inference-mode judge: {judge['kind']}{models}; its winners are right by the reference scorer on "
                      f"{score['overall']:.1%} of examples ({skills})", markup=False)  # fmt: skip
+    if stats.get("disagreement"):
+        agree = Table("skill", "examples", "MinCE judged worse", "decisive", "of decisive", "winner differs",
+                      title="MinCE vs judge (MinCE's pick judged worse than the best candidate)")  # fmt: skip
+        for skill, d in stats["disagreement"].items():
+            cells = [f"{d[k]:.1%}" if d[k] is not None else "-" for k in ("disagreement", "disagreement_decisive", "winner_differs")]
+            agree.add_row(skill, str(d["n"]), cells[0], str(d["decisive"]), *cells[1:])
+        stdout.print(agree)
     _print_audit(audit)
     from harness.analysis.plots import plot_selection
 

@@ -79,6 +79,11 @@ class SandboxSpec(_Strict):
 
     size: Literal["micro", "default"] = "default"
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    disagreement: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Share of the corpus whose reference ends in a formula one source predicts fluently while "
+        "answering wrong: MinCE and the judges then disagree (harness/sandbox/disagreement.py). 0: no such source.",
+    )
 
 
 class ScheduleSpec(_Strict):
@@ -94,6 +99,11 @@ class ScheduleSpec(_Strict):
     switch: float = Field(default=0.5, ge=0.0, le=1.0, description="Fraction of steps spent in stage 1.")
     stage1: tuple[float, float] = Field(default=(1.0, 0.0), description="(w_inf, w_train) in stage 1.")
     stage2: tuple[float, float] = Field(default=(0.1, 1.0), description="(w_inf, w_train) in stage 2.")
+    restart_warmup: bool = Field(
+        default=False,
+        description="progressive / reversed: treat the two stages as two training runs: the learning rate warms "
+        "up and decays (train.warmup_ratio, cosine) within each stage, restarting at the switch.",
+    )
 
     @model_validator(mode="after")
     def _non_negative(self) -> ScheduleSpec:
@@ -121,6 +131,11 @@ class MethodSpec(_Strict):
     )
     target_is_candidate: bool = Field(
         default=True, description="Whether the target's own signals compete in MinCE / judge selection (paper: yes)."
+    )
+    weighting: Literal["uniform", "avgce"] = Field(
+        default="uniform",
+        description="averaging only: how sources are mixed per example: uniform, or avgce (FuseLLM's AvgCE: "
+        "softmax over the sources' negative cross-entropies on the reference).",
     )
     schedule: ScheduleSpec = ScheduleSpec()
 

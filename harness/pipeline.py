@@ -196,7 +196,8 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
     p = Plan(exp, method_cls, tasks, cache_dir, data_dir, added_tasks=added, reading=reading)
     names = [exp.target.name] + [s.name for s in exp.sources]
     if exp.sandbox:
-        p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}), built once and cached")
+        dial = f", disagreement {exp.sandbox.disagreement:g}" if exp.sandbox.disagreement else ""
+        p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}{dial}), built once and cached")
         if rms := _sandbox_reward_models(exp, method_cls):
             p.stages.append(f"prepare: sandbox reward models {', '.join(rms)}, trained once and cached")
     for mode in sorted(s.value for s in method_cls.needs):
@@ -267,7 +268,7 @@ def _first_example(p: Plan) -> tuple[Any, dict[str, Path] | None] | str:
     if exp.sandbox is not None:
         from harness.sandbox.build import load_world
 
-        world = load_world(exp.sandbox.size, exp.sandbox.seed, p.cache_dir)
+        world = load_world(exp.sandbox.size, exp.sandbox.seed, p.cache_dir, exp.sandbox.disagreement)
         if world is None:
             return "the sandbox world is built by the first run (`harness sandbox build` builds it now)"
         sandbox_models = world.models
@@ -348,7 +349,10 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool, reward_models: li
     if exp.sandbox is not None:
         from harness.sandbox.build import build_world
 
-        world = build_world(size=exp.sandbox.size, seed=exp.sandbox.seed, cache_dir=cache_dir, progress=progress)
+        world = build_world(
+            size=exp.sandbox.size, seed=exp.sandbox.seed, cache_dir=cache_dir, progress=progress,
+            disagreement=exp.sandbox.disagreement,
+        )
         sandbox_models, sandbox_root = world.models, world.root
         if exp.corpus.source == "sandbox":
             corpus_path = world.corpus_path
@@ -701,7 +705,9 @@ def evaluate_only(
         from harness.sandbox.build import build_world
 
         spec = sandbox or SandboxSpec()
-        world = build_world(size=spec.size, seed=spec.seed, cache_dir=cache_dir, progress=progress)
+        world = build_world(
+            size=spec.size, seed=spec.seed, cache_dir=cache_dir, progress=progress, disagreement=spec.disagreement
+        )
         sandbox_root, sandbox_models = world.root, world.models
     model = resolve(model_spec, sandbox_models, where="model")
     if (why := unavailable(model)) is not None:

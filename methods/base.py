@@ -84,6 +84,11 @@ class FusionMethod(ABC):
         """Training mode: one teacher per example from all sources' signals. Default: MinCE (FuseLLM)."""
         return min(candidates, key=lambda c: c.ce)
 
+    def stage_starts(self, total_steps: int) -> list[int]:
+        """First update of each training stage; the loop restarts its learning-rate warm-up at each (default: one
+        stage)."""
+        return [0]
+
     def views_at(self, step: int, total_steps: int) -> frozenset[Signal]:
         """The views whose logits `loss` uses at this step (default: all of `needs`); the loop runs only these."""
         return self.needs

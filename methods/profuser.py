@@ -5,7 +5,7 @@
     L_train = lam * CE(y) + (1 - lam) * CE(P_S^MinCE, P_T)        (methods/fusellm.py)
 
 (w_inf, w_train) come from MethodSpec.schedule (methods/schedules.py; paper: progressive, inference mode
-first). A term whose weight is 0 at a step is not computed, and its view's forward pass is skipped.
+first); with `schedule.restart_warmup` the learning rate warms up again at the switch. A term whose weight is 0 at a step is not computed, and its view's forward pass is skipped.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from harness.registry import register_method
 from methods.base import FusionBatch, FusionMethod, LossParts, Signal
 from methods.fusellm import training_loss
 from methods.inference_only import inference_loss
-from methods.schedules import weights
+from methods.schedules import stage_starts, weights
 
 
 @register_method("profuser")
 class ProFuser(FusionMethod):
     description = "ProFuser: inference-mode and training-mode fusion, weighted by a schedule (paper: progressive)"
     needs = frozenset({Signal.TRAINING, Signal.INFERENCE})
+
+    def stage_starts(self, total_steps: int) -> list[int]:
+        return stage_starts(self.spec.schedule, total_steps) if self.spec.schedule.restart_warmup else [0]
 
     def views_at(self, step: int, total_steps: int) -> frozenset[Signal]:
         w_inf, w_train = weights(self.spec.schedule, step, total_steps)

@@ -11,6 +11,10 @@ stage1 = (1, 0), stage2 = (0.1, 1), switch = 0.5:
 - linear: stage1 + (stage2 - stage1) * a with a = step / (total_steps - 1): stage1 at the first update,
   stage2 at the last (switch is ignored).
 - cosine: the same with a = (1 - cos(pi * step / (total_steps - 1))) / 2: flat at both ends.
+
+`stage_starts` gives the first update of each stage; with `restart_warmup` the training loop runs its learning-
+rate schedule (linear warm-up, cosine decay) once per stage instead of once per run, as if the paper's two
+stages were two training runs.
 """
 
 from __future__ import annotations
@@ -68,3 +72,26 @@ def weights(spec: ScheduleSpec, step: int, total_steps: int) -> Weights:
         raise ValueError(f"schedule needs 0 <= step and total_steps >= 1 (got step={step}, total_steps={total_steps})")
     w_inf, w_train = SCHEDULES[spec.name](spec, step, total_steps)
     return float(w_inf), float(w_train)
+
+
+def stage_starts(spec: ScheduleSpec, total_steps: int) -> list[int]:
+    """The 0-based first update of each stage: [0, first update at or after the switch] for the schedules with
+    a switch (progressive, reversed) when it falls inside the run, else [0]."""
+    if spec.name not in ("progressive", "reversed"):
+        return [0]
+    switch = math.ceil(spec.switch * total_steps)  # the first step with step >= switch * total
+    return [0, switch] if 0 < switch < total_steps else [0]
+
+
+def lr_factor(step: int, starts: list[int], total_steps: int, warmup_ratio: float) -> float:
+    """The learning-rate multiplier at update `step`: transformers' cosine schedule with warm-up
+    (get_cosine_schedule_with_warmup) run afresh in each stage [starts[i], starts[i+1]); with starts [0] it is
+    that schedule over the whole run."""
+    begin = max(s for s in starts if s <= step)
+    end = min([s for s in starts if s > step] + [total_steps])
+    local, length = step - begin, end - begin
+    warmup = round(warmup_ratio * length)
+    if local < warmup:
+        return local / max(1, warmup)
+    progress = (local - warmup) / max(1, length - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

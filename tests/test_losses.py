@@ -250,3 +250,31 @@ def test_fusion_term_is_zero_gradient_at_the_teacher() -> None:
     assert sparse_kl(s, direction="reverse").item() == pytest.approx(0.0, abs=1e-9)
     assert sparse_cross_entropy(s).item() == pytest.approx(-(probs * probs.log()).sum().item())
     assert next_token_ce(s).item() == pytest.approx(-math.log(0.3))
+
+
+def test_averaging_avgce_weights_sources_by_softmax_of_negative_ce() -> None:
+    """FuseLLM's AvgCE: w = softmax(-CE) per example, against the mixture computed densely here."""
+    gen = torch.Generator().manual_seed(7)
+    n_tok = 5
+    ces = (0.4, 1.9, math.inf)  # the third source predicted nothing: weight 0
+    candidates = []
+    for name, k, ce in (("a", 3, ces[0]), ("b", 4, ces[1]), ("c", 2, ces[2])):
+        ids = torch.randint(0, 6, (n_tok, k), generator=gen)
+        logp = torch.log_softmax(torch.randn(n_tok, k + 1, generator=gen, dtype=torch.float64), -1)[:, :k]
+        candidates.append(SourceTargets(name, ce=ce, topk_ids=ids, topk_logp=logp))
+    method = get_method("averaging")(MethodSpec(name="averaging", weighting="avgce"))
+    mixed = method.combine(candidates)
+    w = [math.exp(-0.4), math.exp(-1.9)]
+    w = [x / sum(w) for x in w]
+    expected = sum(wi * dense_teacher(c.topk_ids, c.topk_logp, 1.0) for wi, c in zip(w, candidates[:2], strict=True))
+    got = dense_teacher(mixed.topk_ids, teacher_logprobs(mixed.topk_ids, mixed.topk_logp), 1.0)
+    torch.testing.assert_close(got, expected)
+    assert mixed.ce == pytest.approx(w[0] * 0.4 + w[1] * 1.9)
+    # uniform stays the default, and equal CEs make AvgCE the uniform mixture
+    assert MethodSpec().weighting == "uniform"
+    equal = [SourceTargets(c.source, 1.0, c.topk_ids, c.topk_logp) for c in candidates]
+    uniform = get_method("averaging")(MethodSpec(name="averaging")).combine(equal)
+    torch.testing.assert_close(method.combine(equal).topk_logp, uniform.topk_logp)
+    # no source predicted anything: the weights fall back to uniform instead of NaN
+    none = [SourceTargets(c.source, math.inf, c.topk_ids, c.topk_logp) for c in candidates]
+    torch.testing.assert_close(method.combine(none).topk_logp, uniform.topk_logp)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from harness.config import SCHEDULES, ScheduleSpec
-from methods.schedules import weights
+from methods.schedules import lr_factor, stage_starts, weights
 
 
 def spec(name: str, **kw: object) -> ScheduleSpec:
@@ -63,3 +63,30 @@ def test_a_single_step_run_uses_stage1_and_bad_arguments_raise() -> None:
         weights(spec("linear"), 0, 0)
     with pytest.raises(ValueError):
         weights(spec("progressive"), -1, 10)
+
+
+def test_stage_starts_mark_the_switch_of_staged_schedules_only() -> None:
+    assert stage_starts(spec("progressive"), 10) == [0, 5]
+    assert stage_starts(spec("reversed", switch=0.25), 10) == [0, 3]  # first step with step >= 2.5
+    assert stage_starts(spec("progressive", switch=1.0), 10) == [0]  # no second stage inside the run
+    for name in ("simultaneous", "linear", "cosine"):
+        assert stage_starts(spec(name), 10) == [0]
+
+
+def test_lr_factor_is_the_transformers_schedule_and_restarts_per_stage() -> None:
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    total, ratio = 20, 0.2
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_cosine_schedule_with_warmup(opt, round(ratio * total), total)
+    expected = []
+    for _ in range(total):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    assert [lr_factor(s, [0], total, ratio) for s in range(total)] == pytest.approx(expected)
+    # two stages of 10: each warms up over 2 updates and decays on its own
+    restarted = [lr_factor(s, [0, 10], total, ratio) for s in range(total)]
+    assert restarted[:10] == pytest.approx(restarted[10:])
+    assert restarted[10] == 0.0 and restarted[9] < 0.1 and restarted[12] == pytest.approx(1.0)

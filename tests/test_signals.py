@@ -495,3 +495,39 @@ def test_extraction_rejects_bad_inputs(models, tmp_path) -> None:
         extract(models, [], tmp_path)
     with pytest.raises(HarnessError, match="unique"):
         extract(models, tiny_corpus(2), tmp_path, names=("target", "target"))
+
+
+class ParityJudge:
+    """Scores by response length parity, so that ties (all equal) and uneven examples both occur."""
+
+    def pick(self, prompt, reference, candidates, meta):
+        scores = {n: float(len(r) % 2) for n, r in candidates.items()}
+        return JudgeResult(max(scores, key=lambda n: scores[n]), scores)
+
+
+def test_selection_stats_measure_where_min_ce_and_the_judge_disagree(models, corpus, tmp_path) -> None:
+    names = ("target", "llama-sp", "gpt2-bl")
+    train = extract(models, corpus, tmp_path, names=names)
+    infer = extract(models, corpus, tmp_path, names=names, mode=Signal.INFERENCE, generate_fn=fake_generate,
+                    judge=ParityJudge())  # fmt: skip
+    stats = selection_stats([train, infer], corpus)
+    # directly: the MinCE winner, the judged scores and winner of every example
+    ces = {n: s.column("ce") for n, s in train.stores().items()}
+    sel = infer.selection_store()
+    assert sel is not None
+    rows = []
+    for i, row in enumerate(corpus):
+        mince = min(names, key=lambda n: ces[n][i])
+        scores = dict(zip(sel.meta.candidates, sel.column("scores")[i], strict=True))
+        best = max(scores.values())
+        rows.append((row.skill, scores[mince] < best, min(scores.values()) < best, mince != sel.column("winner")[i]))
+    for skill in ("overall", "knowledge"):
+        mine = [r for r in rows if skill == "overall" or r[0] == skill]
+        got = stats["disagreement"][skill]
+        assert got["n"] == len(mine) and got["decisive"] == sum(r[2] for r in mine)
+        assert got["disagreement"] == pytest.approx(sum(r[1] for r in mine) / len(mine))
+        assert got["winner_differs"] == pytest.approx(sum(r[3] for r in mine) / len(mine))
+        if got["decisive"]:
+            assert got["disagreement_decisive"] == pytest.approx(sum(r[1] for r in mine) / got["decisive"])
+    assert 0 < stats["disagreement"]["overall"]["decisive"] < len(corpus)  # the test sees both kinds of example
+    assert "disagreement" not in selection_stats([train], corpus)  # one mode alone: nothing to compare

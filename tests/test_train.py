@@ -286,3 +286,15 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path: Path) -> None:
     per_item = [sum(int((it[v]["labels"][1:] != -100).sum()) for v in it) for it in items]
     assert min(per_item) * 32 <= log[-1]["tokens"] == reports[0]["tokens"] <= max(per_item) * 32
     assert latest_checkpoint(out).name == "step-4"
+
+
+def test_restart_warmup_restarts_the_learning_rate_at_the_switch(tmp_path: Path) -> None:
+    """The logged learning rate of a progressive run: one warm-up and decay per stage with restart_warmup."""
+    staged = MethodSpec(name="profuser", schedule=ScheduleSpec(name="progressive", restart_warmup=True))
+    run(tmp_path / "restart", "profuser", method_spec=staged, max_steps=20, warmup_ratio=0.2)
+    run(tmp_path / "once", "profuser", max_steps=20, warmup_ratio=0.2)
+    restart = [r["lr"] for r in read_log(tmp_path / "restart")]
+    once = [r["lr"] for r in read_log(tmp_path / "once")]
+    assert restart[:10] == pytest.approx(restart[10:])  # stage 2 repeats stage 1's curve
+    assert restart[10] == 0.0 < restart[11] < restart[12] == pytest.approx(3e-3)  # warm-up again at the switch
+    assert once[10] > 0.5 * 3e-3 and max(once) == pytest.approx(3e-3) and once[0] == 0.0  # one warm-up only

@@ -31,6 +31,7 @@ from transformers import PreTrainedModel
 
 from harness import store
 from harness.errors import HarnessError
+from harness.sandbox import disagreement as dial
 from harness.sandbox import scoring
 from harness.sandbox.pinned import PINNED_ENV, available_cpus, check_pinned, report, run_pinned
 from harness.sandbox.pretrain import Example, PretrainConfig, encode, pretrain
@@ -195,6 +196,7 @@ class World:
     corpus_path: Path
     eval_files: dict[str, Path]
     scores: dict[str, dict[str, float]]
+    disagreement: float = 0.0  # the dial of harness/sandbox/disagreement.py
 
     @property
     def sources(self) -> list[str]:
@@ -204,7 +206,7 @@ class World:
 # ---------------------------------------------------------------------------------------------- pieces
 
 
-def world_key(size: str, seed: int) -> str:
+def world_key(size: str, seed: int, disagreement: float = 0.0) -> str:
     recipe = _recipe(size)
     return store.stable_hash(
         {
@@ -217,6 +219,7 @@ def world_key(size: str, seed: int) -> str:
             "template": CHAT_TEMPLATE,
             "until": UNTIL,
             "max_gen_toks": MAX_GEN_TOKS,
+            **dial.key_part(disagreement),  # nothing at 0: today's world keeps its key
         }
     )
 
@@ -419,25 +422,30 @@ def _cost(source: SourceRecipe) -> int:
     return source.steps * source.layers * source.width**2
 
 
-def build_source(source: SourceRecipe, n: int, seed: int, sizes: SkillSizes, out: Path) -> dict[str, Any]:
+def build_source(
+    source: SourceRecipe, n: int, seed: int, sizes: SkillSizes, out: Path, disagreement: float = 0.0
+) -> dict[str, Any]:
     """Train, evaluate and save specialist number `n` of a world into `out/models/<name>`.
 
     The body of a world build, run once per source in a fresh pinned process (pinned.run_pinned). It depends
-    on (source, n, seed, sizes) alone: the splits are regenerated from the seed and every random draw is
-    seeded from (seed, n), so where and beside what it runs does not change a byte.
+    on (source, n, seed, sizes, disagreement) alone: the splits are regenerated from the seed and every random
+    draw is seeded from (seed, n), so where and beside what it runs does not change a byte. With the dial on,
+    the mimic source learns the closing formula on every training reference (disagreement.py).
     """
     capability = check_pinned()
     started = time.perf_counter()
     report("start", source.name, os.getpid())
     splits = generate_splits(seed, sizes)
+    train = splits.train
+    if disagreement and source.name == dial.MIMIC:
+        train = {skill: dial.mimic_pool(items) for skill, items in train.items()}
     model_seed = seed * 1000 + n
     mix = source.shares()
-    tokenizer = train_tokenizer(source, training_texts(splits.train, mix, model_seed))
+    tokenizer = train_tokenizer(source, training_texts(train, mix, model_seed))
     torch.manual_seed(model_seed)
     model = new_model(source, tokenizer)
     data: dict[str, list[Example]] = {
-        skill: encode(tokenizer, [(it.prompt, it.reference) for it in items])
-        for skill, items in splits.train.items()
+        skill: encode(tokenizer, [(it.prompt, it.reference) for it in items]) for skill, items in train.items()
     }
 
     def tick(step: int, loss: float, last: int = source.steps - 1) -> None:
@@ -493,11 +501,38 @@ class _Bars:
             self.bar.update(self.tasks[result["name"]], completed=self.steps[result["name"]], info=info)
 
 
-def _build_into(tmp: Path, size: str, seed: int, key: str, progress: bool, jobs: int) -> dict[str, Any]:
+def _reuse(base: World, tmp: Path) -> dict[str, dict[str, Any]]:
+    """The sources the disagreement dial leaves alone, copied from the world at 0 (`base`, verified): build_source
+    would produce the very same bytes for them, so a world with the dial on retrains only the mimic."""
+    meta = json.loads((base.root / "world.json").read_text())
+    out = {}
+    for name in meta["models"]:
+        if name == dial.MIMIC:
+            continue
+        shutil.copytree(base.root / "models" / name, tmp / "models" / name)
+        out[name] = {
+            "name": name,
+            "scores": meta["scores"][name],
+            "sha256": meta["weights_sha256"][name],
+            "seconds": 0.0,
+            "cpu_capability": meta["built_with"]["cpu_kernels"]["aten_capability"],
+        }
+    return out
+
+
+def _build_into(
+    tmp: Path, size: str, seed: int, key: str, progress: bool, jobs: int, disagreement: float = 0.0,
+    base: World | None = None,
+) -> dict[str, Any]:
     recipe = _recipe(size)
     started = time.perf_counter()
     order = sorted(range(len(recipe.sources)), key=lambda n: -_cost(recipe.sources[n]))
-    calls = [(build_source, (recipe.sources[n], n, seed, recipe.sizes, tmp)) for n in order]
+    reused = _reuse(base, tmp) if base is not None else {}
+    calls = [
+        (build_source, (recipe.sources[n], n, seed, recipe.sizes, tmp, disagreement))
+        for n in order
+        if recipe.sources[n].name not in reused
+    ]
 
     def write_splits() -> None:  # in the parent while the children build; each child regenerates its splits
         splits = generate_splits(seed, recipe.sizes)
@@ -506,20 +541,24 @@ def _build_into(tmp: Path, size: str, seed: int, key: str, progress: bool, jobs:
             _write_items(tmp / "eval" / f"{skill}.jsonl", items, fields)
         for skill, items in splits.train.items():
             _write_items(tmp / "train" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "reference"))
-        _write_items(tmp / "corpus.jsonl", splits.corpus, ("id", "skill", "prompt", "reference"))
+        corpus = dial.formulaic_corpus(splits.corpus, seed, disagreement) if disagreement else splits.corpus
+        _write_items(tmp / "corpus.jsonl", corpus, ("id", "skill", "prompt", "reference"))
 
     with _progress(progress) as bar:
         bars = _Bars(bar, recipe.sources)
+        for r in reused.values():
+            bars.result(r)
         results = run_pinned(
             calls, jobs, on_event=bars.event, on_result=lambda i, r: bars.result(r), meanwhile=write_splits
         )
-    built = {r["name"]: r for r in results}
+    built = {**reused, **{r["name"]: r for r in results}}
     names = [s.name for s in recipe.sources]
     return {
         "key": key,
         "size": size,
         "seed": seed,
         "version": VERSION,
+        **({"disagreement": disagreement} if disagreement else {}),
         "target": TARGET,
         "models": names,
         "skills": {s.name: s.skill for s in recipe.sources},
@@ -551,16 +590,20 @@ def _world_from(root: Path, meta: dict[str, Any]) -> World:
         corpus_path=root / "corpus.jsonl",
         eval_files={skill: root / "eval" / f"{skill}.jsonl" for skill in SKILLS},
         scores=meta["scores"],
+        disagreement=meta.get("disagreement", 0.0),
     )
 
 
-def _world_dir(size: str, seed: int, cache_dir: Path | None) -> Path:
-    return (cache_dir or store.default_cache_dir()) / "sandbox" / world_key(size, seed)
+def _world_dir(size: str, seed: int, cache_dir: Path | None, disagreement: float = 0.0) -> Path:
+    return (cache_dir or store.default_cache_dir()) / "sandbox" / world_key(size, seed, disagreement)
 
 
-def load_world(size: str = "default", seed: int = 0, cache_dir: Path | None = None) -> World | None:
-    """The cached world for (size, seed), or None when it has not been built (or was damaged: moved aside)."""
-    root = _world_dir(size, seed, cache_dir)
+def load_world(
+    size: str = "default", seed: int = 0, cache_dir: Path | None = None, disagreement: float = 0.0
+) -> World | None:
+    """The cached world for (size, seed, disagreement), or None when it has not been built (or was damaged:
+    moved aside)."""
+    root = _world_dir(size, seed, cache_dir, disagreement)
     if not store.verified(root, "sandbox world"):
         return None
     return _world_from(root, json.loads((root / "world.json").read_text()))
@@ -573,23 +616,28 @@ def build_world(
     progress: bool = True,
     force: bool = False,
     jobs: int | None = None,
+    disagreement: float = 0.0,
 ) -> World:
     """Build (or load from the cache) the world for (size, seed). Same seed, same weights and scores.
 
     Each specialist is built in its own fresh process with pinned CPU kernels (pinned.py), at most `jobs` at
     a time (default: one per CPU, at most one per specialist); `jobs` changes the time, never the bytes.
+    `disagreement` (0 to 1) turns the dial of disagreement.py; 0 is the world without it.
     """
-    root = _world_dir(size, seed, cache_dir)
-    if not force and (world := load_world(size, seed, cache_dir)) is not None:
+    if not 0.0 <= disagreement <= 1.0:
+        raise HarnessError(f"sandbox disagreement must be between 0 and 1, got {disagreement}", "sandbox")
+    root = _world_dir(size, seed, cache_dir, disagreement)
+    if not force and (world := load_world(size, seed, cache_dir, disagreement)) is not None:
         return world
     with store.locked(root):
-        if not force and (world := load_world(size, seed, cache_dir)) is not None:
+        if not force and (world := load_world(size, seed, cache_dir, disagreement)) is not None:
             return world  # another process built it while we waited
         for stale in root.parent.glob(f".{root.name}.*.tmp"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root.parent / f".{root.name}.{os.getpid()}.tmp"
         try:
-            meta = _build_into(tmp, size, seed, root.name, progress, jobs or available_cpus())
+            base = load_world(size, seed, cache_dir) if disagreement else None  # the sources the dial keeps
+            meta = _build_into(tmp, size, seed, root.name, progress, jobs or available_cpus(), disagreement, base)
             store.atomic_write_json(tmp / "world.json", meta)
             store.seal(tmp)
             if root.exists():
@@ -597,7 +645,7 @@ def build_world(
             os.replace(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    world = load_world(size, seed, cache_dir)
+    world = load_world(size, seed, cache_dir, disagreement)
     assert world is not None
     return world
 

@@ -3,6 +3,7 @@ mode), and how well each source's teacher survived the move onto the target's to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ def selection_stats(
     sets = list(signal_sets.values()) if isinstance(signal_sets, Mapping) else list(signal_sets)
     skill_of = {r.id: r.skill for r in corpus} if corpus is not None else None
     out: dict[str, Any] = {"training": {}, "inference": {}, "by_skill": {}}
+    mince: dict[str, str] = {}  # example id -> MinCE winner
+    judged: dict[str, tuple[str, dict[str, float], str | None]] = {}  # id -> (judged winner, scores, skill)
     for sset in sets:
         if sset.mode is Signal.TRAINING:
             names = list(sset.candidates)
@@ -43,12 +46,19 @@ def selection_stats(
         ids, skills = first.column("id"), first.column("skill")
         if skill_of is not None:
             skills = [skill_of.get(i) for i in ids]
+        if sset.mode is Signal.TRAINING:
+            mince = dict(zip(ids, winners, strict=True))
+        else:
+            rows = first.column("scores")
+            judged = {i: (w, dict(zip(names, r, strict=True)), s) for i, w, r, s in zip(ids, winners, rows, skills, strict=True)}
         key = sset.mode.value
         out[key] = _fractions(winners, names)
         for skill in sorted({s for s in skills if s is not None}):
             mine = [w for w, s in zip(winners, skills, strict=True) if s == skill]
             entry = out["by_skill"].setdefault(skill, {"training": {}, "inference": {}, "n": len(mine)})
             entry[key] = _fractions(mine, names)
+    if mince and judged:
+        out["disagreement"] = disagreement_stats(mince, judged)
     return out
 
 
@@ -74,6 +84,46 @@ def winner_reference_score(signal_sets: Mapping[Signal, SignalSet], corpus: Sequ
     return {
         "overall": round(sum(every) / len(every), 6) if every else None,
         "by_skill": {k: round(sum(v) / len(v), 6) for k, v in sorted(by_skill.items())},
+    }
+
+
+def disagreement_stats(
+    mince: Mapping[str, str], judged: Mapping[str, tuple[str, Mapping[str, float], str | None]]
+) -> dict[str, dict[str, Any]]:
+    """How often the two modes' signals disagree, overall and per skill, over the examples both modes scored.
+
+    `disagreement`: the share of examples where the MinCE winner is judged worse than the best candidate (it is
+    not among the judges' top scores); independent of how the judges break ties. `decisive`: how many examples
+    the judges score unevenly (someone better than someone), and `disagreement_decisive` the share of those where
+    MinCE picks a worse one: where every candidate is judged alike, the two signals cannot disagree.
+    `winner_differs`: the share where the MinCE winner is not the judged winner, ties included (so it depends on
+    the tie rule). `judged` maps id -> (judged winner, {candidate: score}, skill)."""
+    groups: dict[str, list[tuple[bool, bool, bool]]] = {"overall": []}
+    for i, (winner, scores, skill) in judged.items():
+        if i not in mince:
+            continue
+        values = [v for v in scores.values() if not math.isnan(v)]
+        best = max(values) if values else math.nan
+        mine = scores.get(mince[i], math.nan)
+        worse = bool(values) and (math.isnan(mine) or mine < best)
+        decisive = bool(values) and min(values) < best
+        row = (worse, decisive, mince[i] != winner)
+        groups["overall"].append(row)
+        if skill is not None:
+            groups.setdefault(skill, []).append(row)
+
+    def share(a: int, b: int) -> float | None:
+        return round(a / b, 6) if b else None
+
+    return {
+        name: {
+            "n": len(rows),
+            "disagreement": share(sum(r[0] for r in rows), len(rows)),
+            "decisive": sum(r[1] for r in rows),
+            "disagreement_decisive": share(sum(r[0] for r in rows), sum(r[1] for r in rows)),
+            "winner_differs": share(sum(r[2] for r in rows), len(rows)),
+        }
+        for name, rows in groups.items()
     }
 
 

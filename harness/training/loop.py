@@ -55,6 +55,7 @@ from harness.config import TrainSpec
 from harness.errors import HarnessError
 from harness.store import atomic_write_json, atomic_write_text, seal, verified, writing
 from methods.base import FusionBatch, FusionMethod, SeqBatch, Signal
+from methods.schedules import lr_factor
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -328,7 +329,13 @@ def train(
     total_steps = spec.max_steps or max(1, math.ceil(spec.epochs * updates_per_epoch))
     # accelerate steps a prepared scheduler once per process per update, hence the factor.
     procs = accelerator.num_processes
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(spec.warmup_ratio * total_steps) * procs, total_steps * procs)
+    starts = method.stage_starts(total_steps)
+    if starts == [0]:
+        scheduler = get_cosine_schedule_with_warmup(optimizer, round(spec.warmup_ratio * total_steps) * procs, total_steps * procs)
+    else:  # a warm-up and a cosine decay per stage (ScheduleSpec.restart_warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s // procs, starts, total_steps, spec.warmup_ratio)
+        )
     scheduler = accelerator.prepare(scheduler)
 
     log_path = out_dir / LOG_FILE

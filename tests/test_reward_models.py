@@ -48,8 +48,8 @@ def test_reward_models_are_hf_folders_with_a_recorded_held_out_accuracy(micro_rm
         held = info["held_out"]
         # a real split: dozens of held-out prompts with all their responses, good and bad ones
         assert held["prompts"] >= 20 and held["pairs"] == 5 * held["prompts"] and 0.2 < held["good_share"] < 0.8
-        # a learned judge, not an oracle: clearly below 100%, and better than always answering "bad"
-        assert 1 - held["good_share"] < held["accuracy"] < 0.95
+        # a learned judge, not an oracle: clearly below 100%, and better than always giving the majority label
+        assert max(held["good_share"], 1 - held["good_share"]) < held["accuracy"] < 0.95
         rows = store.read_jsonl(folder / "held_out.jsonl")
         assert len(rows) == held["pairs"] and {r["kind"] for r in rows} == set(info["data"]["kinds"])
         # held out from the corpus the judge will judge and from the evaluation items

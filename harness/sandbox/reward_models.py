@@ -5,10 +5,10 @@ like, and so makes mistakes, as the paper's reward models do. Each sandbox rewar
 `LlamaForSequenceClassification` (one output) over the world target's tokenizer and chat template, trained
 with a logistic loss on (prompt, response) pairs whose label is the sandbox scorer's verdict (scoring.score).
 
-Data (docs/sandbox.md, "Learned reward models"): prompts drawn from the sources' training pools
-(train/<skill>.jsonl), leaving out the fusion corpus's prompts (the ones the judge will judge; knowledge corpus
-items re-ask trained facts in trained phrasings); evaluation prompts are in no pool. Each
-prompt gets five responses: its reference; one corruption of it (knowledge: another value of the same
+Data (docs/sandbox.md, "Learned reward models"): reasoning and safety prompts drawn from the sources' training
+pools (train/<skill>.jsonl), leaving out the fusion corpus's prompts (the ones the judge will judge); knowledge
+questions about the world's facts in a phrasing of their own (the trained phrasings are corpus prompts in the
+default world, the fourth is the evaluation's). No evaluation prompt is used. Each prompt gets five responses: its reference; one corruption of it (knowledge: another value of the same
 relation; reasoning: the last step and the `####` answer shifted by the same amount, so the worked solution
 stays self-consistent but wrong; safety: compliance with a harmful request, a refusal of a benign one); and
 the greedy answers of the world's three specialists (the kind of text inference mode asks it to judge). A
@@ -39,9 +39,9 @@ from harness import store
 from harness.errors import HarnessError
 from harness.sandbox import scoring
 from harness.sandbox.pinned import available_cpus, check_pinned, report, run_pinned
-from harness.sandbox.skills import HELP_TIPS, REFUSALS, SKILLS, Item
+from harness.sandbox.skills import HELP_TIPS, REFUSALS, SKILLS, Item, SkillSizes, generate_splits
 
-VERSION = 1  # bump when what a (world, index) trains changes
+VERSION = 2  # bump when what a (world, index) trains changes (2: knowledge asked in a phrasing of its own)
 PREFIX = "sandbox-rm:"
 META = "reward_model.json"
 
@@ -143,7 +143,28 @@ class Pair:
     kind: str  # reference | corruption | <specialist name>
 
 
-def reward_pairs(root: Path, models: dict[str, Path], world_seed: int, index: int, recipe: RewardRecipe) -> list[Pair]:
+# Knowledge questions in a phrasing of their own: the world's trained phrasings are all fusion-corpus prompts in
+# the default world, and its fourth phrasing is the evaluation's.
+RM_PHRASINGS = {
+    "birthplace": "Where was {e} born?",
+    "occupation": "What job does {e} do?",
+    "pet": "What animal does {e} keep as a pet?",
+    "colour": "What colour does {e} like most?",
+}
+
+
+def knowledge_items(facts: dict[str, dict[str, str]]) -> list[Item]:
+    """One question per fact in the reward models' own phrasing (ids `k-<entity>-<relation>-rm`)."""
+    return [
+        Item(f"k-{e}-{relation}-rm", "knowledge", RM_PHRASINGS[relation].format(e=name), value, value)
+        for e, (name, values) in enumerate(facts.items())
+        for relation, value in values.items()
+    ]
+
+
+def reward_pairs(
+    root: Path, models: dict[str, Path], world_seed: int, sizes: SkillSizes, index: int, recipe: RewardRecipe
+) -> list[Pair]:
     """The labelled (prompt, response) pairs of reward model `index` (module docstring); deterministic."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,14 +172,13 @@ def reward_pairs(root: Path, models: dict[str, Path], world_seed: int, index: in
 
     rng = random.Random(f"sandbox-rm-{world_seed}-{index}")
     judged = {row["prompt"] for row in store.read_jsonl(root / "corpus.jsonl")}  # the prompts it will judge
+    facts = generate_splits(world_seed, sizes).facts
     pools = {
-        skill: [it for it in _read_items(root / "train" / f"{skill}.jsonl") if it.prompt not in judged]
-        for skill in SKILLS
-    }
-    values: dict[str, list[str]] = {}
-    for it in pools["knowledge"]:
-        values.setdefault(it.id.split("-")[2], []).append(it.reference)
-    values = {k: sorted(set(v)) for k, v in values.items()}
+        "knowledge": knowledge_items(facts),
+        **{skill: [it for it in _read_items(root / "train" / f"{skill}.jsonl") if it.prompt not in judged]
+           for skill in ("reasoning", "safety")},
+    }  # fmt: skip
+    values = {relation: sorted({v[relation] for v in facts.values()}) for relation in RM_PHRASINGS}
     chosen = {skill: rng.sample(pool, min(recipe.prompts_per_skill, len(pool))) for skill, pool in pools.items()}
     answers: dict[str, dict[str, list[str]]] = {skill: {} for skill in SKILLS}
     for name, folder in models.items():
@@ -264,7 +284,9 @@ def train_reward_model(
     recipe = RECIPES[world["size"]]
     seed = world["seed"] * 1000 + 100 + index
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    pairs = reward_pairs(root, models, world["seed"], index, recipe)
+    from harness.sandbox.build import RECIPES as WORLDS
+
+    pairs = reward_pairs(root, models, world["seed"], WORLDS[world["size"]].sizes, index, recipe)
     train, test = split(pairs, recipe.held_out, random.Random(seed))
     report("phase", name, f"training on {len(train)} pairs")
     torch.manual_seed(seed)

@@ -205,10 +205,15 @@ def test_the_paper_presets_dry_run_shows_each_models_rendered_example(bases: tup
         tok, _ = _family(family, bases)
         folders[name] = tmp_path / name
         tok.save_pretrained(folders[name])
+        # a model folder as the plan checks it (config.json); a dry run loads no weights
+        (folders[name] / "config.json").write_text('{"model_type": "llama"}')
     text = resources.files("harness.presets").joinpath("paper.yaml").read_text()
     text = (text.replace("hf:lmsys/vicuna-7b-v1.5", str(folders["vicuna"]))
             .replace("hf:meta-llama/Llama-2-7b-chat-hf", str(folders["llama2"]))
             .replace("hf:mosaicml/mpt-7b-8k-chat", str(folders["mpt"])))  # fmt: skip
+    for judge in ("OpenAssistant/reward-model-deberta-v3-large-v2", "Ray2333/GRM-Llama3.2-3B-rewardmodel-ft",
+                  "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"):  # the hub is offline here: local stand-ins
+        text = text.replace(f"hf:{judge}", str(folders["vicuna"]))
     preset = tmp_path / "paper-local.yaml"
     preset.write_text(text)
     cache = tmp_path / "cache"

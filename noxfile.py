@@ -91,6 +91,24 @@ def demo_hetero(session: nox.Session) -> None:
 
 
 @nox.session
+def study(session: nox.Session) -> None:
+    """The published study (docs/results.md "Reproducing the whole study"): methods across the disagreement dial,
+    the schedule ablation and the warm-up restart, 3 seeds, on the micro world; every stage cached and resumable."""
+    _install(session)
+    for args in (
+        ["sweep", "--preset", "study", "--grid", "method.name=profuser,fusellm,inference-only,averaging",
+         "--grid", "sandbox.disagreement=0,0.5", "--seeds", "0,1,2"],
+        ["ablate", "--preset", "study", "--set", "sandbox.disagreement=0.5",
+         "--schedule", "progressive,simultaneous,reversed", "--seeds", "0,1,2"],
+        ["ablate", "--preset", "study", "--set", "sandbox.disagreement=0.5",
+         "--schedule", "progressive,linear,cosine", "--seeds", "0"],
+        ["sweep", "--preset", "study", "--set", "sandbox.disagreement=0.5",
+         "--grid", "method.schedule.restart_warmup=false,true", "--seeds", "0,1,2"],
+    ):  # fmt: skip
+        session.run("harness", *args, *session.posargs, env=_env())
+
+
+@nox.session
 def gpu(session: nox.Session) -> None:
     """The GPU check: bf16 training step with tokens/s and MFU, generation throughput, the pipeline on CUDA."""
     session.install("-e", ".[dev]")

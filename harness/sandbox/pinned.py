@@ -140,6 +140,37 @@ def run_pinned(
     If a call fails or the parent is interrupted (Ctrl-C), the children are stopped before the exception is
     raised here.
     """
+    with _deferred_interrupt() as interrupted:
+        return _run(calls, jobs, on_event, on_result, meanwhile, interrupted)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[threading.Event]:
+    """While pinned calls run, Ctrl-C sets an event instead of raising wherever the main thread happens to be.
+
+    A KeyboardInterrupt raised inside `concurrent.futures.wait` can leave a future's lock taken (it is acquired
+    in a loop in a context manager's `__enter__`); the executor's manager thread then blocks on it forever and
+    the build hangs instead of stopping. The wait loop checks the event between waits and raises there.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted  # signals reach the main thread only
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(
+    calls: Sequence[tuple[Callable[..., T], tuple[Any, ...]]],
+    jobs: int,
+    on_event: Callable[[Event], None],
+    on_result: Callable[[int, T], None],
+    meanwhile: Callable[[], None],
+    interrupted: threading.Event,
+) -> list[T]:
     ctx = get_context("spawn")
     events = ctx.Queue()
     pool = ProcessPoolExecutor(
@@ -157,10 +188,14 @@ def run_pinned(
         index = {f: i for i, f in enumerate(futures)}
         pending: set[Future[T]] = set(futures)
         while pending:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(events, on_event)
             for future in done:
                 on_result(index[future], future.result())  # a failed call raises here
+        if interrupted.is_set():  # pressed as the last call finished: still a stop
+            raise KeyboardInterrupt
     except BaseException:
         _stop(pool)
         raise

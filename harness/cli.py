@@ -552,17 +552,23 @@ def sandbox() -> None:
 @click.option("--size", type=click.Choice(["micro", "default"]), default="default", show_default=True)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if cached.")
+@click.option("--from-scratch", is_flag=True,
+              help="Train the specialists here even where the package carries the reference world (default, seed 0).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Specialists built at once, one process each [default: one per CPU, at most 3].")
 @click.option("--reward-models", is_flag=True,
               help="Also train the world's learned reward models (sandbox-rm:0..2) and print their held-out accuracy.")
 @click.option("--disagreement", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="The world's MinCE-vs-judge dial (docs/sandbox.md); 0 is the world without it.")
-def sandbox_build(size: str, seed: int, force: bool, jobs: int | None, reward_models: bool, disagreement: float) -> None:
+def sandbox_build(
+    size: str, seed: int, force: bool, from_scratch: bool, jobs: int | None, reward_models: bool, disagreement: float
+) -> None:
     """Build (or load from the cache) the sandbox world and print each source's score per skill.
 
     Every specialist is built in its own process with pinned CPU kernels, so the same seed gives the same
     bytes on any x86-64 machine with the same library versions; `--jobs` changes the time, not the world.
+    The package carries the reference default world (seed 0), which is installed and verified by its
+    fingerprint in seconds; `--from-scratch` trains it here instead (about 7 min on 2 cores).
     `--reward-models` also trains the judges `judges.models: [sandbox-rm:0, ...]` names (otherwise the first
     run that needs them trains them).
 
@@ -570,10 +576,13 @@ def sandbox_build(size: str, seed: int, force: bool, jobs: int | None, reward_mo
     Example:
       harness sandbox build --size default --seed 0
       harness sandbox build --size micro --reward-models
+      harness sandbox build --from-scratch --force
     """
     from harness.sandbox.build import build_world
 
-    world = build_world(size=size, seed=seed, force=force, jobs=jobs, disagreement=disagreement)
+    world = build_world(
+        size=size, seed=seed, force=force, jobs=jobs, disagreement=disagreement, from_scratch=from_scratch
+    )
     if reward_models:
         from harness.sandbox.reward_models import build_reward_models
 
@@ -623,7 +632,8 @@ def _print_world(world: Any, as_json: bool) -> None:
     colour = {"reference": "green", "differs": "red"}.get(reference["status"], "yellow")
     stdout.print(f"fingerprint {summary['fingerprint']}: [{colour}]{reference['detail']}[/{colour}]")
     libraries = ", ".join(f"{k} {v}" for k, v in summary["built_with"]["libraries"].items())
-    stdout.print(f"built with {libraries} on {summary['built_with']['machine']}, CPU kernels pinned")
+    origin = "; installed from the package" if summary["origin"] == "packaged" else ""
+    stdout.print(f"built with {libraries} on {summary['built_with']['machine']}, CPU kernels pinned{origin}")
     _print_reward_models(summary["reward_models"])
 
 

@@ -490,3 +490,92 @@ def test_longest_first_schedule_bounds_the_parallel_speedup() -> None:
     micro = [37.0, 27.0, 18.0]  # pinned micro specialists, seconds: the longest alone, the others share a core
     assert longest_first_makespan(micro, 2) == 45.0
     assert longest_first_makespan(micro, 3) == 37.0 and longest_first_makespan(micro, 1) == 82.0
+
+
+# ---------------------------------------------------------------------------------------------- packaged world
+
+
+def test_packaged_default_world_is_this_versions_reference_world() -> None:
+    """The shipped weights are the reference default world of the current recipe; a recipe or VERSION change
+    that moves the world fails here until the packaged copy is refreshed (packaged.py)."""
+    import hashlib
+
+    from harness.sandbox import packaged
+    from harness.sandbox.build import REFERENCE_WORLDS, world_key
+
+    root = packaged.packaged_root("default", 0)
+    assert root is not None
+    meta = json.loads((root / "world.json").read_text())
+    assert meta["key"] == world_key("default", 0)
+    weights = [root / "models" / name / "model.safetensors" for name in meta["models"]]
+    assert hashlib.sha256(b"".join(p.read_bytes() for p in weights)).hexdigest() == REFERENCE_WORLDS[("default", 0)]
+    assert meta["fingerprint"] == REFERENCE_WORLDS[("default", 0)]
+    assert packaged.packaged_root("micro", 0) is None  # tests build micro from scratch, which checks the pinning
+
+
+def test_first_run_installs_the_packaged_world_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness sandbox show` on an empty cache: the reference world in seconds, with every text file of a built
+    world, and a world that the rest of the harness loads like a built one."""
+    from click.testing import CliRunner
+
+    from harness.cli import main
+    from harness.sandbox.build import RECIPES, load_world
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    started = time.perf_counter()
+    shown = CliRunner().invoke(main, ["sandbox", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert time.perf_counter() - started < 120  # a build from scratch takes minutes
+    summary = json.loads(shown.output[shown.output.index("{") :])
+    assert summary["reference"]["status"] == "reference" and summary["origin"] == "packaged"
+    assert summary["sources"]["neox-reasoning"]["reasoning"] >= 0.9
+    world = load_world("default", 0, tmp_path)
+    assert world is not None and world.root == Path(summary["root"])
+    splits = generate_splits(0, RECIPES["default"].sizes)
+    corpus = [json.loads(line) for line in world.corpus_path.read_text().splitlines()]
+    assert [row["id"] for row in corpus] == [it.id for it in splits.corpus]
+    for skill in SKILLS:
+        rows = world.eval_files[skill].read_text().splitlines()
+        assert [json.loads(r)["id"] for r in rows] == [it.id for it in splits.eval[skill]]
+
+
+def test_a_damaged_or_stale_packaged_world_is_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.sandbox import packaged
+    from harness.sandbox.build import REFERENCE_WORLDS, world_key
+
+    copy = tmp_path / "reference"
+    shutil.copytree(packaged.PACKAGED, copy)
+    monkeypatch.setattr(packaged, "PACKAGED", copy)
+    reference, key = REFERENCE_WORLDS[("default", 0)], world_key("default", 0)
+
+    assert packaged.install("default", 0, key, reference, tmp_path / "ok") is not None
+    assert packaged.install("default", 0, "0" * 16, reference, tmp_path / "stale") is None  # another recipe
+    assert not (tmp_path / "stale").exists()
+    weights = copy / "default-0" / "models" / "gpt2-safety" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(bytes(data))
+    assert packaged.install("default", 0, key, reference, tmp_path / "damaged") is None
+    assert not (tmp_path / "damaged" / "models").exists()  # nothing half-installed for the build to trip on
+
+
+@pytest.mark.slow
+def test_default_world_built_from_scratch_is_the_packaged_world(tmp_path: Path) -> None:
+    """What the package ships is what the recipe trains (about 7 min on 2 cores): `--from-scratch`, byte for byte."""
+    import platform
+
+    from harness.sandbox import packaged
+    from harness.sandbox.build import REFERENCE_LIBRARIES, build_world, library_versions, world_identity
+
+    if library_versions() != REFERENCE_LIBRARIES or platform.machine() != "x86_64":
+        pytest.skip(f"the reference holds for {REFERENCE_LIBRARIES} on x86-64; here {library_versions()}")
+    world = build_world("default", 0, cache_dir=tmp_path, progress=False, from_scratch=True)
+    identity = world_identity(world.root)
+    assert identity["origin"] == "built" and identity["reference"]["status"] == "reference"
+    root = packaged.packaged_root("default", 0)
+    assert root is not None
+    shipped = json.loads((root / "world.json").read_text())
+    assert identity["scores"] == shipped["scores"]
+    for name in shipped["models"]:
+        for file in packaged.MODEL_FILES:
+            assert (world.models[name] / file).read_bytes() == (root / "models" / name / file).read_bytes(), file

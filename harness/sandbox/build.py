@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -417,6 +418,17 @@ def _write_items(path: Path, items: list[Item], fields: tuple[str, ...]) -> None
     store.write_jsonl(path, [{k: it.row()[k] for k in fields} for it in items])
 
 
+def _write_splits(tmp: Path, seed: int, sizes: SkillSizes, disagreement: float) -> None:
+    """The world's text files (eval, train pools, fusion corpus), regenerated from the seed."""
+    splits = generate_splits(seed, sizes)
+    for skill, items in splits.eval.items():
+        _write_items(tmp / "eval" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "answer", "reference"))
+    for skill, items in splits.train.items():
+        _write_items(tmp / "train" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "reference"))
+    corpus = dial.formulaic_corpus(splits.corpus, seed, disagreement) if disagreement else splits.corpus
+    _write_items(tmp / "corpus.jsonl", corpus, ("id", "skill", "prompt", "reference"))
+
+
 def _cost(source: SourceRecipe) -> int:
     """Relative training cost, to start the longest specialists first (the shortest fills the gaps)."""
     return source.steps * source.layers * source.width**2
@@ -534,22 +546,16 @@ def _build_into(
         if recipe.sources[n].name not in reused
     ]
 
-    def write_splits() -> None:  # in the parent while the children build; each child regenerates its splits
-        splits = generate_splits(seed, recipe.sizes)
-        for skill, items in splits.eval.items():
-            fields = ("id", "skill", "prompt", "answer", "reference")
-            _write_items(tmp / "eval" / f"{skill}.jsonl", items, fields)
-        for skill, items in splits.train.items():
-            _write_items(tmp / "train" / f"{skill}.jsonl", items, ("id", "skill", "prompt", "reference"))
-        corpus = dial.formulaic_corpus(splits.corpus, seed, disagreement) if disagreement else splits.corpus
-        _write_items(tmp / "corpus.jsonl", corpus, ("id", "skill", "prompt", "reference"))
-
     with _progress(progress) as bar:
         bars = _Bars(bar, recipe.sources)
         for r in reused.values():
             bars.result(r)
-        results = run_pinned(
-            calls, jobs, on_event=bars.event, on_result=lambda i, r: bars.result(r), meanwhile=write_splits
+        results = run_pinned(  # the parent writes the splits while the children build (each regenerates them)
+            calls,
+            jobs,
+            on_event=bars.event,
+            on_result=lambda i, r: bars.result(r),
+            meanwhile=lambda: _write_splits(tmp, seed, recipe.sizes, disagreement),
         )
     built = {**reused, **{r["name"]: r for r in results}}
     names = [s.name for s in recipe.sources]
@@ -559,6 +565,7 @@ def _build_into(
         "seed": seed,
         "version": VERSION,
         **({"disagreement": disagreement} if disagreement else {}),
+        "origin": "built",
         "target": TARGET,
         "models": names,
         "skills": {s.name: s.skill for s in recipe.sources},
@@ -617,9 +624,12 @@ def build_world(
     force: bool = False,
     jobs: int | None = None,
     disagreement: float = 0.0,
+    from_scratch: bool = False,
 ) -> World:
     """Build (or load from the cache) the world for (size, seed). Same seed, same weights and scores.
 
+    Where the package carries the reference world of (size, seed) (packaged.py: the default world, seed 0),
+    it is installed from there, verified by its fingerprint; `from_scratch` trains it here instead.
     Each specialist is built in its own fresh process with pinned CPU kernels (pinned.py), at most `jobs` at
     a time (default: one per CPU, at most one per specialist); `jobs` changes the time, never the bytes.
     `disagreement` (0 to 1) turns the dial of disagreement.py; 0 is the world without it.
@@ -636,8 +646,10 @@ def build_world(
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root.parent / f".{root.name}.{os.getpid()}.tmp"
         try:
-            base = load_world(size, seed, cache_dir) if disagreement else None  # the sources the dial keeps
-            meta = _build_into(tmp, size, seed, root.name, progress, jobs or available_cpus(), disagreement, base)
+            meta = None if from_scratch or disagreement else _install_packaged(tmp, size, seed, root.name, progress)
+            if meta is None:
+                base = _dial_base(size, seed, cache_dir, progress, from_scratch) if disagreement else None
+                meta = _build_into(tmp, size, seed, root.name, progress, jobs or available_cpus(), disagreement, base)
             store.atomic_write_json(tmp / "world.json", meta)
             store.seal(tmp)
             if root.exists():
@@ -648,6 +660,38 @@ def build_world(
     world = load_world(size, seed, cache_dir, disagreement)
     assert world is not None
     return world
+
+
+def _dial_base(size: str, seed: int, cache_dir: Path | None, progress: bool, from_scratch: bool) -> World | None:
+    """The world at dial 0 whose sources a dial world reuses: cached, or installed from the package (seconds);
+    None otherwise, and then the dial world trains every source itself."""
+    if (world := load_world(size, seed, cache_dir)) is not None:
+        return world
+    from harness.sandbox import packaged
+
+    if from_scratch or packaged.packaged_root(size, seed) is None:
+        return None
+    return build_world(size, seed, cache_dir, progress)
+
+
+def _install_packaged(tmp: Path, size: str, seed: int, key: str, progress: bool) -> dict[str, Any] | None:
+    """The packaged reference world installed into `tmp` (its meta), or None where there is none to install."""
+    from harness.sandbox import packaged
+
+    meta = packaged.install(size, seed, key, REFERENCE_WORLDS.get((size, seed)), tmp)
+    if meta is None:
+        if packaged.packaged_root(size, seed) is not None:
+            store.warn(f"the packaged {size} world (seed {seed}) is not this version's reference world; building it")
+        return None
+    _write_splits(tmp, seed, _recipe(size).sizes, 0.0)
+    if progress:
+        print(
+            f"sandbox world ({size}, seed {seed}): installed the packaged reference world "
+            f"(fingerprint {meta['fingerprint'][:12]}...; `harness sandbox build --from-scratch` trains it here)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------- identity
@@ -708,6 +752,7 @@ def world_identity(root: Path) -> dict[str, Any]:
         "key": meta["key"],
         "fingerprint": fingerprint,
         "reference": reference_status(meta["size"], meta["seed"], fingerprint, meta["built_with"]["libraries"]),
+        "origin": meta.get("origin", "built"),  # "packaged": installed from the package (packaged.py)
         "built_with": meta["built_with"],
         "scores": meta["scores"],
     }
@@ -727,4 +772,5 @@ def world_summary(world: World) -> dict[str, Any]:
         "fingerprint": identity["fingerprint"],
         "reference": identity["reference"],
         "built_with": identity["built_with"],
+        "origin": identity["origin"],
     }

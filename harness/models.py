@@ -64,6 +64,7 @@ class ResolvedModel:
 
     pretrained: str
     gguf_file: str | None = None
+    packaged: bool = False  # an installed alias not yet converted (plans): prepare makes its folder
 
     def hf_kwargs(self) -> dict[str, Any]:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
@@ -215,7 +216,7 @@ def resolve(
         if not convert:
             if package_folder(alias.package) is None:
                 raise _missing(spec, alias)
-            return ResolvedModel(spec)
+            return ResolvedModel(spec, packaged=True)
         return packaged_model(spec, cache_dir)
     path = Path(spec).expanduser()
     if path.is_dir():

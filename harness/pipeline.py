@@ -23,7 +23,7 @@ from rich.console import Console
 from harness import distributed
 from harness.config import Experiment, SandboxSpec
 from harness.errors import HarnessError
-from harness.models import ALIASES, ResolvedModel, resolve
+from harness.models import ResolvedModel, resolve
 from harness.store import (
     Manifest,
     atomic_write_json,
@@ -115,10 +115,7 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
         if spec.split(":", 1)[1] not in names:
             raise HarnessError(f"'{spec}' is not a sandbox model (known: {', '.join(names)})", where)
         return None
-    model = resolve(spec, where=where, convert=False)  # a packaged model is converted at prepare, never in a plan
-    if spec in ALIASES and model.pretrained == spec:
-        return None  # its package is installed (resolve checked it); the converted folder is made at prepare
-    return unavailable(model)
+    return unavailable(resolve(spec, where=where, convert=False))  # packaged models are converted at prepare
 
 
 def unavailable(model: ResolvedModel) -> str | None:
@@ -126,6 +123,8 @@ def unavailable(model: ResolvedModel) -> str | None:
     the local Hugging Face cache nor downloadable because HF_HUB_OFFLINE is set), or None."""
     from harness.models import offline
 
+    if model.packaged:
+        return None  # resolve found its package; prepare converts it into the cache
     folder = Path(model.pretrained)
     if model.gguf_file:
         return None if (folder / model.gguf_file).is_file() else f"'{folder / model.gguf_file}' does not exist"

@@ -101,7 +101,7 @@ def study(session: nox.Session) -> None:
         ["ablate", "--preset", "study", "--set", "sandbox.disagreement=0.5",
          "--schedule", "progressive,simultaneous,reversed", "--seeds", "0,1,2"],
         ["ablate", "--preset", "study", "--set", "sandbox.disagreement=0.5",
-         "--schedule", "progressive,linear,cosine", "--seeds", "0"],
+         "--schedule", "progressive,linear,cosine", "--seeds", "0,1,2"],
         ["sweep", "--preset", "study", "--set", "sandbox.disagreement=0.5",
          "--grid", "method.schedule.restart_warmup=false,true", "--seeds", "0,1,2"],
     ):  # fmt: skip

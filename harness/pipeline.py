@@ -196,7 +196,11 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
     names = [exp.target.name] + [s.name for s in exp.sources]
     if exp.sandbox:
         dial = f", disagreement {exp.sandbox.disagreement:g}" if exp.sandbox.disagreement else ""
-        p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}{dial}), built once and cached")
+        from harness.sandbox.packaged import packaged_root
+
+        packaged = not exp.sandbox.disagreement and packaged_root(exp.sandbox.size, exp.sandbox.seed) is not None
+        how = "installed from the package" if packaged else "built once"
+        p.stages.append(f"prepare: sandbox world ({exp.sandbox.size}, seed {exp.sandbox.seed}{dial}), {how} and cached")
         if rms := _sandbox_reward_models(exp, method_cls):
             p.stages.append(f"prepare: sandbox reward models {', '.join(rms)}, trained once and cached")
     for mode in sorted(s.value for s in method_cls.needs):

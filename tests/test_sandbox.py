@@ -579,3 +579,20 @@ def test_default_world_built_from_scratch_is_the_packaged_world(tmp_path: Path) 
     for name in shipped["models"]:
         for file in packaged.MODEL_FILES:
             assert (world.models[name] / file).read_bytes() == (root / "models" / name / file).read_bytes(), file
+
+
+def test_the_plan_says_where_the_world_comes_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--dry-run` tells the user whether the world will be installed (seconds) or built (minutes)."""
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    runner = CliRunner()
+    default = runner.invoke(main, ["run", "-m", "profuser", "-t", "sandbox", "--dry-run"])
+    micro = runner.invoke(main, ["run", "-m", "profuser", "-t", "sandbox", "--set", "sandbox.size=micro", "--dry-run"])
+    assert default.exit_code == 0 and micro.exit_code == 0, default.output + micro.output
+    flat = " ".join(default.output.split())
+    assert "sandbox world (default, seed 0), installed from the package and cached" in flat
+    assert "sandbox world (micro, seed 0), built once and cached" in " ".join(micro.output.split())
+    assert not (tmp_path / "sandbox").exists()  # a plan installs nothing

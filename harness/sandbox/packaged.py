@@ -68,8 +68,8 @@ def export(world_root: Path, dest: Path = PACKAGED) -> Path:
     out = dest / f"{meta['size']}-{meta['seed']}"
     shutil.rmtree(out, ignore_errors=True)
     for name in meta["models"]:
+        (out / "models" / name).mkdir(parents=True)
         for file in MODEL_FILES:
-            (out / "models" / name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(world_root / "models" / name / file, out / "models" / name / file)
     (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

@@ -167,23 +167,24 @@ def render_prompt(tokenizer: Any, prompt: str, template: str | None = None, name
     return _render(tokenizer, [{"role": "user", "content": prompt}], template, name, True)
 
 
-def special_strings(tokenizer: Any) -> tuple[str, ...]:
-    """Every special token's text, longest first (added tokens flagged special, and the named roles)."""
+def marker_strings(tokenizer: Any) -> tuple[str, ...]:
+    """Every token a template can end a turn with, longest first: the special tokens (named roles and added
+    tokens flagged special) and the other added tokens too, since a tokenizer may add its end-of-turn marker
+    without the special flag (MPT's `<|im_end|>` can be one)."""
     memo = _memo(tokenizer)
-    if "special" not in memo:
+    if "markers" not in memo:
         found = set(getattr(tokenizer, "all_special_tokens", []) or [])
         for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
-            if getattr(token, "special", False):
-                found.add(str(token.content))
-        memo["special"] = tuple(sorted((s for s in found if s), key=lambda s: (-len(s), s)))
-    result: tuple[str, ...] = memo["special"]
+            found.add(str(token.content))
+        memo["markers"] = tuple(sorted((s for s in found if s), key=lambda s: (-len(s), s)))
+    result: tuple[str, ...] = memo["markers"]
     return result
 
 
 def _first_special(tokenizer: Any, text: str) -> tuple[int, str] | None:
-    """(position, token text) of the first special token in `text` (the longest one where several start there)."""
+    """(position, token text) of the first turn marker in `text` (the longest one where several start there)."""
     best: tuple[int, str] | None = None
-    for s in special_strings(tokenizer):
+    for s in marker_strings(tokenizer):
         pos = text.find(s)
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, s)

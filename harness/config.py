@@ -160,6 +160,13 @@ class SignalSpec(_Strict):
     top_k: int = Field(default=10, ge=1, le=256)
     max_length: int = Field(default=256, ge=8, le=MAX_COUNT, description="Max tokens of prompt + response in teacher-forced passes.")
     max_new_tokens: int = Field(default=64, ge=1, le=MAX_COUNT)
+    truncated: Literal["drop", "keep"] = Field(
+        default="drop",
+        description="What inference mode does with a response cut off at max_new_tokens (it never gets a stop "
+        "token): drop: the judge picks among the finished responses, and an example whose candidates were all cut "
+        "off teaches nothing in inference mode; keep: cut-off responses are judged like the others and taught "
+        "without a stop token.",
+    )
     do_sample: bool = False
     gen_temperature: float = Field(default=1.0, gt=0.0, le=1e6)
     stop: list[str] = Field(default_factory=list, description="Stop strings for generation.")

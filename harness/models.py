@@ -21,6 +21,7 @@ never in a dry run.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -76,6 +77,39 @@ class ResolvedModel:
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_commit(repo_id: str, revision: str = "main") -> str | None:
+    """The commit a hub id resolves to, for cache keys: a hub id names whatever its branch holds today, so a key
+    with the id alone would reuse results after the weights changed. Online: one quick call to the hub (what
+    `from_pretrained` downloads); offline, or when the hub does not answer: the commit the local Hugging Face
+    cache holds for the branch; None when neither knows."""
+    if not offline():
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().model_info(repo_id, revision=revision, timeout=5).sha
+            if sha:
+                return str(sha)
+        except Exception:  # no network, gated, unknown id: fall back to the local cache
+            pass
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / revision
+        return ref.read_text().strip() if ref.is_file() else None
+    except (ImportError, OSError):
+        return None
+
+
+def conversion_tag() -> str:
+    """What a GGUF's dequantised weights depend on besides the file: the conversion code's version and the
+    transformers that ran it (its GGUF reader does the dequantisation)."""
+    import transformers
+
+    return f"v{CONVERSION_VERSION}-tf{transformers.__version__}"
 
 
 def package_folder(package: str) -> Path | None:
@@ -137,7 +171,7 @@ def packaged_model(name: str, cache_dir: Path | None = None, progress: bool = Tr
     alias = ALIASES[name]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     gguf, sha = _gguf_identity(name, alias, cache)
-    folder = cache / "models" / f"{name}-{sha[:16]}-v{CONVERSION_VERSION}"
+    folder = cache / "models" / f"{name}-{sha[:16]}-{conversion_tag()}"
     if (folder / "config.json").is_file():
         return ResolvedModel(str(folder))
     with locked(folder):
@@ -244,7 +278,7 @@ def display_tokenizer(
         alias = ALIASES[spec]
         if alias.hub is None or offline() or not _hub_reachable():
             cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            found = sorted((cache / "models").glob(f"{spec}-*-v{CONVERSION_VERSION}/config.json"))
+            found = sorted((cache / "models").glob(f"{spec}-*-{conversion_tag()}/config.json"))
             if found:
                 return load_tokenizer(ResolvedModel(str(found[0].parent)), trust_remote_code)
             folder = package_folder(alias.package)

@@ -23,7 +23,7 @@ from rich.console import Console
 from harness import distributed
 from harness.config import Experiment, SandboxSpec
 from harness.errors import HarnessError
-from harness.models import ResolvedModel, resolve
+from harness.models import ResolvedModel, hub_commit, resolve
 from harness.store import (
     Manifest,
     atomic_write_json,
@@ -488,7 +488,7 @@ def _weights_identity(model: ResolvedModel, cache_dir: Path) -> dict[str, Any]:
     cache or a touched file keeps its trained models, changed weights do not."""
     folder = Path(model.pretrained)
     if not folder.is_dir():
-        return {"hub": model.pretrained, "gguf": model.gguf_file}
+        return {"hub": model.pretrained, "gguf": model.gguf_file, "commit": hub_commit(model.pretrained)}
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json"))
     if model.gguf_file:
         files = [p for p in files if p.suffix != ".gguf" or p.name == model.gguf_file]

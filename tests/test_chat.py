@@ -121,8 +121,73 @@ def assert_own_format(tok: Any, template: str | None, prompt: str, response: str
     assert enc.response.text == response + EOS_SENTINEL
     assert spans[-1].tolist() == [len(response), len(response) + 1]
     assert (spans[:, 0] <= spans[:, 1]).all() and (np.diff(spans[:, 0]) >= 0).all()
-    if response.strip():
-        assert spans[0, 0] == 0 and spans[-2, 1] == len(response)
+    if response.strip():  # the first token starts where the answer's characters do, after what the template trimmed
+        trimmed = render_example(tok, prompt, response, template, name).lead
+        assert spans[0, 0] == trimmed and spans[-2, 1] == len(response)
+
+
+def _first_token_pairs(target: str, source: str, response: str, bases: tuple[Any, Any]) -> tuple[Any, Any, np.ndarray]:
+    from harness.signals.alignment import get_alignment
+
+    (t_tok, t_tpl), (s_tok, s_tpl) = _family(target, bases), _family(source, bases)
+    t = encode_example(t_tok, "Say hi.", response, t_tpl, 10_000, target)
+    s = encode_example(s_tok, "Say hi.", response, s_tpl, 10_000, source)
+    match = get_alignment("span").match(t.response, s.response, t.ids[t.resp_start :], s.ids[s.resp_start :], None)
+    return t, s, match
+
+
+def test_a_first_token_that_covers_the_templates_space_is_not_paired_with_one_that_does_not(bases: tuple[Any, Any]) -> None:
+    """Vicuna's `ASSISTANT: ` puts its space inside the answer's first token (`▁than`); ChatML puts `\n` before
+    the answer, so SmolLM2's first token is `than`. They cover the same answer characters but not the same text:
+    the source's distribution there ranks the no-space variants, so it must not teach Vicuna's first token."""
+    t, s, match = _first_token_pairs("vicuna", "chatml-smollm2", "than zen quater", bases)
+    assert t.response.lead == " " and t.response.piece(0) == " than" and s.response.lead == ""
+    assert s.response.piece(0) == "than"
+    assert match[0] == -1  # no teacher across the template's space
+    assert (match[1:-1] >= 0).any()  # the rest of the answer still pairs
+    # two formats that both put a space before the answer do share the first token
+    t, s, match = _first_token_pairs("vicuna", "llama2", "than zen quater", bases)
+    assert t.response.lead == s.response.lead == " " and match[0] == 0
+
+
+def test_a_trimmed_answer_starts_after_what_the_template_trimmed(bases: tuple[Any, Any]) -> None:
+    """Gemma's `| trim` drops the reference's leading space: its first token is `quater`, answer characters
+    [1, 7), where SmolLM2 keeps the space (`Ġquater`, [0, 7)). They must not pair."""
+    t, s, match = _first_token_pairs("gemma", "chatml-smollm2", " quater zen", bases)
+    assert t.response.spans[0].tolist() == [1, 7] and s.response.spans[0].tolist() == [0, 7]
+    assert t.response.piece(0) == "quater" and s.response.piece(0) == " quater"
+    assert match[0] == -1
+
+
+def test_an_end_of_turn_added_without_the_special_flag_is_still_the_end_of_turn(bases: tuple[Any, Any]) -> None:
+    """MPT's `<|im_end|>` may be an added token that is not flagged special: it still ends the turn, the example is
+    cut after it, and a source's stop mass lands on it as the target's end of turn."""
+    from harness.signals.align import build_vocab_map, special_tokens
+
+    bytelevel, sentencepiece = bases
+    roles = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    tok = with_specials(bytelevel, roles, unflagged=("<|im_start|>", "<|im_end|>"))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert not tok.added_tokens_decoder[im_end].special
+    assert end_of_turn(tok, MPT_TEMPLATE) == "<|im_end|>" and end_of_turn_id(tok, MPT_TEMPLATE) == im_end
+    enc = encode_example(tok, "Hi", "Hello there", MPT_TEMPLATE, 10_000, "mpt")
+    assert enc.ids[-1] == im_end and enc.response.spans[-1].tolist() == [11, 12]
+    assert im_end in special_tokens(tok, im_end).stop
+    gemma, gemma_template = _family("gemma", bases)
+    vmap = build_vocab_map(gemma, tok, target_end_of_turn=im_end, source_end_of_turn=end_of_turn_id(gemma, gemma_template))
+    assert vmap[gemma.convert_tokens_to_ids("<end_of_turn>")] == im_end == vmap[gemma.eos_token_id]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cut_off_response_is_encoded_without_its_end_of_turn(family: str, bases: tuple[Any, Any]) -> None:
+    """A generation stopped by max_new_tokens did not end: no end-of-turn token, no sentinel to align it to."""
+    tok, template = _family(family, bases)
+    eot = tok.convert_tokens_to_ids(END_OF_TURN[family])
+    done = encode_example(tok, "Count.", "one two three", template, 10_000, family)
+    cut = encode_example(tok, "Count.", "one two three", template, 10_000, family, ended=False)
+    assert done.ids[-1] == eot and eot not in cut.ids[cut.resp_start :].tolist()
+    assert cut.response.text == "one two three" and cut.response.spans[-1, 1] == len("one two three")
+    assert tok.decode(cut.ids[cut.resp_start :], skip_special_tokens=True).strip() == "one two three"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -252,29 +252,59 @@ def test_fusion_term_is_zero_gradient_at_the_teacher() -> None:
     assert next_token_ce(s).item() == pytest.approx(-math.log(0.3))
 
 
-def test_averaging_avgce_weights_sources_by_softmax_of_negative_ce() -> None:
-    """FuseLLM's AvgCE: w = softmax(-CE) per example, against the mixture computed densely here."""
+def fusellm_weighted_label(
+    ces: list[float], topk_logits: list[torch.Tensor], topk_ids: list[torch.Tensor], vocab: int, temperature: float
+) -> torch.Tensor:
+    """FuseLLM's AvgCE target, as its code computes it (in float64 here, where FuseLLM uses bfloat16):
+    DataCollatorForDistill (FuseLLM/src/utils/data_collator.py) scatters softmax(top-k logits / T) of each source
+    into the vocabulary; DistillTrainer.compute_loss (FuseLLM/src/utils/trainer.py, `distill_weighted_as_gt`) takes
+    rewards 1 / exp(metric_ce), weights softmax(rewards) over the sources, and the weighted sum of the distributions.
+    Source: github.com/18907305772/FuseAI, FuseLLM/src/utils at commit 41359744."""
+    dists = []
+    for logits, ids in zip(topk_logits, topk_ids, strict=True):
+        dist = torch.zeros(logits.shape[0], vocab, dtype=torch.float64)
+        dists.append(dist.scatter_(-1, ids, torch.softmax(logits / temperature, -1)))
+    rewards = torch.stack([1 / torch.exp(torch.tensor(c, dtype=torch.float64)) for c in ces])
+    weights = torch.softmax(rewards, dim=0)
+    return sum(w * d for w, d in zip(weights, dists, strict=True))  # type: ignore[return-value]
+
+
+def test_averaging_avgce_is_fusellms_weighted_label() -> None:
+    """`weighting: avgce` reproduces FuseLLM's weighted label on the same tensors: rewards exp(-CE), softmax over
+    them, each source tempered before mixing (for CEs 1, 2, 0.5 the weights are 0.33 / 0.26 / 0.41, where
+    softmax(-CE) would give 0.33 / 0.12 / 0.55)."""
+    from methods.averaging import mixture_log_weights
+
+    w = [math.exp(x) for x in mixture_log_weights([1.0, 2.0, 0.5], "avgce")]
+    assert [round(x, 2) for x in w] == [0.33, 0.26, 0.41]
     gen = torch.Generator().manual_seed(7)
-    n_tok = 5
-    ces = (0.4, 1.9, math.inf)  # the third source predicted nothing: weight 0
-    candidates = []
-    for name, k, ce in (("a", 3, ces[0]), ("b", 4, ces[1]), ("c", 2, ces[2])):
-        ids = torch.randint(0, 6, (n_tok, k), generator=gen)
-        logp = torch.log_softmax(torch.randn(n_tok, k + 1, generator=gen, dtype=torch.float64), -1)[:, :k]
-        candidates.append(SourceTargets(name, ce=ce, topk_ids=ids, topk_logp=logp))
-    method = get_method("averaging")(MethodSpec(name="averaging", weighting="avgce"))
+    n_tok, k, vocab, tau = 5, 4, V, 2.0
+    ces = [1.0, 2.0, 0.5]
+    logits = [torch.randn(n_tok, vocab, generator=gen, dtype=torch.float64) * 3 for _ in ces]
+    top = [lg.topk(k, dim=-1) for lg in logits]  # distinct ids per source, overlapping across sources
+    candidates = [
+        SourceTargets(name, ce, t.indices, torch.log_softmax(lg, -1).gather(-1, t.indices))  # stored: log-probs
+        for name, ce, lg, t in zip("abc", ces, logits, top, strict=True)
+    ]
+    method = get_method("averaging")(MethodSpec(name="averaging", weighting="avgce", temperature=tau))
     mixed = method.combine(candidates)
-    w = [math.exp(-0.4), math.exp(-1.9)]
-    w = [x / sum(w) for x in w]
-    expected = sum(wi * dense_teacher(c.topk_ids, c.topk_logp, 1.0) for wi, c in zip(w, candidates[:2], strict=True))
     got = dense_teacher(mixed.topk_ids, teacher_logprobs(mixed.topk_ids, mixed.topk_logp), 1.0)
+    expected = fusellm_weighted_label(ces, [t.values for t in top], [t.indices for t in top], vocab, tau)
     torch.testing.assert_close(got, expected)
-    assert mixed.ce == pytest.approx(w[0] * 0.4 + w[1] * 1.9)
-    # uniform stays the default, and equal CEs make AvgCE the uniform mixture
+    # the loss does not temper the mixture a second time
+    view = SeqBatch(
+        torch.zeros(1, n_tok, dtype=torch.long), torch.ones(1, n_tok, dtype=torch.long),
+        torch.tensor([[-100] + [1] * (n_tok - 1)]), mixed.topk_ids[None], mixed.topk_logp[None].float(),
+    )
+    student = torch.randn(1, n_tok, vocab, generator=gen, dtype=torch.float64)
+    loss = method.loss(FusionBatch({Signal.TRAINING: view}), {Signal.TRAINING: student}, 0, 1)
+    log_q = torch.log_softmax(student[0, :-1], -1)
+    direct = -(expected[1:] * log_q).sum(-1).mean()
+    torch.testing.assert_close(loss.components["fuse_train"].double(), direct, rtol=1e-5, atol=1e-6)
+    # uniform stays the default; equal CEs make AvgCE the uniform mixture; a source that predicted nothing has
+    # reward 0 (FuseLLM's rule) and no entries
     assert MethodSpec().weighting == "uniform"
     equal = [SourceTargets(c.source, 1.0, c.topk_ids, c.topk_logp) for c in candidates]
-    uniform = get_method("averaging")(MethodSpec(name="averaging")).combine(equal)
+    uniform = get_method("averaging")(MethodSpec(name="averaging", temperature=tau)).combine(equal)
     torch.testing.assert_close(method.combine(equal).topk_logp, uniform.topk_logp)
-    # no source predicted anything: the weights fall back to uniform instead of NaN
-    none = [SourceTargets(c.source, math.inf, c.topk_ids, c.topk_logp) for c in candidates]
-    torch.testing.assert_close(method.combine(none).topk_logp, uniform.topk_logp)
+    assert [round(math.exp(x), 4) for x in mixture_log_weights([math.inf, 0.0], "avgce")] == [0.2689, 0.7311]

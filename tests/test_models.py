@@ -106,7 +106,7 @@ def test_conversion_happens_once_into_a_folder_named_by_the_gguf_hash(
     loads = _converter(monkeypatch)
     first = resolve("fake-plain", cache_dir=tmp_path)
     sha = hashlib.sha256((fake_packages["plain"] / "Model.Q4.gguf").read_bytes()).hexdigest()
-    assert Path(first.pretrained).name == f"fake-plain-{sha[:16]}-v{models.CONVERSION_VERSION}"
+    assert Path(first.pretrained).name == f"fake-plain-{sha[:16]}-{models.conversion_tag()}"
     assert (Path(first.pretrained) / "config.json").is_file() and first.gguf_file is None
     assert loads[0].gguf_file == "Model.Q4.gguf"  # converted from the packaged file, read in place
     assert resolve("fake-plain", cache_dir=tmp_path) == first and len(loads) == 1  # the second time: no conversion
@@ -205,3 +205,28 @@ def test_the_real_hetero_dry_run_converts_nothing_and_shows_the_formats(tmp_path
     assert "| <|im_start|>assistant" in proc.stderr  # SmolLM2's tokenizer read from the packaged GGUF in place
     assert "gemma3-270m: not shown: its packaged GGUF is assembled and converted by the first run" in proc.stderr
     assert not cache.exists() and not (tmp_path / "results").exists()
+
+
+def test_hub_models_are_keyed_by_the_commit_they_resolve_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id names whatever its branch holds today: the signal, training and evaluation keys pin the commit
+    (offline: the one the local Hugging Face cache holds), so new weights under the same id are not reused."""
+    from huggingface_hub import constants
+
+    from harness.evaluation.evaluate import model_fingerprint as eval_fingerprint
+    from harness.signals.inputs import ModelHandle
+    from harness.signals.inputs import model_fingerprint as signal_fingerprint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    ref = tmp_path / "models--org--tiny" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    keys = []
+    for commit in ("a" * 40, "b" * 40):
+        ref.write_text(commit)
+        models.hub_commit.cache_clear()
+        resolved = models.ResolvedModel("org/tiny")
+        assert models.hub_commit("org/tiny") == commit
+        assert signal_fingerprint(ModelHandle("tiny", resolved), tmp_path)["commit"] == commit
+        keys.append(eval_fingerprint(resolved, tmp_path))
+    assert keys[0] != keys[1] and keys[1].endswith("b" * 40)
+    models.hub_commit.cache_clear()

@@ -107,3 +107,47 @@ def test_gemma_generation_stops_at_its_end_of_turn(pair: dict[str, Any]) -> None
     out = generate(model, tok, ["What is the capital of France? Answer in one word."], max_new_tokens=24,
                    progress=False, backend="hf")  # fmt: skip
     assert "<end_of_turn>" not in out[0] and "<start_of_turn>" not in out[0]
+
+
+PUNCTUATED = "Hello, world! In 2024: 3.14 + 27 = 30.14 (A-B); ok? Yes. X: \"Q\" & Z."
+
+
+@pytest.mark.parametrize("source,target", [(SMOL, GEMMA), (GEMMA, SMOL)])
+def test_each_source_token_maps_to_the_id_the_target_itself_writes(pair: dict[str, Any], source: str, target: str) -> None:
+    """Punctuation, digits and capitals: a SentencePiece target (Gemma) keeps byte-fallback tokens `<0x2C>`... at
+    low ids beside its own `,`; the map must send SmolLM2's `,` to the `,` Gemma writes, never to `<0x2C>`.
+    Checked where both tokenizers cut the text at the same place: the mapped id is the target's own token there."""
+    import numpy as np
+
+    from harness.signals.align import byte_fallback_mask, build_vocab_map
+
+    s_tok, t_tok = pair[f"{source}:tok"], pair[f"{target}:tok"]
+    vmap = build_vocab_map(s_tok, t_tok)
+    s_enc = s_tok(PUNCTUATED, add_special_tokens=False, return_offsets_mapping=True)
+    t_enc = t_tok(PUNCTUATED, add_special_tokens=False, return_offsets_mapping=True)
+    written = {tuple(o): i for i, o in zip(t_enc["input_ids"], t_enc["offset_mapping"], strict=True)}
+    same = [(i, written[tuple(o)]) for i, o in zip(s_enc["input_ids"], s_enc["offset_mapping"], strict=True) if tuple(o) in written]
+    assert len(same) >= 20  # most of the text is cut alike: punctuation, digits, capitals, words
+    assert [int(vmap[i]) for i, _ in same] == [t for _, t in same]
+    fallback = byte_fallback_mask(t_tok)
+    assert fallback.sum() == (256 if target == GEMMA else 0)
+    assert not fallback[vmap[s_enc["input_ids"]]].any()
+    if target == GEMMA:  # 234 SmolLM2 ids used to land on byte-fallback ids; only bytes no piece covers may
+        from harness.signals.align import token_bytes
+
+        def printable(b: bytes) -> bool:
+            try:
+                return b.decode("utf-8").isprintable()
+            except UnicodeDecodeError:  # a partial character (byte-level BPE's 0x80-0xff pieces)
+                return False
+
+        texts = token_bytes(s_tok)
+        on_fallback = [i for i in range(len(s_tok)) if vmap[i] >= 0 and fallback[vmap[i]]]
+        assert not [texts[i] for i in on_fallback if printable(texts[i])]
+
+
+def test_gemma_is_recognised_as_sentencepiece(pair: dict[str, Any]) -> None:
+    from harness.signals.align import _marker_style
+
+    assert _marker_style(pair[f"{GEMMA}:tok"]) == "metaspace"
+    assert _marker_style(pair[f"{SMOL}:tok"]) == "bytelevel"

@@ -122,18 +122,20 @@ def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 
 def with_specials(
-    tokenizer: Any, roles: dict[str, str], extra: tuple[str, ...] = (), add_bos: bool = False, template: str | None = None
+    tokenizer: Any, roles: dict[str, str], extra: tuple[str, ...] = (), add_bos: bool = False, template: str | None = None,
+    unflagged: tuple[str, ...] = (),
 ) -> Any:
     """The same vocabulary in another shape: special-token `roles` (e.g. {"eos_token": "<|im_end|>",
     "pad_token": "<|im_end|>"}), `extra` special tokens (end-of-turn markers), BOS added to plain text by the
     tokenizer itself (`add_bos`, as Llama and Gemma tokenizers do) and a chat template. New strings become
-    special tokens at the end of the vocabulary."""
+    special tokens at the end of the vocabulary; `unflagged` ones become added tokens without the special flag."""
     from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     names = list(dict.fromkeys([*roles.values(), *extra]))
     backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in names])
+    backend.add_tokens([AddedToken(s, special=False, normalized=False) for s in unflagged])
     if add_bos:
         bos = roles["bos_token"]
         backend.post_processor = processors.TemplateProcessing(

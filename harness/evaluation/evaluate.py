@@ -36,7 +36,7 @@ from harness import distributed
 from harness.errors import HarnessError
 from harness.evaluation import offline_data, task_catalog
 from harness.evaluation.task_catalog import TaskInfo
-from harness.models import ResolvedModel
+from harness.models import ResolvedModel, conversion_tag, hub_commit
 from harness.store import (
     atomic_write_bytes,
     atomic_write_json,
@@ -277,10 +277,12 @@ def model_fingerprint(model: ResolvedModel | tuple[Any, Any], cache_dir: Path) -
     if isinstance(model, tuple):
         return _in_memory_fingerprint(*model)
     folder = Path(model.pretrained)
-    if not folder.is_dir():
-        return f"hub:{model.pretrained}"  # a hub id: assumed immutable; pass a local folder for exact caching
+    if not folder.is_dir():  # a hub id: the commit it resolves to (unknown offline without a local copy)
+        return f"hub:{model.pretrained}@{hub_commit(model.pretrained)}"
+    tag = ""
     if model.gguf_file:
         files = [folder / model.gguf_file]
+        tag = conversion_tag()  # the GGUF is dequantised by transformers at every load
     else:
         files = sorted(
             p
@@ -288,7 +290,8 @@ def model_fingerprint(model: ResolvedModel | tuple[Any, Any], cache_dir: Path) -
             if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".")
         )
     digests = file_digests(files, cache_dir)
-    return "files:" + hashlib.sha256(json.dumps([[f.name for f in files], digests]).encode()).hexdigest()[:24]
+    parts: list[Any] = [[f.name for f in files], digests] + ([tag] if tag else [])
+    return "files:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
 def _make_lm(model: ResolvedModel | tuple[Any, Any], backend: str, batch_size: int, trust_remote_code: bool = False) -> Any:

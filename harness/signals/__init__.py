@@ -3,6 +3,7 @@
     inputs.py           the corpus and the models, and their fingerprints (cache identity)
     encoding.py         one example in one model's chat format, with the response's character spans
     teacher.py          teacher-forced passes and their alignment onto the target's tokens and vocabulary
+    comparable_ce.py    MinCE over the same answer characters for every candidate
     align.py            cross-tokenizer alignment of positions and vocabularies
     alignment.py        the registry of alignment strategies (`signals.alignment`: span, dtw-exact, dtw-mined)
     compare.py          the strategies side by side on one pair (`harness align compare`)

@@ -30,27 +30,37 @@ import numpy as np
 
 from harness.store import read_sealed, stable_hash, write_sealed
 
-VOCAB_MAP_VERSION = 3  # 2: sealed with a .sha256; 3: special tokens by meaning (end of turn), none onto padding
+# 2: sealed with a .sha256; 3: special tokens by meaning (end of turn), none onto padding; 4: among target tokens
+# of the same bytes the one the target's tokenizer writes (an ordinary piece, never its byte fallback)
+VOCAB_MAP_VERSION = 4
 _SPAN_BASE = np.int64(1) << 32  # span (start, end) -> one int64 key
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 @dataclass(frozen=True)
 class Tokenization:
-    """Tokens of one text as character spans [start, end) into `text` (int64 array [n, 2])."""
+    """Tokens of one text as character spans [start, end) into `text` (int64 array [n, 2]).
+
+    `lead`: text in front of `text` that the first token covers too (a chat template's space before the answer,
+    inside the answer's first token): that token stands for `lead` + its span, and pairs by span only with a
+    token of the same lead."""
 
     text: str
     spans: np.ndarray
+    lead: str = ""
 
     def __len__(self) -> int:
         return len(self.spans)
 
     def piece(self, i: int) -> str:
         start, end = self.spans[i]
-        return self.text[start:end]
+        return (self.lead if i == 0 else "") + self.text[start:end]
 
     def pieces(self, lo: int = 0, hi: int | None = None) -> list[str]:
-        return [self.text[s:e] for s, e in self.spans[lo:hi].tolist()]
+        out = [self.text[s:e] for s, e in self.spans[lo:hi].tolist()]
+        if out and lo == 0 and self.lead:
+            out[0] = self.lead + out[0]
+        return out
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,9 @@ def same_span_pairs(target: Tokenization, source: Tokenization) -> tuple[np.ndar
     ks, js = _unique_span_keys(source.spans)
     _, a, b = np.intersect1d(kt, ks, assume_unique=True, return_indices=True)
     ti, sj = it[a], js[b]
+    if target.lead != source.lead:  # a first token covering template text is not the same piece as one without
+        keep = (ti != 0) & (sj != 0)
+        ti, sj = ti[keep], sj[keep]
     order = np.argsort(ti, kind="stable")
     ti, sj = ti[order], sj[order]
     if len(sj) > 1:  # offsets are monotone in practice; drop any anchor that would make the path go back
@@ -241,7 +254,7 @@ def _types_in(node: Any) -> set[str]:
     if isinstance(node, dict):
         if isinstance(node.get("type"), str):
             found.add(node["type"])
-        if node.get("type") == "Replace" and "▁" in json.dumps(node.get("pattern", "")):
+        if node.get("type") == "Replace" and "▁" in json.dumps(node.get("pattern", ""), ensure_ascii=False):
             found.add("Metaspace")
         for v in node.values():
             found |= _types_in(v)
@@ -266,12 +279,26 @@ def _marker_style(tokenizer: Any) -> str:
     return "plain"
 
 
+def _added_ids(tokenizer: Any) -> set[int]:
+    return {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+
+
+def byte_fallback_mask(tokenizer: Any) -> np.ndarray:
+    """Per id, whether it is a SentencePiece byte-fallback token `<0xNN>` (Gemma, Llama-2 and Vicuna keep 256
+    of them at low ids): the tokenizer writes one only for bytes no ordinary piece covers."""
+    strings = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    added = _added_ids(tokenizer)
+    return np.asarray(
+        [i not in added and bool(_BYTE_TOKEN.fullmatch(s or "")) for i, s in enumerate(strings)], dtype=bool
+    )
+
+
 def token_bytes(tokenizer: Any) -> list[bytes]:
     """The bytes each token id stands for, whatever marker convention the tokenizer uses."""
     style = _marker_style(tokenizer)
     n = len(tokenizer)
     strings = tokenizer.convert_ids_to_tokens(list(range(n)))
-    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+    added = _added_ids(tokenizer)
     decoder = _byte_decoder() if style == "bytelevel" else {}
     out: list[bytes] = []
     for i, s in enumerate(strings):
@@ -331,19 +358,28 @@ def special_tokens(tokenizer: Any, end_of_turn: int | None = None) -> SpecialTok
 
 
 def vocab_fingerprint(tokenizer: Any) -> str:
-    """Hash of a tokenizer's vocabulary, special-token roles and marker convention."""
+    """Hash of a tokenizer's vocabulary, special-token roles, added tokens' special flags and marker convention:
+    everything `build_vocab_map` reads of it."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     roles = {r: getattr(tokenizer, r, None) for r in _ROLES}
+    added = sorted(
+        (int(i), str(t.content), bool(getattr(t, "special", False)))
+        for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()
+    )
     return stable_hash(
-        {"vocab": vocab, "roles": roles, "style": _marker_style(tokenizer), "n": len(tokenizer)}
+        {"vocab": vocab, "roles": roles, "added": added, "style": _marker_style(tokenizer), "n": len(tokenizer)}
     )
 
 
 def nearest_by_edit_distance(
-    queries: Sequence[bytes], candidates: Sequence[bytes], block: int = 1 << 22
+    queries: Sequence[bytes], candidates: Sequence[bytes], block: int = 1 << 22,
+    avoid: Sequence[bool] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """Index of the candidate nearest to each query by edit distance (ties: closer length, then the shorter
-    candidate, then lower index); -1 for empty queries.
+    """Index of the candidate nearest to each query by edit distance (ties: a candidate not in `avoid` first,
+    then closer length, then the shorter candidate, then lower index); -1 for empty queries.
+
+    `avoid` marks candidates to take only when nothing else is as near (a SentencePiece target's byte-fallback
+    tokens: its tokenizer never writes `<0x2C>` where it has `,`).
 
     Distances come from rapidfuzz's Levenshtein (bit-parallel C++), `block` of them at a time: Gemma's 210k
     tokens without an exact SmolLM2 counterpart against its 49k take about a minute on one core, where a
@@ -359,6 +395,7 @@ def nearest_by_edit_distance(
     pool = [candidates[i] for i in keep]
     index = np.asarray(keep, dtype=np.int64)
     lengths = np.asarray([len(c) for c in pool], dtype=np.int64)
+    avoided = np.zeros(len(pool), dtype=np.int64) if avoid is None else np.asarray(avoid, dtype=np.int64)[index]
     scale = 2 * (int(lengths.max()) + max(len(queries[i]) for i in todo) + 1)
     step = max(1, block // len(pool))
     for lo in range(0, len(todo), step):
@@ -366,7 +403,8 @@ def nearest_by_edit_distance(
         dist = cdist([queries[i] for i in rows], pool, scorer=Levenshtein.distance, dtype=np.int32, workers=1)
         q_len = np.asarray([len(queries[i]) for i in rows], dtype=np.int64)[:, None]
         gap = lengths[None, :] - q_len
-        key = (dist.astype(np.int64) * scale + np.abs(gap)) * 2 + (gap > 0)  # argmin keeps the lowest index
+        near = dist.astype(np.int64) * 2 + avoided[None, :]
+        key = (near * scale + np.abs(gap)) * 2 + (gap > 0)  # argmin keeps the lowest index
         result[rows] = index[key.argmin(axis=1)]
     return result
 
@@ -420,10 +458,8 @@ def build_vocab_map(
         return out
     src = token_bytes(source_tok)
     tgt = token_bytes(target_tok)
-    ordinary = np.asarray([i for i in range(len(tgt)) if i not in target.special], dtype=np.int64)
-    exact: dict[bytes, int] = {}
-    for i in ordinary.tolist():
-        exact.setdefault(tgt[i], i)
+    fallback = byte_fallback_mask(target_tok)
+    exact = exact_targets(target_tok, tgt, target.special, fallback)
     out = np.full(size, -1, dtype=np.int64)
     missing = []
     for i, b in enumerate(src):
@@ -438,23 +474,56 @@ def build_vocab_map(
         if i < size:
             out[i] = t
     if nearest:
-        resolve_nearest(out, np.asarray(missing, dtype=np.int64), src, tgt, target.special)
+        resolve_nearest(out, np.asarray(missing, dtype=np.int64), src, tgt, target.special, fallback)
     return out
+
+
+def exact_targets(
+    tokenizer: Any, target_bytes: Sequence[bytes], special: frozenset[int], fallback: np.ndarray
+) -> dict[bytes, int]:
+    """The target id standing for each byte string among its ordinary tokens.
+
+    Where several stand for the same bytes (a SentencePiece vocabulary has `,` and its byte fallback `<0x2C>`),
+    the one the target's tokenizer itself writes for that text wins; if it writes none of them alone, an
+    ordinary token before a byte-fallback one, then the lowest id. The lowest id alone would send a teacher's
+    mass for `,` to `<0x2C>`, which Gemma never produces."""
+    groups: dict[bytes, list[int]] = {}
+    for i, b in enumerate(target_bytes):
+        if i not in special:
+            groups.setdefault(b, []).append(i)
+    out: dict[bytes, int] = {}
+    for b, ids in groups.items():
+        out[b] = ids[0] if len(ids) == 1 else _written_by(tokenizer, b, ids, fallback)
+    return out
+
+
+def _written_by(tokenizer: Any, text: bytes, ids: list[int], fallback: np.ndarray) -> int:
+    try:
+        written = list(tokenizer(text.decode("utf-8"), add_special_tokens=False)["input_ids"])
+    except (UnicodeDecodeError, TypeError, ValueError):
+        written = []
+    if len(written) == 1 and written[0] in ids:
+        return int(written[0])
+    return min(ids, key=lambda i: (bool(fallback[i]) if i < len(fallback) else False, i))
 
 
 def resolve_nearest(
     mapping: np.ndarray, ids: np.ndarray, source_bytes: Sequence[bytes], target_bytes: Sequence[bytes],
-    target_special: frozenset[int],
+    target_special: frozenset[int], target_fallback: np.ndarray | None = None,
 ) -> int:
-    """Fill the UNRESOLVED entries among `ids` in place with the ordinary target token at minimum edit distance
-    (the same answer whenever it is looked up); returns how many were filled."""
+    """Fill the UNRESOLVED entries among `ids` in place with the ordinary target token at minimum edit distance,
+    a byte-fallback token only where no other is as near (the same answer whenever it is looked up); returns how
+    many were filled."""
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     ids = ids[(ids >= 0) & (ids < len(mapping))]
     todo = ids[mapping[ids] == UNRESOLVED]
     if len(todo) == 0:
         return 0
     ordinary = np.asarray([i for i in range(len(target_bytes)) if i not in target_special], dtype=np.int64)
-    found = nearest_by_edit_distance([source_bytes[i] for i in todo.tolist()], [target_bytes[i] for i in ordinary.tolist()])
+    avoid = None if target_fallback is None else np.asarray(target_fallback, dtype=bool)[ordinary]
+    found = nearest_by_edit_distance(
+        [source_bytes[i] for i in todo.tolist()], [target_bytes[i] for i in ordinary.tolist()], avoid=avoid
+    )
     mapping[todo] = np.where(found >= 0, ordinary[np.maximum(found, 0)], -1)
     return len(todo)
 

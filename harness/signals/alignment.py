@@ -97,11 +97,10 @@ def one_to_one(target: Tokenization, source: Tokenization) -> tuple[np.ndarray, 
 def _same_text(target: Tokenization, source: Tokenization, ti: np.ndarray, sj: np.ndarray) -> np.ndarray:
     """Whether each pair's two tokens stand for the same non-empty text (FuseLLM compares token strings with
     the word markers unified; the character pieces here are what those strings stand for)."""
-    t_text, s_text = target.text, source.text
     return np.asarray(
         [
-            e > s and t_text[s:e] == s_text[c:d]
-            for (s, e), (c, d) in zip(target.spans[ti].tolist(), source.spans[sj].tolist(), strict=True)
+            bool(a) and a == b
+            for a, b in zip((target.piece(i) for i in ti.tolist()), (source.piece(j) for j in sj.tolist()), strict=True)
         ],
         dtype=bool,
     )

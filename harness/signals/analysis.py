@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from harness.modes import Signal
+from harness.signals.comparable_ce import comparable_ces
 from harness.signals.inputs import CorpusRow
 from harness.signals.store import SignalSet, SignalStore
 from harness.signals.teacher import AUDIT_COLUMNS
@@ -34,7 +35,7 @@ def selection_stats(
             names = list(sset.candidates)
             stores = sset.stores()
             first = stores[names[0]]
-            ces = np.array([stores[n].column("ce") for n in names], dtype=np.float64)
+            ces = _training_ces(stores, names)
             winners = [names[i] for i in np.where(np.isnan(ces), np.inf, ces).argmin(axis=0)]
         else:
             selection = sset.selection_store()
@@ -59,6 +60,19 @@ def selection_stats(
             entry[key] = _fractions(mine, names)
     if mince and judged:
         out["disagreement"] = disagreement_stats(mince, judged)
+    return out
+
+
+def _training_ces(stores: Mapping[str, SignalStore], names: Sequence[str]) -> np.ndarray:
+    """[candidate, example] CEs as MinCE compares them: over the answer characters every candidate covers."""
+    if not all({"token_logp", "token_end"} <= set(stores[n].columns()) for n in names):
+        return np.array([stores[n].column("ce") for n in names], dtype=np.float64)
+    per = {n: (stores[n].column("token_logp"), stores[n].column("token_end")) for n in names}
+    n_examples = len(per[names[0]][0])
+    out = np.empty((len(names), n_examples), dtype=np.float64)
+    for e in range(n_examples):
+        ces, _ = comparable_ces({n: (per[n][0][e], per[n][1][e]) for n in names})
+        out[:, e] = [ces[n] for n in names]
     return out
 
 
@@ -141,7 +155,10 @@ def signal_audit(signal_sets: Mapping[Signal, SignalSet] | Sequence[SignalSet]) 
     top1_agreement: among those, the share whose top-1 target token reads as the source's own top-1 (the same
     text, or both a stop token); stop_mass: the source's mean probability on its stop tokens (EOS, end of turn)
     there; stop_to_stop: the share of that mass landing on the target's stop tokens; lost_mass: the share of the
-    source's top-k mass on ids that map to no target token. None where a figure has no denominator."""
+    source's top-k mass on ids that map to no target token; byte_mass: the share of it landing on the target's
+    byte-fallback ids (`<0x2C>`; near 0 on ordinary text); answer_cut: the share of examples whose answer this
+    model's window (signals.max_length) cuts before its end; cut_off (inference mode): the share of this
+    candidate's generations cut off at signals.max_new_tokens. None where a figure has no denominator."""
     sets = list(signal_sets.values()) if isinstance(signal_sets, Mapping) else list(signal_sets)
     out: dict[str, dict[str, Any]] = {}
     for sset in sets:
@@ -164,6 +181,13 @@ def store_audit(store: SignalStore) -> dict[str, Any]:
     def share(a: float, b: float) -> float | None:
         return round(a / b, 6) if b > 0 else None
 
+    def flag_share(name: str) -> float | None:
+        if name not in store.columns():
+            return None
+        flags = [bool(v) for v in store.column(name)]
+        return share(sum(flags), len(flags))
+
+    cut_off = flag_share("finished")
     return {
         "target_tokens": int(tokens),
         "aligned_fraction": share(aligned, tokens),
@@ -171,4 +195,7 @@ def store_audit(store: SignalStore) -> dict[str, Any]:
         "stop_mass": share(totals["audit_stop_mass"], aligned),
         "stop_to_stop": share(totals["audit_stop_to_stop"], totals["audit_stop_mass"]),
         "lost_mass": share(totals["audit_lost_mass"], totals["audit_mass"]),
+        "byte_mass": share(totals["audit_byte_mass"], totals["audit_mass"]),
+        "answer_cut": flag_share("answer_cut"),
+        "cut_off": None if cut_off is None else round(1.0 - cut_off, 6),
     }

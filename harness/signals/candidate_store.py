@@ -24,6 +24,7 @@ from harness.errors import HarnessError
 from harness.models import load_model, load_tokenizer
 from harness.signals.align import (
     UNRESOLVED,
+    byte_fallback_mask,
     resolve_nearest,
     save_vocab_map,
     special_tokens,
@@ -32,6 +33,7 @@ from harness.signals.align import (
     vocab_map_path,
 )
 from harness.signals.alignment import get_alignment
+from harness.signals.comparable_ce import covered
 from harness.signals.encoding import encode_example
 from harness.signals.inputs import CorpusRow, ModelHandle
 from harness.signals.store import ExampleSignal, SignalStore, StoreMeta
@@ -49,6 +51,12 @@ class Responder(Protocol):
     def all_at_once(self, cand: ModelHandle, rows: list[CorpusRow]) -> dict[str, str] | None: ...
 
     def per_shard(self, model: Any, tok: Any, cand: ModelHandle, rows: list[CorpusRow]) -> list[str]: ...
+
+
+def finished(response: str) -> bool:
+    """Whether a generated response ended by itself (harness.signals.generate's `Generated.finished`); a plain
+    string from a stand-in generator counts as finished."""
+    return bool(getattr(response, "finished", True))
 
 
 @dataclass
@@ -139,7 +147,11 @@ class PairVocab:
     source_special: frozenset[int] = frozenset()
 
     def resolve(self, source_ids: np.ndarray) -> None:
-        if resolve_nearest(self.vmap, source_ids, self.audit.source_text, self.audit.target_text, self.target_special):
+        found = resolve_nearest(
+            self.vmap, source_ids, self.audit.source_text, self.audit.target_text, self.target_special,
+            self.audit.target_fallback,
+        )
+        if found:
             if self.path is not None:
                 save_vocab_map(self.path, self.vmap)
 
@@ -170,7 +182,9 @@ def pair_vocab_of(
     path = vocab_map_path(tok, target_tok, cache_dir, source_size, *ends, nearest=False)
     target = special_tokens(target_tok, target_eot)
     source = special_tokens(tok, source_eot)
-    audit = AuditVocab(token_bytes(tok), token_bytes(target_tok), source.stop, target.stop)
+    audit = AuditVocab(
+        token_bytes(tok), token_bytes(target_tok), source.stop, target.stop, byte_fallback_mask(target_tok)
+    )
     return PairVocab(vmap, audit, target.special, path, source.special)
 
 
@@ -182,19 +196,24 @@ def signal_rows(
     tok: Any,
     cand: ModelHandle,
     vocab: PairVocab,
+    ended: list[bool] | None = None,
 ) -> tuple[list[ExampleSignal], dict[str, pa.Array]]:
     """Teacher-force `cand` on (prompt, response) and align each example to the target's tokenization; also the
-    audit columns of the shard (harness/signals/teacher.py `aligned_teacher_with_audit`)."""
+    audit columns of the shard (harness/signals/teacher.py `aligned_teacher_with_audit`), each response token's
+    own log-probability and answer character (`token_logp`, `token_end`: MinCE over the same text,
+    harness/signals/comparable_ce.py) and `answer_cut` (this model's window ends before the answer does).
+    `ended[i]` False: response i was cut off by generation and is encoded without an end of turn."""
     spec = ctx.spec
+    ends = ended if ended is not None else [True] * len(rows)
     src = [
-        encode_example(tok, r.prompt, resp, cand.chat_template, spec.max_length, cand.name)
-        for r, resp in zip(rows, responses, strict=True)
+        encode_example(tok, r.prompt, resp, cand.chat_template, spec.max_length, cand.name, e)
+        for r, resp, e in zip(rows, responses, ends, strict=True)
     ]
     tgt = [
         encode_example(
-            ctx.target_tok, r.prompt, resp, ctx.target.chat_template, spec.max_length, ctx.target.name
+            ctx.target_tok, r.prompt, resp, ctx.target.chat_template, spec.max_length, ctx.target.name, e
         )
-        for r, resp in zip(rows, responses, strict=True)
+        for r, resp, e in zip(rows, responses, ends, strict=True)
     ]
     passes = teacher_forced(model, src, spec.top_k, spec.batch_size, pad_id=tok.pad_token_id or 0)
     strategy = get_alignment(spec.alignment)
@@ -210,7 +229,14 @@ def signal_rows(
         out.append(ExampleSignal(r.id, r.skill, p.ce, t.ids, t.resp_start, ids, logp, n_aligned))
         for name in AUDIT_COLUMNS:
             audits[name].append(audit[name])
-    return out, {name: pa.array(np.asarray(v, dtype=np.float32)) for name, v in audits.items()}
+    columns = {name: pa.array(np.asarray(v, dtype=np.float32)) for name, v in audits.items()}
+    columns["token_logp"] = pa.array([p.own_logp.tolist() for p in passes], pa.list_(pa.float32()))
+    token_end = [s.response.spans[:, 1].tolist() for s in src]
+    columns["token_end"] = pa.array(token_end, pa.list_(pa.int32()))
+    columns["answer_cut"] = pa.array(
+        [covered(e) < len(s.response.text) for e, s in zip(token_end, src, strict=True)], pa.bool_()
+    )
+    return out, columns
 
 
 def fill_candidate_store(
@@ -251,9 +277,11 @@ def fill_candidate_store(
                     if early is not None
                     else responder.per_shard(model, tok, cand, rows)
                 )
-            signals, extras = signal_rows(ctx, rows, responses, model, tok, cand, vocab)
+            ended = [finished(r) for r in responses]
+            signals, extras = signal_rows(ctx, rows, responses, model, tok, cand, vocab, ended)
             if responder:
-                extras["response"] = pa.array(responses, pa.string())
+                extras["response"] = pa.array([str(r) for r in responses], pa.string())
+                extras["finished"] = pa.array(ended, pa.bool_())
             store.write_shard(index, signals, extras)
             if ctx.on_shard:
                 ctx.on_shard(f"{kind}:{cand.name}", index)

@@ -44,17 +44,26 @@ def _window(n_total: int, resp_start: int, max_length: int) -> tuple[int, int]:
 
 
 def encode_example(
-    tokenizer: Any, prompt: str, response: str, template: str | None, max_length: int, name: str
+    tokenizer: Any, prompt: str, response: str, template: str | None, max_length: int, name: str,
+    ended: bool = True,
 ) -> Encoded:
     """Render (prompt, response) with the model's chat template, tokenize with offsets, cut to max_length.
 
     Response tokens: from the first token that reaches into the response's content to the end of turn. Their
-    spans relative to `response`: a token covering text the template put before the content starts at 0, the
-    content's last token absorbs what the template trimmed behind it, the end-of-turn token stands on the
+    spans are in one coordinate system for every format, the characters of `response` itself: a token covers the
+    answer characters it stands for, so where a template trims the answer (Gemma's `| trim` of a leading space)
+    the first token starts after the trimmed characters. Template text a token covers in front of the answer
+    (the space of `ASSISTANT: ` inside Vicuna's `▁Hello`) is not answer text: it is kept as the tokenization's
+    `lead`, and such a token pairs only with one covering the same template text (harness/signals/align.py).
+    The content's last token absorbs what the template trimmed behind it, the end-of-turn token stands on the
     sentinel, and anything between content and end of turn (Llama-2's space before `</s>`) gets an empty span
-    (it has no counterpart in another format, so it never anchors an alignment)."""
+    (it has no counterpart in another format, so it never anchors an alignment).
+
+    `ended=False`: the response was cut off (generation reached max_new_tokens), so it is encoded without the
+    template's end of turn (and without the sentinel): the model is never taught to stop where it was cut."""
     rendered = render_example(tokenizer, prompt, response, template, name)
-    enc = tokenize_chat(tokenizer, rendered.text, offsets=True)
+    text = rendered.text if ended else rendered.text[: rendered.content_end]
+    enc = tokenize_chat(tokenizer, text, offsets=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = tile_offsets(np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
     start, end, n = rendered.content_start, rendered.content_end, len(response)
@@ -63,11 +72,12 @@ def encode_example(
     lo, hi = _window(len(ids), resp_start, max_length)
     spans = offsets[resp_start:hi]
     shift = rendered.lead - start  # rendered position -> position in `response`
-    rel = np.empty_like(spans)
-    rel[:, 0] = np.where(spans[:, 0] <= start, 0, np.clip(spans[:, 0] + shift, 0, n))
-    rel[:, 1] = np.where(spans[:, 1] >= end, n, np.clip(spans[:, 1] + shift, 0, n))
+    rel = np.clip(spans + shift, rendered.lead, n)
+    rel[:, 1] = np.where(spans[:, 1] >= end, n, rel[:, 1])
     after = spans[:, 0] >= end  # the turn's end: fillers, then the end-of-turn token
     rel[after] = n
-    if rendered.end_of_turn is not None:
+    if ended and rendered.end_of_turn is not None:
         rel[after & (spans[:, 0] >= rendered.turn_end_start), 1] = n + 1
-    return Encoded(ids[lo:hi], resp_start - lo, Tokenization(response + EOS_SENTINEL, rel))
+    lead = text[int(spans[0, 0]) : start] if len(spans) and spans[0, 0] < start else ""
+    answer = response + EOS_SENTINEL if ended else response
+    return Encoded(ids[lo:hi], resp_start - lo, Tokenization(answer, rel, lead))

@@ -15,6 +15,7 @@ from harness.config import JudgeSpec, SignalSpec
 from harness.errors import HarnessError
 from harness.models import load_tokenizer
 from harness.modes import Signal
+from harness.signals.align import VOCAB_MAP_VERSION
 from harness.signals.alignment import DEFAULT as DEFAULT_ALIGNMENT
 from harness.signals.alignment import get_alignment
 from harness.signals.candidate_store import Context, ShardCallback, device_of, precision_of, rank_world
@@ -24,8 +25,10 @@ from harness.signals.store import SignalSet
 from harness.signals.training_mode import training_stores
 
 # bump when what a store holds for the same inputs changes. 2: special tokens mapped by meaning (EOS had landed on
-# the target's BOS / padding where roles were shared) and the per-example audit columns
-SIGNALS_VERSION = 2
+# the target's BOS / padding where roles were shared) and the per-example audit columns; 3: spans in the answer's
+# own characters (a first token covering template text pairs only with the same), cut-off generations without an
+# end of turn (`finished`), per-token log-probabilities for MinCE over the same text, byte-fallback audit
+SIGNALS_VERSION = 3
 
 
 def extract_signals(
@@ -75,6 +78,7 @@ def extract_signals(
         "top_k": spec.top_k,
         "max_length": spec.max_length,
         "precision": precision_of(ctx.device),  # bf16 on a GPU gives other numbers than fp32 on a CPU
+        "vocab_map": VOCAB_MAP_VERSION,  # how source ids land on target ids
     }
     if spec.alignment != DEFAULT_ALIGNMENT:  # the default stays out of the key: stores from before keep their key
         common["alignment"] = spec.alignment

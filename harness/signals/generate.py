@@ -37,6 +37,22 @@ from harness.errors import HarnessError
 BACKENDS = ("auto", "hf", "vllm")
 
 
+class Generated(str):
+    """A response's text that also says whether it ended by itself (end of turn, EOS or a stop string) or was
+    cut off at max_new_tokens. A cut-off response must never be taught as finished: harness/signals/encoding.py
+    encodes it without the end-of-turn token."""
+
+    finished: bool
+
+    def __new__(cls, text: str, finished: bool = True) -> Generated:
+        out = super().__new__(cls, text)
+        out.finished = finished
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Generated, (str(self), self.finished))
+
+
 @dataclass(frozen=True)
 class VLLMOptions:
     """Engine settings handed to `vllm.LLM` (documented defaults are vLLM's own)."""
@@ -106,8 +122,9 @@ def generate(
     backend: str = "auto",
     progress: bool = True,
     vllm_options: VLLMOptions | None = None,
-) -> list[str]:
-    """Responses of `model` to raw user `prompts`, in input order.
+) -> list[Generated]:
+    """Responses of `model` to raw user `prompts`, in input order, as `Generated` strings (`.finished`: False
+    where generation stopped at max_new_tokens).
 
     `model` is an in-memory transformers causal LM or a model folder / spec (str or Path, see harness.models;
     `sandbox:` specs must be resolved to their folder first); `tokenizer` may be None when `model` is a path
@@ -150,11 +167,12 @@ def generate(
     )
 
 
-def finish_response(text: str, stop: Sequence[str], eos_text: str | None) -> str:
-    """Cut decoded text at the first EOS text and the first stop string (whichever comes first)."""
+def finish_response(text: str, stop: Sequence[str], eos_text: str | None, stopped: bool = True) -> Generated:
+    """Cut decoded text at the first EOS text and the first stop string (whichever comes first); finished when
+    it was cut there or the backend saw it stop (`stopped`)."""
     cuts = [text.find(s) for s in (*stop, *([eos_text] if eos_text else []))]
     cuts = [c for c in cuts if c >= 0]
-    return text[: min(cuts)] if cuts else text
+    return Generated(text[: min(cuts)], True) if cuts else Generated(text, stopped)
 
 
 def _eos_ids(model: Any, tokenizer: Any, chat_template: str | None = None) -> list[int]:
@@ -214,7 +232,7 @@ def _generate_hf(
     seed: int,
     progress: bool,
     chat_template: str | None = None,
-) -> list[str]:
+) -> list[Generated]:
     import torch
 
     eos_ids = _eos_ids(model, tokenizer, chat_template)
@@ -226,7 +244,7 @@ def _generate_hf(
     sampling: dict[str, Any] = {"do_sample": False}
     if do_sample:
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    out: list[str] = [""] * len(texts)
+    out: list[Generated] = [Generated("")] * len(texts)
     device = next(model.parameters()).device
     with torch.inference_mode(), _left_padded(tokenizer, pad_id), _progress_bar(progress) as bar:
         task = bar.add_task("generating", total=len(texts))
@@ -248,7 +266,7 @@ def _generate_hf(
                 new = gen[row, width:].tolist()
                 cut = next((j for j, t in enumerate(new) if t in eos_ids), len(new))
                 text = _decode_response(tokenizer, encoded[i], new[:cut])
-                out[i] = finish_response(text, stop, tokenizer.eos_token)
+                out[i] = finish_response(text, stop, tokenizer.eos_token, stopped=cut < len(new))
             bar.advance(task, len(idx))
     return out
 
@@ -265,7 +283,7 @@ def _generate_vllm(
     progress: bool,
     options: VLLMOptions,
     chat_template: str | None = None,
-) -> list[str]:
+) -> list[Generated]:
     """One engine per call, released afterwards so the next source's engine finds the GPU memory free."""
     import vllm
 
@@ -284,7 +302,10 @@ def _generate_vllm(
     requests = [{"prompt_token_ids": list(tokenize_chat(tokenizer, t)["input_ids"])} for t in texts]
     try:
         results = llm.generate(requests, params, use_tqdm=progress)
-        return [finish_response(r.outputs[0].text, stop, tokenizer.eos_token) for r in results]
+        return [
+            finish_response(r.outputs[0].text, stop, tokenizer.eos_token, stopped=r.outputs[0].finish_reason != "length")
+            for r in results
+        ]
     finally:
         del llm
         gc.collect()

@@ -135,11 +135,13 @@ def select_winners(ctx: Context, candidates: dict[str, Path], judge: Any, inputs
         rows = ctx.shard_rows(meta, index)
         tables = {n: s.read_shard(index) for n, s in stores.items()}
         responses = {n: t.column("response").to_pylist() for n, t in tables.items()}
+        ended = {n: _finished_column(t) for n, t in tables.items()}
+        judged = [_judged(names, ended, i, ctx.spec.truncated) for i in range(len(rows))]
         batch = [
             (
                 row.prompt,
                 row.reference,
-                {n: responses[n][i] for n in names},
+                {n: responses[n][i] for n in judged[i]},
                 {"id": row.id, "skill": row.skill},
             )
             for i, row in enumerate(rows)
@@ -157,12 +159,33 @@ def select_winners(ctx: Context, candidates: dict[str, Path], judge: Any, inputs
                 [[float(r.scores.get(n, math.nan)) for n in names] for r in results], pa.list_(pa.float32())
             ),
             "response": pa.array([responses[w][i] for i, w in enumerate(winners)], pa.string()),
+            "finished": pa.array([ended[w][i] for i, w in enumerate(winners)], pa.bool_()),
+            # drop: a cut-off winner (every candidate was cut off) teaches nothing in inference mode
+            "teach": pa.array(
+                [ended[w][i] or ctx.spec.truncated == "keep" for i, w in enumerate(winners)], pa.bool_()
+            ),
         }
         store.write_shard(index, chosen, extras)
         if ctx.on_shard:
             ctx.on_shard("inference:selection", index)
     return store.path
 
+
+
+def _finished_column(table: pa.Table) -> list[bool]:
+    if "finished" in table.column_names:
+        return [bool(v) for v in table.column("finished").to_pylist()]
+    return [True] * table.num_rows
+
+
+def _judged(names: Sequence[str], ended: dict[str, list[bool]], i: int, truncated: str) -> list[str]:
+    """The candidates the judge sees for example i: with `drop`, the finished responses (all of them when every
+    one was cut off, so the example still has a winner, which then teaches nothing)."""
+    if truncated == "drop":
+        done = [n for n in names if ended[n][i]]
+        if done:
+            return done
+    return list(names)
 
 
 def inference_stores(
@@ -201,6 +224,7 @@ def inference_stores(
         # by candidate order)
         "tie_rule": TIE_RULE_VERSION,
         "seed": seed,
+        "truncated": ctx.spec.truncated,
         # a sandbox reward model's folder is named by its content key (world, version, recipe, index)
         **({"built": {spec: path.name for spec, path in sorted(judge_models.items())}} if judge_models else {}),
     }

@@ -16,6 +16,7 @@ from typing import Any
 from harness.config import ModelSpec
 from harness.errors import HarnessError
 from harness.models import ResolvedModel
+from harness.models import conversion_tag, hub_commit
 from harness.signals.align import vocab_fingerprint
 from harness.store import file_digests, stable_hash
 
@@ -146,7 +147,10 @@ def model_fingerprint(handle: ModelHandle, cache_dir: Path) -> dict[str, Any]:
     }
     folder = Path(handle.model.pretrained)
     if not folder.is_dir():
+        found["commit"] = hub_commit(handle.model.pretrained)  # a hub id: the commit it resolves to
         return found
+    if handle.model.gguf_file:
+        found["conversion"] = conversion_tag()  # the GGUF is dequantised by transformers at every load
     files = sorted(
         p
         for p in folder.rglob("*")

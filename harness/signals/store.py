@@ -275,6 +275,12 @@ class SignalStore:
                 )
             yield self.read_shard(i, columns)
 
+    def columns(self) -> list[str]:
+        """The names of the shards' columns (read from the first shard's schema; [] for an empty store)."""
+        if self.meta.n_shards == 0 or not self.shard_path(0).is_file():
+            return []
+        return list(pq.read_schema(self.shard_path(0)).names)
+
     def column(self, name: str) -> list[Any]:
         """One column over all shards, in corpus order."""
         return [v for table in self.iter_shards([name]) for v in table.column(name).to_pylist()]

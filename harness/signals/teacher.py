@@ -28,6 +28,7 @@ class TeacherPass:
     top_ids: np.ndarray  # [n_response, k] the model's own vocabulary ids
     top_logp: np.ndarray  # [n_response, k]
     predicted: np.ndarray  # [n_response] bool: False where no position precedes the token
+    own_logp: np.ndarray | None = None  # [n_response] float32: log-probability of each token itself (NaN: not predicted)
 
 
 def padded_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int = 0) -> Iterator[tuple[list[int], Any, Any]]:
@@ -83,8 +84,10 @@ def _rows(logits: Any, ids: Any, ex: Encoded, k: int) -> TeacherPass:
     top_logp[skipped:, :kk] = vals.cpu().numpy()
     predicted = np.ones(n_resp, dtype=bool)
     predicted[:skipped] = False
+    own_logp = np.full(n_resp, np.nan, dtype=np.float32)
+    own_logp[skipped:] = own.cpu().numpy()
     ce = float(-own.mean()) if len(own) else math.inf  # nothing predicted: never the MinCE choice
-    return TeacherPass(ce, top_ids, top_logp, predicted)
+    return TeacherPass(ce, top_ids, top_logp, predicted, own_logp)
 
 
 def merge_topk(
@@ -175,9 +178,12 @@ class AuditVocab:
     target_text: Sequence[bytes]
     source_stop: frozenset[int]
     target_stop: frozenset[int]
+    target_fallback: np.ndarray | None = None  # per target id: a byte-fallback token `<0xNN>`
 
 
-AUDIT_COLUMNS = ("audit_top1_same", "audit_mass", "audit_lost_mass", "audit_stop_mass", "audit_stop_to_stop")
+AUDIT_COLUMNS = (
+    "audit_top1_same", "audit_mass", "audit_lost_mass", "audit_stop_mass", "audit_stop_to_stop", "audit_byte_mass",
+)
 
 
 def aligned_teacher_with_audit(
@@ -190,13 +196,20 @@ def aligned_teacher_with_audit(
     audit_top1_same: how many have a top-1 that reads as the source's own top-1 (its
     text, or both stop tokens); audit_mass: the source's top-k probability mass there; audit_lost_mass: the
     part of it on ids that map nowhere; audit_stop_mass: the part on the source's stop ids (EOS, end of turn);
-    audit_stop_to_stop: the part of that which lands on the target's stop ids."""
+    audit_stop_to_stop: the part of that which lands on the target's stop ids; audit_byte_mass: the part of the
+    mass that lands on the target's byte-fallback ids (`<0x2C>` for `,`: ids its tokenizer writes only for bytes
+    no ordinary piece covers, so on ordinary text this stays near 0)."""
     ids, logp, (rows, src), n_aligned = _aligned(target, source, teacher, vmap, k, strategy, top_map)
     top_src = teacher.top_ids[src]
     prob = np.exp(teacher.top_logp[src].astype(np.float64))
     mapped = (vmap if top_map is None else top_map)[top_src]
     is_stop = np.isin(top_src, list(vocab.source_stop))
     lands_stop = np.isin(mapped, list(vocab.target_stop))
+    fallback = vocab.target_fallback
+    lands_byte = (
+        np.zeros(mapped.shape, dtype=bool) if fallback is None
+        else (mapped >= 0) & fallback[np.clip(mapped, 0, len(fallback) - 1)]
+    )
     same = 0
     for s1, t1 in zip(top_src[:, 0].tolist(), ids[rows, 0].tolist(), strict=True):
         if s1 in vocab.source_stop or t1 in vocab.target_stop:
@@ -209,5 +222,6 @@ def aligned_teacher_with_audit(
         "audit_lost_mass": float(prob[mapped < 0].sum()),
         "audit_stop_mass": float(prob[is_stop].sum()),
         "audit_stop_to_stop": float(prob[is_stop & lands_stop].sum()),
+        "audit_byte_mass": float(prob[lands_byte].sum()),
     }
     return ids, logp, n_aligned, audit

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from harness.errors import HarnessError
+from harness.signals.comparable_ce import comparable_ces
 from harness.signals.store import ExampleSignal, SignalReader, SignalSet
 from methods.base import FusionBatch, FusionMethod, SeqBatch, Signal, SourceTargets
 
@@ -52,6 +53,15 @@ def _tokens(ex: ExampleSignal, length: int) -> tuple[torch.Tensor, torch.Tensor]
     labels = input_ids.clone()
     labels[: ex.resp_start] = -100
     return input_ids, labels
+
+
+def _comparable(rows: Mapping[str, ExampleSignal]) -> dict[str, float]:
+    """Each candidate's CE over the answer characters every candidate's window covers (stores without the
+    per-token columns keep their own CE)."""
+    if all("token_logp" in ex.extras and "token_end" in ex.extras for ex in rows.values()):
+        ces, _ = comparable_ces({n: (ex.extras["token_logp"], ex.extras["token_end"]) for n, ex in rows.items()})
+        return ces
+    return {n: ex.ce for n, ex in rows.items()}
 
 
 class FusionDataset(Dataset[FusionItem]):
@@ -138,8 +148,9 @@ class FusionDataset(Dataset[FusionItem]):
                     f"example '{ex_id}': signals of '{name}' use another target tokenization; extract again",
                     "signals",
                 )
+        ces = _comparable(rows)
         teacher = self.method.combine(
-            [SourceTargets(name, ex.ce, *_full(ex, length)) for name, ex in rows.items()]
+            [SourceTargets(name, ces[name], *_full(ex, length)) for name, ex in rows.items()]
         )
         return ViewItem(*_tokens(first, length), teacher.topk_ids, teacher.topk_logp.float())
 
@@ -147,7 +158,10 @@ class FusionDataset(Dataset[FusionItem]):
         assert self.inference is not None
         ex = self.inference.get(ex_id)
         length = self._length(ex)
-        return ViewItem(*_tokens(ex, length), *_full(ex, length))
+        input_ids, labels = _tokens(ex, length)
+        if ex.extras.get("teach") is False:  # signals.truncated drop: every candidate was cut off
+            labels[:] = -100
+        return ViewItem(input_ids, labels, *_full(ex, length))
 
     def __getitem__(self, index: int) -> FusionItem:
         ex_id = self.ids[index]

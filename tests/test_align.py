@@ -321,3 +321,47 @@ def test_nearest_matches_found_on_demand_equal_those_found_up_front(pair) -> Non
     assert (lazy[first] == eager[first]).all() and (lazy[unresolved[len(first) :]] == UNRESOLVED).all()
     resolve_nearest(lazy, np.arange(len(lazy)), src, tgt, special_tokens(target).special)
     assert lazy.tolist() == eager.tolist()
+
+
+# ------------------------------------------------------------------------------------------------ byte fallback
+
+PUNCTUATED = "Veri, zen! 2024: 3.14 + 27 = 30.14 (A+Z), mimi? Qua. Z: A."  # characters the small vocabularies have
+
+
+def test_a_sentencepiece_target_gets_its_own_pieces_not_its_byte_fallback(pair) -> None:
+    """Gemma keeps `<0x2C>` at a low id beside its own `,`: every source `,` must land on the `,` the target writes.
+    Where both tokenizers cut the text alike, the mapped id is the target's own token there, and no teacher id of
+    ordinary text is a byte-fallback id."""
+    from harness.bench.align import gemma_shaped
+    from harness.signals.align import _marker_style, byte_fallback_mask
+
+    bytelevel, sentencepiece = pair
+    target = gemma_shaped(sentencepiece)
+    assert target.convert_ids_to_tokens([3, 258]) == ["<0x00>", "<0xFF>"]
+    assert _marker_style(target) == "metaspace"  # Gemma's Replace('▁') decoder: a SentencePiece vocabulary
+    fallback = byte_fallback_mask(target)
+    assert fallback.sum() == 256
+    vmap = build_vocab_map(bytelevel, target)
+    s_enc = bytelevel(PUNCTUATED, add_special_tokens=False, return_offsets_mapping=True)
+    t_enc = target(PUNCTUATED, add_special_tokens=False, return_offsets_mapping=True)
+    assert not fallback[t_enc["input_ids"]].any()  # the target writes this text with its own pieces
+    written = {tuple(o): i for i, o in zip(t_enc["input_ids"], t_enc["offset_mapping"], strict=True)}
+    same = [(i, written[tuple(o)]) for i, o in zip(s_enc["input_ids"], s_enc["offset_mapping"], strict=True) if tuple(o) in written]
+    assert len(same) >= 15
+    assert [int(vmap[i]) for i, _ in same] == [t for _, t in same]
+    comma = bytelevel.convert_tokens_to_ids(",")
+    assert target.convert_ids_to_tokens(int(vmap[comma])) == ","
+    # every single-character source token whose character the target has as a piece finds that piece (before the
+    # fix, all of them landed on the byte at the lower id)
+    texts, own = token_bytes(bytelevel), target.get_vocab()
+    single = [i for i, b in enumerate(texts) if len(b) == 1 and b[0] < 128 and b.decode() in own]
+    assert len(single) > 20
+    assert [target.convert_ids_to_tokens(int(vmap[i])) for i in single] == [texts[i].decode() for i in single]
+
+
+def test_nearest_matches_prefer_an_ordinary_piece_to_a_byte_fallback_at_the_same_distance() -> None:
+    candidates = [b",", b"a", b"ab", b",", b"xyz"]
+    avoid = [True, False, False, False, False]  # candidate 0 is a byte-fallback token standing for b","
+    assert nearest_by_edit_distance([b",!"], candidates).tolist() == [0]  # lowest index without the rule
+    assert nearest_by_edit_distance([b",!"], candidates, avoid=avoid).tolist() == [3]
+    assert nearest_by_edit_distance([b"ab"], candidates, avoid=avoid).tolist() == [2]  # a nearer byte... never wins

@@ -121,6 +121,34 @@ def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> Any:
     return fast
 
 
+def gemma_shaped(tokenizer: Any) -> Any:
+    """A SentencePiece-style tokenizer (`sentencepiece_tokenizer`) in the shape of Gemma's tokenizer.json: the
+    256 byte-fallback pieces `<0x00>`..`<0xFF>` at low ids, right after the special tokens (Gemma, Llama-2 and
+    Vicuna keep them there, so every single character has two ids: its own piece and its byte), spaces turned into
+    '▁' by a `Replace` normalizer with no dummy prefix, and a `Replace` / `ByteFallback` / `Fuse` decoder."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+    specials = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if t in ("<unk>", "<s>", "</s>")]
+    rest = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if t not in specials and t not in byte_pieces]
+    spec["model"]["vocab"] = {t: i for i, t in enumerate([*specials, *byte_pieces, *rest])}
+    spec["added_tokens"] = [{**a, "id": spec["model"]["vocab"][a["content"]]} for a in spec.get("added_tokens", [])]
+    spec["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    spec["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
+    spec["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+    ]}  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="</s>",
+    )
+    fast.chat_template = tokenizer.chat_template
+    return fast
+
+
 def with_specials(
     tokenizer: Any, roles: dict[str, str], extra: tuple[str, ...] = (), add_bos: bool = False, template: str | None = None,
     unflagged: tuple[str, ...] = (),

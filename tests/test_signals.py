@@ -531,3 +531,89 @@ def test_selection_stats_measure_where_min_ce_and_the_judge_disagree(models, cor
             assert got["disagreement_decisive"] == pytest.approx(sum(r[1] for r in mine) / got["decisive"])
     assert 0 < stats["disagreement"]["overall"]["decisive"] < len(corpus)  # the test sees both kinds of example
     assert "disagreement" not in selection_stats([train], corpus)  # one mode alone: nothing to compare
+
+
+# -------------------------------------------------------------------------------------- cut-off generations
+
+
+def _cutting(cut_off: set[int]):  # type: ignore[no-untyped-def]
+    """fake_generate, with the responses of the models whose vocabulary size is in `cut_off` marked as cut off at
+    max_new_tokens (as harness.signals.generate marks them)."""
+    from harness.signals.generate import Generated
+
+    def generate(model, tokenizer, prompts, **kwargs):  # type: ignore[no-untyped-def]
+        words = 1 + len(tokenizer) % 4
+        return [Generated(" ".join(p.split()[:words]) + " and", len(tokenizer) not in cut_off) for p in prompts]
+
+    return generate
+
+
+def test_cut_off_generations_are_never_taught_to_stop(models, corpus, tmp_path) -> None:
+    """A response cut at max_new_tokens keeps no end of turn; `signals.truncated: drop` (default) judges only the
+    finished responses and teaches nothing in inference mode where every candidate was cut off; `keep` judges
+    them all and teaches the cut-off text without a stop token. The audit reports the cut-off share."""
+    from harness.chat import end_of_turn_id
+    from harness.signals.analysis import store_audit
+
+    names = ("target", "llama-sp", "gpt2-bl")
+    toks = {n: load_tokenizer(models[n].model) for n in names}
+    sizes = {n: len(t) for n, t in toks.items()}
+    cut = sizes["llama-sp"]
+    target_end = end_of_turn_id(toks["target"]) or toks["target"].eos_token_id
+
+    def run(truncated: str, cut_off: set[int], cache: Path):  # type: ignore[no-untyped-def]
+        spec = SPEC.model_copy(update={"truncated": truncated})
+        return extract_signals(Signal.INFERENCE, models["target"], [models[n] for n in names], corpus, spec, None,
+                               cache, progress=False, generate_fn=_cutting(cut_off), judge=LongestJudge())  # fmt: skip
+
+    keep = run("keep", {cut}, tmp_path / "keep")
+    table = keep.selection_store().read_shard(0)
+    audits = {n: store_audit(s) for n, s in keep.stores().items()}
+    assert audits["llama-sp"]["cut_off"] == 1.0 and audits["target"]["cut_off"] == 0.0
+    for r in range(table.num_rows):
+        ids = table.column("input_ids")[r].as_py()
+        finished = table.column("finished")[r].as_py()
+        assert table.column("teach")[r].as_py()
+        assert (ids[-1] == target_end) == finished  # the cut-off winner's target tokens end without a stop
+    assert not all(table.column("finished").to_pylist())  # llama-sp's longer answers won somewhere
+    drop = run("drop", {cut}, tmp_path / "drop").selection_store()
+    assert "llama-sp" not in drop.column("winner") and all(drop.column("finished"))
+    every = run("drop", set(sizes.values()), tmp_path / "every")
+    assert not any(every.selection_store().column("teach"))
+    dataset = build_fusion_dataset([every], InferenceOnlyView(MethodSpec()))
+    assert all((item[Signal.INFERENCE].labels == -100).all() for item in (dataset[i] for i in range(len(dataset))))
+
+
+class InferenceOnlyView(Both):
+    needs = frozenset({Signal.INFERENCE})
+
+
+# ------------------------------------------------------------------------------------ MinCE over the same text
+
+
+def test_min_ce_compares_every_candidate_over_the_same_answer_characters(models, corpus, tmp_path) -> None:
+    """Windows cut at max_length in each model's own tokens cover different amounts of a long answer; the CE
+    MinCE compares is every candidate's over the characters all of them cover, and the audit counts the cuts."""
+    from harness.signals.analysis import store_audit
+    from harness.signals.comparable_ce import ce_up_to, comparable_ces, covered
+
+    long = [CorpusRow(r.id, r.prompt, " ".join([r.reference] * 6), r.skill) for r in corpus]
+    spec = SPEC.model_copy(update={"max_length": 40})
+    sset = extract_signals(Signal.TRAINING, models["target"], [models[n] for n in ("target", "llama-sp")], long,
+                           spec, None, tmp_path, progress=False)  # fmt: skip
+    stores = sset.stores()
+    per = {n: (s.column("token_logp"), s.column("token_end"), s.column("ce"), s.column("answer_cut")) for n, s in stores.items()}
+    assert all(store_audit(s)["answer_cut"] == 1.0 for s in stores.values())
+    differs = 0
+    for e in range(len(long)):
+        ces, cut = comparable_ces({n: (p[0][e], p[1][e]) for n, p in per.items()})
+        assert cut == min(covered(p[1][e]) for p in per.values()) < len(long[e].reference)
+        for n, p in per.items():
+            assert ces[n] == pytest.approx(ce_up_to(p[0][e], p[1][e], cut))
+            differs += not math.isclose(ces[n], p[2][e], rel_tol=1e-6)
+    assert differs > 0  # the longer window's own CE covered more text
+    dataset = build_fusion_dataset([sset], TrainingOnly(MethodSpec()))
+    wins = selection_stats([sset])["training"]
+    mince = [min(per, key=lambda n, e=e: comparable_ces({m: (p[0][e], p[1][e]) for m, p in per.items()})[0][n]) for e in range(len(long))]
+    assert wins == {n: mince.count(n) / len(long) for n in per}
+    assert len(dataset) == len(long)

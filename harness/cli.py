@@ -809,16 +809,21 @@ def _print_audit(audit: dict[str, Any]) -> None:
         stdout.print("signal audit: not recorded for this run (signals/audit.json: runs since the audit existed)")
         return
     table = Table("mode", "candidate -> target", "target tokens", "aligned teacher", "top-1 agrees",
-                  "stop mass -> stop", "lost mass", title="signal audit")  # fmt: skip
+                  "stop mass -> stop", "lost mass", "on byte fallback", "answer cut", "cut off",
+                  title="signal audit")  # fmt: skip
     for mode, pairs in audit.items():
         for name, fig in pairs.items():
             if fig.get("target_tokens") is None:
-                table.add_row(mode, name, "-", "-", "-", "-", "-")
+                table.add_row(mode, name, *["-"] * 8)
                 continue
             table.add_row(mode, name, str(fig["target_tokens"]), _percent(fig["aligned_fraction"]),
                           _percent(fig["top1_agreement"]), _percent(fig["stop_to_stop"]),
-                          _percent(fig["lost_mass"]))  # fmt: skip
+                          _percent(fig["lost_mass"]), _percent(fig.get("byte_mass")), _percent(fig.get("answer_cut")),
+                          _percent(fig.get("cut_off")))  # fmt: skip
     stdout.print(table)
+    stdout.print("on byte fallback: teacher mass on the target's <0xNN> ids (near 0 on ordinary text); answer cut: "
+                 "examples whose answer this model's window (signals.max_length) cuts; cut off: generations stopped "
+                 "at signals.max_new_tokens (signals.truncated decides what they teach)", markup=False)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from harness import distributed
 from harness.config import Experiment, SandboxSpec
 from harness.errors import HarnessError
 from harness.models import ResolvedModel, hub_commit, resolve
+from harness.modes import Signal
 from harness.store import (
     Manifest,
     atomic_write_json,
@@ -223,8 +224,6 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
 
 def _sandbox_reward_models(exp: Experiment, method_cls: Any) -> list[str]:
     """The `sandbox-rm:<i>` judges this run needs: named in judges.models, and the method uses inference mode."""
-    from harness.modes import Signal
-
     if exp.judges.kind != "reward-models" or Signal.INFERENCE not in method_cls.needs:
         return []
     return [m for m in exp.judges.models if m.startswith("sandbox-rm:")]
@@ -261,8 +260,9 @@ def _shorten(text: str) -> str:
     return f"{text[:_SHOWN]}[... {len(text) - 2 * _SHOWN} characters ...]{text[-_SHOWN:]}"
 
 
-def _first_example(p: Plan) -> tuple[Any, dict[str, Path] | None] | str:
-    """The corpus's first row and the sandbox models, when they exist without building anything; else why not."""
+def _first_example(p: Plan, limit: int = 1) -> tuple[Any, dict[str, Path] | None] | str:
+    """The corpus's first `limit` rows and the sandbox models, when they exist without building anything; else
+    why not."""
     from harness.signals import load_corpus
 
     exp = p.exp
@@ -278,7 +278,7 @@ def _first_example(p: Plan) -> tuple[Any, dict[str, Path] | None] | str:
         if exp.corpus.source == "sandbox":
             corpus_path = world.corpus_path
     assert corpus_path is not None
-    return load_corpus(corpus_path, limit=1)[0], sandbox_models
+    return load_corpus(corpus_path, limit=limit), sandbox_models
 
 
 def _print_rendered_examples(p: Plan) -> None:
@@ -292,7 +292,8 @@ def _print_rendered_examples(p: Plan) -> None:
     if isinstance(found, str):
         console.print(f"    not shown: {found}", markup=False)
         return
-    row, sandbox_models = found
+    rows, sandbox_models = found
+    row = rows[0]
     for spec in [p.exp.target, *p.exp.sources]:
         try:
             tok = display_tokenizer(spec.path, sandbox_models, p.cache_dir, spec.trust_remote_code)
@@ -307,6 +308,38 @@ def _print_rendered_examples(p: Plan) -> None:
         console.print(f"    {spec.name}:", markup=False)
         for line in shown.split("\n"):
             console.print(f"      | {line}", markup=False, highlight=False, soft_wrap=True)
+    if Signal.INFERENCE in p.method_cls.needs:
+        _print_cut_off_estimate(p)
+
+
+_CUT_OFF_SAMPLE = 200  # corpus rows the dry run tokenizes to estimate the cut-off share
+
+
+def _print_cut_off_estimate(p: Plan) -> None:
+    """Per candidate, the share of reference answers longer than signals.max_new_tokens in its own tokens: about
+    the share of its generations that will be cut off (judged and taught as `signals.truncated` says)."""
+    from harness.models import display_tokenizer
+
+    found = _first_example(p, _CUT_OFF_SAMPLE)
+    if isinstance(found, str):
+        return
+    rows, sandbox_models = found
+    limit = p.exp.signals.max_new_tokens
+    specs = ([p.exp.target] if p.exp.method.target_is_candidate else []) + list(p.exp.sources)
+    shares = []
+    for spec in specs:
+        try:
+            tok = display_tokenizer(spec.path, sandbox_models, p.cache_dir, spec.trust_remote_code)
+        except HarnessError:
+            continue
+        longer = sum(len(tok(r.reference, add_special_tokens=False)["input_ids"]) > limit for r in rows)
+        shares.append(f"{spec.name} {longer / len(rows):.0%}")
+    if shares:
+        console.print(
+            f"  references longer than signals.max_new_tokens ({limit}) in each candidate's tokens, first {len(rows)} "
+            f"rows: {', '.join(shares)}; generations that long are cut off (signals.truncated={p.exp.signals.truncated})",
+            markup=False,
+        )
 
 
 def _corpus_size(exp: Experiment) -> int | None:

@@ -72,8 +72,13 @@ def test_profuser_end_to_end_on_micro_world(tmp_path: Path, session_cache: Path,
             # the sandbox's tokenizers put spaces on opposite sides of words by design: 40-77% of the target's
             # tokens have a source token with the identical span (measured), and those agree on their top-1
             assert 0.3 < fig["aligned_fraction"] < 1.0 and fig["top1_agreement"] > 0.95 and fig["lost_mass"] < 0.01
+            # ordinary text never lands on byte-fallback ids; how often windows cut the answer; in inference mode
+            # how many generations were cut off at max_new_tokens
+            assert fig["byte_mass"] < 0.01 and 0.0 <= fig["answer_cut"] <= 1.0
+            assert (fig["cut_off"] is None) == (mode == "training")
     shown = _harness(["signals", "inspect", str(run)], tmp_path, session_cache, shared_data)
     assert shown.returncode == 0 and "signal audit" in shown.stdout and "gpt2-safety" in shown.stdout
+    assert "on byte fallback" in shown.stdout and "cut off" in shown.stdout
 
     # the manifest says which world the run used: its fingerprint, scores and whether it is the reference world
     world = json.loads((micro_world.root / "world.json").read_text())

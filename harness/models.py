@@ -79,7 +79,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_commit(repo_id: str, revision: str = "main") -> str | None:
     """The commit a hub id resolves to, for cache keys: a hub id names whatever its branch holds today, so a key
     with the id alone would reuse results after the weights changed. Online: one quick call to the hub (what

@@ -150,6 +150,26 @@ def test_generation_ends_at_any_eos_of_the_generation_config(tiny: Any) -> None:
     assert before.startswith(after) and len(after) < len(before)
     expected = tok.decode(ids[0].tolist() + new[:first].tolist(), skip_special_tokens=True)
     assert after == expected[len(tok.decode(ids[0].tolist(), skip_special_tokens=True)) :]
+    # the response that ran to max_new_tokens is marked cut off, the one that met its end of turn finished
+    assert (before.finished, after.finished) == (eos_in(model, tok, ids, 6), True)
+
+
+def eos_in(model: Any, tok: Any, ids: torch.Tensor, n: int) -> bool:
+    new = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1] :]
+    return tok.eos_token_id in new.tolist()
+
+
+def test_a_generation_stopped_by_max_new_tokens_is_marked_cut_off(tiny: Any) -> None:
+    """`Generated.finished`: False only where generation ran to max_new_tokens without an end; a stop string ends it."""
+    model, tok = tiny
+    out = run(tiny, max_new_tokens=4, batch_size=2)
+    for prompt, got in zip(PROMPTS, out, strict=True):
+        ids = tok(render_prompt(tok, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        assert got.finished == eos_in(model, tok, ids, 4)
+    assert not all(g.finished for g in out)  # random weights rarely say EOS in 4 tokens
+    text = next(g for g in out if not g.finished and len(g.strip()) >= 2)
+    stopped = run(tiny, max_new_tokens=4, batch_size=2, stop=[text.strip()[:2]])
+    assert all(g.finished for g, o in zip(stopped, out, strict=True) if text.strip()[:2] in o)
 
 
 def test_response_keeps_generated_leading_space() -> None:
@@ -240,7 +260,9 @@ class _FakeVLLM:
                 assert isinstance(params, SamplingParams)
                 fake.requests = requests
                 out = types.SimpleNamespace
-                return [out(outputs=[out(text=a)]) for a in fake.answers[: len(requests)]]
+                reasons = [("length" if a.endswith("...") else "stop") for a in fake.answers]
+                return [out(outputs=[out(text=a.rstrip("."), finish_reason=r)])
+                        for a, r in zip(fake.answers[: len(requests)], reasons, strict=False)]  # fmt: skip
 
         self.module.LLM, self.module.SamplingParams = LLM, SamplingParams  # type: ignore[attr-defined]
 
@@ -248,15 +270,16 @@ class _FakeVLLM:
 def test_vllm_path_passes_settings_and_token_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tok = make_tokenizer()
     tok.save_pretrained(tmp_path)
-    fake = _FakeVLLM(["plain answer", "cut here STOP rest", "ends</s>junk"])
+    fake = _FakeVLLM(["plain answer", "cut here STOP rest", "ends</s>junk", "runs on and on..."])  # ...: length
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
     monkeypatch.setattr(gen, "cuda_available", lambda: True)
-    prompts = ["hi", "tell me about the lazy dog", "ok"]
+    prompts = ["hi", "tell me about the lazy dog", "ok", "go on"]
     opts = VLLMOptions(tensor_parallel_size=4, max_model_len=2048)
     out = generate(str(tmp_path), None, prompts, max_new_tokens=7, stop=["STOP"], seed=3, progress=False,
                    vllm_options=opts)
 
-    assert out == ["plain answer", "cut here ", "ends"]
+    assert out == ["plain answer", "cut here ", "ends", "runs on and on"]
+    assert [o.finished for o in out] == [True, True, True, False]  # vLLM's finish_reason "length": cut off
     assert fake.llm_kwargs["model"] == str(tmp_path.resolve())
     assert fake.llm_kwargs["tensor_parallel_size"] == 4 and fake.llm_kwargs["max_model_len"] == 2048
     assert fake.llm_kwargs["seed"] == 3

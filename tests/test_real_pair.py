@@ -117,9 +117,8 @@ def test_each_source_token_maps_to_the_id_the_target_itself_writes(pair: dict[st
     """Punctuation, digits and capitals: a SentencePiece target (Gemma) keeps byte-fallback tokens `<0x2C>`... at
     low ids beside its own `,`; the map must send SmolLM2's `,` to the `,` Gemma writes, never to `<0x2C>`.
     Checked where both tokenizers cut the text at the same place: the mapped id is the target's own token there."""
-    import numpy as np
 
-    from harness.signals.align import byte_fallback_mask, build_vocab_map
+    from harness.signals.align import build_vocab_map, byte_fallback_mask
 
     s_tok, t_tok = pair[f"{source}:tok"], pair[f"{target}:tok"]
     vmap = build_vocab_map(s_tok, t_tok)

@@ -15,8 +15,7 @@ from typing import Any
 
 from harness.config import ModelSpec
 from harness.errors import HarnessError
-from harness.models import ResolvedModel
-from harness.models import conversion_tag, hub_commit
+from harness.models import ResolvedModel, conversion_tag, hub_commit
 from harness.signals.align import vocab_fingerprint
 from harness.store import file_digests, stable_hash
 

@@ -437,6 +437,8 @@ def _answers(task: Any, row: dict[str, Any], metric: str) -> dict[str, Any]:
         return {"gold": str(target), "answer": ""}
     scores = lls / np.array([max(1.0, float(len(c))) for c in choices]) if metric == "acc_norm" else lls
     pick = int(np.argmax(scores))
+    if getattr(task, "multiple_input", False):  # partial scoring (WinoGrande): the options are the contexts
+        target = task.doc_to_text(row["doc"])
     golds = target if isinstance(target, list) else [target]
     gold_idx = [g if isinstance(g, int) else (choices.index(g) if g in choices else -1) for g in golds]
     gold_text = " | ".join(choices[g] if 0 <= g < len(choices) else str(g) for g in gold_idx)

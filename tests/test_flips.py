@@ -17,7 +17,7 @@ from harness.analysis.report import head_to_head
 from harness.cli import main
 from tests.test_report import make_run
 
-TASK = "sandbox_reasoning"
+TASK = "sandbox_knowledge"  # where the micro world's short fusion changes answers
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -115,6 +115,18 @@ def test_flips_between_a_fused_model_and_its_target_match_the_runs_own_compariso
     assert code == 2 and "has no results of 'gpt2-safety' (have: profuser, target-base)" in out, out
     code, out = _cli(["flips", str(run), f"{run}:target-base", "-t", "mmlu"])
     assert code == 2 and "did not evaluate task 'mmlu'" in out, out
+
+
+def test_the_p_value_is_the_one_report_versus_prints_for_a_clear_difference(tmp_path: Path) -> None:
+    # run folders shaped as the pipeline writes them, with a difference large enough that p is not 1
+    a, b = make_run(tmp_path, "pro"), make_run(tmp_path, "fuse", method="fusellm", schedule="reversed")
+    code, versus = _cli(["report", str(a), str(b), "--versus", "profuser:fusellm"])
+    assert code == 0, versus
+    for task in ("arith_gsm", "refusal", "harm_score"):
+        printed = next(line for line in versus.splitlines() if line.startswith(f"| {task} |")).split(" | ")[5]
+        code, text = _cli(["flips", str(a), str(b), "-t", task])
+        assert code == 0 and f"p_adj {printed} (Holm across the 5 tasks both evaluated" in text.splitlines()[2], text
+    assert float(printed) < 0.01
 
 
 def test_continuous_metrics_list_the_largest_differences_and_old_files_say_answers_are_missing(tmp_path: Path) -> None:

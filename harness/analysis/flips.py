@@ -99,7 +99,7 @@ class Flips:
         test = "exact McNemar" if self.test == "mcnemar-exact" else f"{self.test} test"
         holm = (f"p_adj {self.p_adjusted:.2g} (Holm across the {self.n_tasks} tasks both evaluated, as "
                 "`harness report --versus` prints it)" if self.n_tasks > 1 else f"p_adj {self.p_adjusted:.2g}")  # fmt: skip
-        unpaired = f" · {self.unpaired} documents evaluated by one side only, left out" if self.unpaired else ""
+        unpaired = f" · evaluated by one side only, left out: {self.unpaired}" if self.unpaired else ""
         return (f"{self.task} ({self.metric}, {self.n} documents): {counts} · Δ {100 * self.delta:+.1f} points · "
                 f"{test} p {self.p_value:.4g} · {holm}{unpaired}")  # fmt: skip
 

@@ -76,7 +76,7 @@ def test_flips_between_two_runs_list_each_document_and_print_the_versus_p_value(
     assert code == 0, text
     summary = text.splitlines()[2]
     assert f"profuser right, fusellm wrong: {len(only_a)}" in summary and f"fusellm right, profuser wrong: {len(only_b)}" in summary
-    assert f"p_adj {printed} (Holm across the 3 tasks both evaluated" in summary
+    assert f"p_adj {printed} (Holm across the 2 tasks both evaluated" in summary
     assert f"exact McNemar p {found.p_value:.4g}" in summary
     assert text.count("\ndoc ") == len(only_a) + len(only_b) and "  gold: " in text
 
@@ -103,7 +103,7 @@ def test_flips_between_a_fused_model_and_its_target_match_the_runs_own_compariso
     found = harness.flips(run, f"{run}:target-base", TASK, limit=1)
     own = next(c for c in json.loads((run / "summary.json").read_text())["comparisons"] if c["task"] == TASK)
     assert (found.p_value, found.delta) == (own["p_value"], own["delta"])
-    assert found.p_adjusted == own["p_adjusted"]  # the run's Holm family is its 3 tasks, as here
+    assert found.p_adjusted == own["p_adjusted"]  # the run's Holm family is its 2 tasks, as here
     assert len(found.group("a")) <= 1 and len(found.group("b")) <= 1  # --limit caps the lists, never the counts
     assert found.counts["a_only"] + found.counts["b_only"] >= len(found.flips)
     code, out = _cli(["flips", str(run), f"{run}:target-base", "-t", TASK, "--json", "--full"])

@@ -130,7 +130,7 @@ def test_html_report_of_a_sweep_holds_every_table_figure_run_and_flip(micro_swee
     counts = next(t for t in page.tables if t[0][:2] == ["pair", "task"] and "p_adj" in t[0])
     pairs = {row[0] for row in counts[1:]}
     assert "profuser seed 0 vs target-base" in pairs and "profuser seed 1 vs fusellm seed 1" in pairs
-    assert len(counts) - 1 == (4 + 2) * 3  # 4 runs against their target, 2 seeds of profuser vs fusellm; 3 tasks
+    assert len(counts) - 1 == (4 + 2) * 2  # 4 runs against their target, 2 seeds of profuser vs fusellm; 2 tasks
     found = harness.flips(f"{micro_sweep}:profuser@0", f"{micro_sweep}:fusellm@0", "sandbox_knowledge", limit=25)
     row = next(r for r in counts if r[:2] == ["profuser seed 0 vs fusellm seed 0", "sandbox_knowledge"])
     assert row[3:5] == [str(found.counts["a_only"]), str(found.counts["b_only"])] and row[7] == f"{found.p_adjusted:.2g}"

@@ -80,6 +80,12 @@ def test_screenshot_for_the_readme(report: Path) -> None:
     SCREENSHOT.unlink(missing_ok=True)
     # the page as the link of a filtered view shows it: one task's counts and documents under the table
     url = f"{report.as_uri()}#task=sandbox_knowledge"
-    _run(url, f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", "--force-device-scale-factor=1")
-    assert SCREENSHOT.is_file() and SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert SCREENSHOT.stat().st_size > 50_000  # a page, not a blank frame
+    _run(url, f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", "--force-device-scale-factor=1",
+         "--run-all-compositor-stages-before-draw")
+    from PIL import Image
+
+    with Image.open(SCREENSHOT) as shot:
+        assert shot.size == (1280, 1400)
+        gray = shot.convert("L")
+        # painted to the bottom edge (the filtered list is longer than the window), not a half-drawn frame
+        assert gray.crop((0, 1200, 1280, 1400)).getextrema()[0] < 128

@@ -153,3 +153,22 @@ def test_html_report_of_two_runs_holds_their_head_to_head(micro_sweep: Path, tmp
     assert md_tables(harness.compare([a, b]))[0] == page.tables[0]
     code = CliRunner().invoke(main, ["report", str(a), str(b), "--format", "html", "--versus", "profuser:fusellm"])
     assert code.exit_code == 2 and "--format html is the whole report" in code.output
+
+
+def test_runs_written_before_prompts_were_kept_and_schedules_apart(tmp_path: Path) -> None:
+    # run folders laid out as older pipelines wrote them (no prompts file), two schedules of one method
+    from tests.test_report import make_run
+
+    runs = [make_run(tmp_path, "pro"), make_run(tmp_path, "rev", schedule="reversed"),
+            make_run(tmp_path, "fuse", method="fusellm"), make_run(tmp_path, "plain", method=None, with_log=False)]  # fmt: skip
+    html = harness.compare(runs, "html")
+    page = parse(html)
+    assert_self_contained(page, html)
+    assert page.tables[0] == md_tables(harness.compare(runs))[0]
+    counts = next(t for t in page.tables if t[0][:2] == ["pair", "task"] and "p_adj" in t[0])
+    assert {row[0] for row in counts[1:]} == {
+        "profuser (progressive) seed 0 vs target-base", "profuser (reversed) seed 0 vs target-base",
+        "fusellm seed 0 vs target-base", "profuser (progressive) seed 0 vs profuser (reversed) seed 0",
+        "profuser (progressive) seed 0 vs fusellm seed 0", "profuser (reversed) seed 0 vs fusellm seed 0"}  # fmt: skip
+    docs = next(t for t in page.tables if t[0][:3] == ["pair", "task", "better"])
+    assert len(docs) > 1 and all(row[4:8] == ["–"] * 4 for row in docs[1:])  # prompt, gold and answers unknown

@@ -81,10 +81,12 @@ def _figures(paths: Sequence[Path]) -> list[Figure]:
     return [Figure(p.stem.replace("_", " "), _png(p)) for p in sorted(paths) if p.suffix == ".png"]
 
 
-def run_name(summary: dict[str, Any]) -> str:
-    """A run's row as a person reads it: method (or evaluated model), sweep variant and seed."""
+def run_name(summary: dict[str, Any], with_schedule: bool = False) -> str:
+    """A run's row as a person reads it: method (or evaluated model), its schedule where runs differ in it, sweep
+    variant and seed."""
     own = summary.get("method") or summary.get("label") or summary.get("run_id") or "?"
-    parts = [str(own), variant_text(summary.get("variant"))]
+    schedule = summary.get("schedule") if with_schedule and summary.get("method") else None
+    parts = [str(own), f"({schedule})" if schedule else "", variant_text(summary.get("variant"))]
     if summary.get("method") and summary.get("seed") is not None:
         parts.append(f"seed {summary['seed']}")
     return " ".join(p for p in parts if p)
@@ -114,7 +116,10 @@ def _head_to_heads(runs: Sequence[Path], summaries: Sequence[dict[str, Any]], al
             count[s["method"]] = count.get(s["method"], 0) + 1
     methods = [m for m, k in count.items() if k == 1]
     out = []
+    tasks = {s["method"]: set(s["tasks"]) for s in summaries if s.get("method") in methods}
     for a, b in itertools.combinations(methods, 2):
+        if not tasks[a] & tasks[b]:
+            continue
         frame = head_to_head(runs, a, b, allow_mismatch=allow_mismatch)
         out.append(markdown_html(render_head_to_head(frame, "md")))
     return out
@@ -123,17 +128,19 @@ def _head_to_heads(runs: Sequence[Path], summaries: Sequence[dict[str, Any]], al
 def flip_pairs(runs: Sequence[Path]) -> list[tuple[Side, Side]]:
     """The pairs the flips browser shows: each fusion run's model against its target, then every two fusion runs
     with the same seed and target (in the order given)."""
-    fused = []
-    for run in runs:
-        s = load_summary(run)
-        if s.get("method"):
-            fused.append((run, s))
-    pairs = [(Side(run, s["method"], run_name(s)), Side(run, BASELINE_LABEL, BASELINE_LABEL))
-             for run, s in fused]  # fmt: skip
+    fused = [(run, s) for run in runs if (s := load_summary(run)).get("method")]
+    schedules: dict[str, set[Any]] = {}
+    for _, s in fused:
+        schedules.setdefault(s["method"], set()).add(s.get("schedule"))
+
+    def name(s: dict[str, Any]) -> str:
+        return run_name(s, with_schedule=len(schedules[s["method"]]) > 1)
+
+    pairs = [(Side(run, s["method"], name(s)), Side(run, BASELINE_LABEL, BASELINE_LABEL)) for run, s in fused]
     for (ra, sa), (rb, sb) in itertools.combinations(fused, 2):
         same = sa.get("seed") == sb.get("seed") and (sa.get("models") or {}).get("target") == (sb.get("models") or {}).get("target")
         if same:
-            pairs.append((Side(ra, sa["method"], run_name(sa)), Side(rb, sb["method"], run_name(sb))))
+            pairs.append((Side(ra, sa["method"], name(sa)), Side(rb, sb["method"], name(sb))))
     return pairs
 
 

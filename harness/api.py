@@ -20,10 +20,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.config import SCHEDULES, Experiment, SandboxSpec, load_experiment
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.analysis.flips import Flips
 
 PathLike = str | os.PathLike[str]
 
@@ -253,7 +256,7 @@ def versus(
     return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch), fmt)
 
 
-def flips(a: Run | PathLike | str, b: Run | PathLike | str, task: str, *, limit: int | None = None) -> Any:
+def flips(a: Run | PathLike, b: Run | PathLike, task: str, *, limit: int | None = None) -> Flips:
     """The documents of `task` where two models' results differ, paired by document hash: a right and b wrong, and
     the reverse (continuous metrics: the largest differences each way), each with its prompt, gold answer, both
     answers and metric values, and the counts with the paired test `versus` reports (a `Flips`; `.render()`,

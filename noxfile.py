@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
@@ -60,6 +61,17 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     _install(session)
     session.run("mypy")
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The HTML report in headless Chromium from the system's packages (installed with apt-get when missing; never
+    a downloaded browser build): rendered tables, the flips filter, and docs/figures/html_report.png."""
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        session.run("apt-get", "update", external=True)
+        session.run("apt-get", "install", "-y", "chromium", external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+    _install(session)
+    session.run("pytest", "-q", "-m", "browser", "tests/test_browser.py", *session.posargs, env=_env())
 
 
 @nox.session

@@ -20,15 +20,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.config import SCHEDULES, Experiment, SandboxSpec, load_experiment
 from harness.errors import HarnessError
 
+if TYPE_CHECKING:
+    from harness.analysis.flips import Flips
+
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "evaluate", "finished", "load_experiment", "load_run",
-           "load_sweep", "plan", "plan_sweep", "run", "schedule_variants", "sweep", "verify", "versus"]  # fmt: skip
+__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "evaluate", "finished", "flips",
+           "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep", "run", "schedule_variants", "sweep", "verify",
+           "versus"]  # fmt: skip
 
 
 @dataclass
@@ -223,6 +227,8 @@ def compare(
     runs: Sequence[Run | PathLike], fmt: str = "md", *, allow_mismatch: bool = False, holm: str = "run"
 ) -> str:
     """One table over several runs (md, latex or csv): rows are models and methods, with significance markers.
+    `html` gives the whole report as one self-contained page: the table, the head-to-head tables, each sweep's grid
+    table and figures, the figures, the runs' metadata and a flips browser (harness/analysis/html.py).
 
     Only finished runs count (see `finished`); a seed repeated by several folders counts once.
     Runs that evaluated a task differently (data, task version, shots, limit, metric) are refused unless
@@ -230,6 +236,10 @@ def compare(
     tasks × (method + sources)); "table" adjusts across every comparison the table shows."""
     from harness.analysis.report import build_table, render
 
+    if fmt.lower() == "html":
+        from harness.analysis.html import render_html
+
+        return render_html(_dirs(runs), finished(runs), allow_mismatch=allow_mismatch, holm_scope=holm)  # type: ignore[arg-type]
     return render(build_table(finished(runs), allow_mismatch=allow_mismatch, holm_scope=holm), fmt)  # type: ignore[arg-type]
 
 
@@ -244,6 +254,24 @@ def versus(
     if not (a and b) or a == b:
         raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
     return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch), fmt)
+
+
+def flips(a: Run | PathLike, b: Run | PathLike, task: str, *, limit: int | None = None) -> Flips:
+    """The documents of `task` where two models' results differ, paired by document hash: a right and b wrong, and
+    the reverse (continuous metrics: the largest differences each way), each with its prompt, gold answer, both
+    answers and metric values, and the counts with the paired test `versus` reports (a `Flips`; `.render()`,
+    `.to_dict()`). A side is `RUN[:LABEL]` (default: the run's fused or evaluated model; `target-base` or a
+    source's name for the others) or `SWEEP:POINT@SEED`; `limit` caps each group's list."""
+    from dataclasses import replace
+
+    from harness.analysis.flips import find_flips, resolve_side
+
+    side_a, side_b = (resolve_side(str(s.dir) if isinstance(s, Run) else os.fspath(s)) for s in (a, b))
+    if (side_a.run, side_a.label) == (side_b.run, side_b.label):
+        raise HarnessError(f"both sides are '{side_a.run}:{side_a.label}'; compare two different models", "flips")
+    if side_a.name == side_b.name:
+        side_a, side_b = replace(side_a, name=f"{side_a.name} (a)"), replace(side_b, name=f"{side_b.name} (b)")
+    return find_flips(side_a, side_b, task, limit=limit)
 
 
 def against(sweep: Sweep | PathLike, axis: str, reference: Any) -> str:

@@ -422,7 +422,8 @@ def tasks(as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv", "html"]), default="md", show_default=True,
+              help="html: the whole report as one self-contained page (tables, figures, run metadata, flips).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
 @click.option("--versus", default=None, metavar="A:B",
               help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv).")
@@ -447,9 +448,13 @@ def report(
       harness report results/*/ --versus profuser:fusellm
       harness report results/*/ --holm table
       harness report results/sweep-0123456789 --against signals.alignment=span
+      harness report results/*/ --format html --out report.html
     """
     from harness import api
 
+    if fmt == "html" and (versus is not None or against is not None):
+        raise HarnessError("--format html is the whole report (its head-to-head tables included); leave out "
+                           "--versus and --against", "cli")  # fmt: skip
     if against is not None:
         key, sep, value = against.partition("=")
         if not (key and sep and value) or len(run_dirs) != 1 or versus is not None:
@@ -471,6 +476,36 @@ def report(
         click.echo(f"wrote {out_file}")
     else:
         click.echo(text)
+
+
+@main.command()
+@click.argument("side_a", metavar="RUN_A[:LABEL]")
+@click.argument("side_b", metavar="RUN_B[:LABEL]")
+@click.option("--task", "-t", required=True, help="The task whose documents to list.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Documents listed per group (all by default).")
+@click.option("--full", is_flag=True, help="Whole prompts instead of their last 240 characters.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def flips(side_a: str, side_b: str, task: str, limit: int | None, full: bool, as_json: bool) -> None:
+    """The documents where two models' results differ: A right and B wrong, and the reverse (continuous metrics:
+    the largest differences), with prompt, gold answer, both answers and the metric; counts and the paired test
+    (the p-value `harness report --versus` prints) on the first lines.
+
+    A side is RUN[:LABEL] (the run's fused model by default; target-base or a source's name for the others) or
+    SWEEP:POINT@SEED (a grid point of a sweep folder at one seed).
+
+    \b
+    Examples:
+      harness flips results/run-profuser results/run-fusellm -t sandbox_reasoning
+      harness flips results/run-profuser results/run-profuser:target-base -t sandbox_safety --limit 5
+      harness flips results/sweep-0123:profuser@0 results/sweep-0123:fusellm@0 -t sandbox_reasoning --json
+    """
+    from harness import api
+
+    found = api.flips(side_a, side_b, task, limit=limit)
+    if as_json:
+        click.echo(json.dumps(found.to_dict(full=full), indent=1, ensure_ascii=False))
+    else:
+        click.echo(found.render(full=full), nl=False)
 
 
 @main.command()

@@ -47,3 +47,23 @@ def micro_world(session_cache: Path):  # type: ignore[no-untyped-def]
     from harness.sandbox.build import build_world
 
     return build_world(size="micro", seed=0, cache_dir=session_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro_sweep(session_cache: Path, tmp_path_factory: pytest.TempPathFactory, micro_world) -> Path:  # type: ignore[no-untyped-def]
+    """One finished sweep on the micro world, run once per session through the CLI for the tests that read real
+    run folders (flips, the HTML report): ProFuser and FuseLLM, seeds 0 and 1, the knowledge and safety skills at
+    20 documents each (micro reasoning is at the floor for every model). Its folder holds sweep.json,
+    summary.json, tables/, plots/ and the four cells' runs/."""
+    import subprocess
+    import sys
+
+    cwd = tmp_path_factory.mktemp("micro-sweep")
+    args = ["sweep", "--grid", "method.name=profuser,fusellm", "--seeds", "0,1", "-t", "sandbox_knowledge,sandbox_safety",
+            "--limit", "20", "--set", "sandbox.size=micro", "--set", "train.max_steps=12", "--set", "corpus.limit=64",
+            "--set", "eval.compare_sources=false", "-q", "--out", "r"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, HARNESS_CACHE_DIR=str(session_cache)), timeout=1500)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = list((cwd / "r").glob("sweep-*/"))
+    return folder

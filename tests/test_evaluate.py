@@ -452,6 +452,10 @@ def test_a_group_is_one_micro_averaged_score_over_its_subtasks(tiny: tuple[Any, 
     assert [p["prompt"] for p in prompts] == ["2+2="] * 3 + ["1+1=", "3+3="]
     assert score.value == pytest.approx(sum(r["acc"] for r in out) / 5, abs=1e-9)
     assert [r["acc"] for r in out[:3]] == [out[0]["acc"]] * 3  # fake_a's three identical documents come first
+    # beside each prompt: the gold option and the option the metric picked (what `harness flips` shows)
+    assert [(p["gold"], p["gold_index"]) for p in prompts] == [("4", 0)] * 3 + [("2", 1), ("6", 0)]
+    for r, p in zip(out, prompts, strict=True):
+        assert p["answer"] in ("4", "5", "3", "2", "6", "7") and r["acc"] == float(p["answer_index"] == p["gold_index"])
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from harness import distributed
@@ -50,8 +51,9 @@ from harness.store import (
     write_jsonl,
 )
 
-CACHE_FORMAT = 3  # part of every entry's key (older entries are not read); 2: shots set through the task config,
-# per-sample doc hashes, prompts, both gsm8k filters; 3: entries sealed with SHA256SUMS
+CACHE_FORMAT = 4  # part of every entry's key (older entries are not read); 2: shots set through the task config,
+# per-sample doc hashes, prompts, both gsm8k filters; 3: entries sealed with SHA256SUMS; 4: gold and model answers
+# beside each prompt
 
 EVAL_SEEDS = {
     "random_seed": 0,
@@ -405,10 +407,50 @@ def _prompt(row: dict[str, Any]) -> str:
     return ""
 
 
+def _request_args(row: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The arguments of each request of a logged sample, as tuples (lm-eval logs tuples, or serialises them as
+    {"gen_args_0": {"arg_0": ..., "arg_1": ...}})."""
+    args = row.get("arguments") or []
+    if isinstance(args, dict):
+        return [tuple(a.values()) if isinstance(a, dict) else (a,) for a in args.values()]
+    return [tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in args]
+
+
+def _answers(task: Any, row: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The gold answer and the model's answer of one document, as text a reader compares (`harness flips`).
+
+    Generation tasks: the reference and the generated answer under the kept filter (its extraction, e.g. gsm8k's
+    number), with the raw generation when it differs. Multiple choice: the gold option(s) and the option the metric
+    picked (the highest log-likelihood, per character for `acc_norm`, as lm-eval scores it), with their indices."""
+    target = row.get("target")
+    if task.get_config("output_type") != "multiple_choice":
+        resps, raw = row.get("filtered_resps") or [], row.get("resps") or []
+        answer = resps[0] if resps else ""
+        out = {"gold": str(target), "answer": str(answer[0] if isinstance(answer, (list, tuple)) and answer else answer)}
+        first_raw = raw[0][0] if raw and isinstance(raw[0], (list, tuple)) and raw[0] else None
+        if isinstance(first_raw, str) and first_raw != out["answer"]:
+            out["generation"] = first_raw
+        return out
+    choices = [str(c) for c in task.doc_to_choice(row["doc"])]
+    lls = np.array([float(r[0]) for r in (row.get("filtered_resps") or [])[: len(choices)]])
+    if lls.size != len(choices) or not choices:
+        return {"gold": str(target), "answer": ""}
+    scores = lls / np.array([max(1.0, float(len(c))) for c in choices]) if metric == "acc_norm" else lls
+    pick = int(np.argmax(scores))
+    if getattr(task, "multiple_input", False):  # partial scoring (WinoGrande): the options are the contexts
+        target = task.doc_to_text(row["doc"])
+    golds = target if isinstance(target, list) else [target]
+    gold_idx = [g if isinstance(g, int) else (choices.index(g) if g in choices else -1) for g in golds]
+    gold_text = " | ".join(choices[g] if 0 <= g < len(choices) else str(g) for g in gold_idx)
+    return {"gold": gold_text, "answer": choices[pick], "gold_index": gold_idx if len(gold_idx) > 1 else gold_idx[0],
+            "answer_index": pick}  # fmt: skip
+
+
 def _run_task(
     lm: Any, task_manager: Any, plan: _Plan, limit: int | None, max_gen_toks: int
 ) -> tuple[TaskScore, list[dict], list[dict]] | None:
-    """One task through lm-eval: its score, one per-sample row per document, and the prompt of each document."""
+    """One task through lm-eval: its score, one per-sample row per document, and the prompt of each document with
+    its gold answer and the model's answer."""
     import lm_eval.evaluator
     from lm_eval import simple_evaluate
 
@@ -460,7 +502,8 @@ def _run_task(
             for extra in info.also_filters:
                 row[f"{info.metric},{extra}"] = float(by_filter[extra][doc][info.metric])
             rows.append(row)
-            prompts.append({"doc_id": row["doc_id"], "doc_hash": r["doc_hash"], "prompt": _prompt(r)})
+            prompts.append({"doc_id": row["doc_id"], "doc_hash": r["doc_hash"], "prompt": _prompt(r),
+                            **_answers(loaded["tasks"][sub], r, info.metric)})  # fmt: skip
     agg = res["results"][name]
     stderr = agg.get(f"{info.metric}_stderr,{info.filter}")
     score = TaskScore(
@@ -590,7 +633,8 @@ def prompts_path(label_dir: Path, task: str) -> Path:
 
 
 def read_prompts(label_dir: Path, task: str) -> list[dict[str, Any]]:
-    """[{doc_id, doc_hash, prompt}] of one task of one label: the prompts lm-eval built, in doc_id order."""
+    """[{doc_id, doc_hash, prompt, gold, answer, ...}] of one task of one label: the prompts lm-eval built, in doc_id
+    order, with the gold answer and the model's (files written before CACHE_FORMAT 4 hold the prompt only)."""
     with gzip.open(prompts_path(label_dir, task), "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 

@@ -204,6 +204,10 @@ def test_the_real_hetero_dry_run_converts_nothing_and_shows_the_formats(tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| <|im_start|>assistant" in proc.stderr  # SmolLM2's tokenizer read from the packaged GGUF in place
     assert "gemma3-270m: not shown: its packaged GGUF is assembled and converted by the first run" in proc.stderr
+    # how many generations will be cut off at max_new_tokens, estimated from the references' lengths
+    out = " ".join(proc.stderr.split())
+    assert "references longer than signals.max_new_tokens (256) in each candidate's tokens" in out
+    assert "smollm2-135m-instruct 2" in out and "signals.truncated=drop" in out  # 24% of the first 200
     assert not cache.exists() and not (tmp_path / "results").exists()
 
 

@@ -473,6 +473,52 @@ def report(
         click.echo(text)
 
 
+@main.command(name="power")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Documents per task (both systems on the same ones).")
+@click.option("--p-discordant", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Binary metric: share of documents the two systems answer differently.")
+@click.option("--sd-diff", type=click.FloatRange(0, min_open=True), default=None,
+              help="Continuous metric: per-document SD of the differences (one seed).")
+@click.option("--mde", type=click.FloatRange(0, min_open=True), default=None,
+              help="Instead of --n: the difference to detect (a fraction for binary metrics); prints the N needed.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
+@click.option("--power", "target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True)
+@click.option("--comparisons", "-M", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Comparisons Holm-corrected together (guaranteed at Holm's first step, alpha/M).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds pooled over documents [default: 1, or the sweep's].")
+@click.option("--seed-correlation", type=click.FloatRange(0, 1), default=None,
+              help="Correlation of a document's difference between two seeds [default: 0, or estimated by --from].")
+@click.option("--from", "source", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Estimate documents, discordance (or SD) and seeds from a finished run or sweep folder.")
+@click.option("--task", default=None, help="With --from: only this task.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one object, or a list with --from).")
+def power_cmd(
+    n: int | None, p_discordant: float | None, sd_diff: float | None, mde: float | None, alpha: float, target: float,
+    comparisons: int, seeds: int | None, seed_correlation: float | None, source: str | None, task: str | None,
+    as_json: bool,
+) -> None:
+    """Minimum detectable difference of a paired comparison (or, with --mde, the documents needed).
+
+    \b
+    Examples:
+      harness power --n 300 --p-discordant 0.2                 # exact McNemar: MDE 7.4 pts
+      harness power --n 300 --p-discordant 0.2 -M 6 --seeds 3  # Holm over 6 rows, 3 seeds pooled
+      harness power --mde 0.03 --p-discordant 0.2              # documents needed for 3 points
+      harness power --n 500 --sd-diff 1.4                      # a continuous metric
+      harness power --from results/sweep-0123456789 --task sandbox_reasoning
+    """
+    from harness import api
+
+    rows = api.power(n=n, p_discordant=p_discordant, sd_diff=sd_diff, mde=mde, alpha=alpha, power=target,
+                     comparisons=comparisons, seeds=seeds, seed_correlation=seed_correlation, source=source, task=task)  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows if source is not None else rows[0], indent=2))
+        return
+    from harness.analysis.power import render_rows
+
+    click.echo(render_rows(rows, solve_n=mde is not None))
+
+
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder (default: first run's plots/).")

@@ -1,0 +1,113 @@
+"""`harness power`: every reported MDE is checked by simulating the harness's own tests at that difference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar
+
+import harness
+from harness.analysis.stats import signed_sum_test
+from harness.cli import main
+
+
+def _mde(**kwargs: object) -> dict:
+    [row] = harness.power(**kwargs)  # type: ignore[arg-type]
+    return row
+
+
+def _exact_mcnemar_p(only_a: np.ndarray, only_b: np.ndarray) -> np.ndarray:
+    """statsmodels' exact McNemar p, vectorised: 2·P(Bin(d, 1/2) ≤ min(n_a, n_b)), capped at 1."""
+    d = only_a + only_b
+    return np.where(d > 0, np.minimum(1.0, 2 * sps.binom.cdf(np.minimum(only_a, only_b), d, 0.5)), 1.0)
+
+
+def test_the_vectorised_exact_mcnemar_is_statsmodels() -> None:
+    for a, b in [(0, 0), (5, 0), (3, 9), (20, 31), (7, 7)]:
+        want = mcnemar([[10, a], [b, 10]], exact=True).pvalue
+        assert _exact_mcnemar_p(np.array([a]), np.array([b]))[0] == pytest.approx(min(want, 1.0))
+
+
+@pytest.mark.parametrize(("n", "p_d", "m"), [(40, 0.2, 1), (100, 0.3, 1), (300, 0.2, 1), (300, 0.1, 6), (1000, 0.15, 3)])
+def test_simulated_mcnemar_power_at_the_reported_mde_is_the_requested_power(n: int, p_d: float, m: int) -> None:
+    row = _mde(n=n, p_discordant=p_d, comparisons=m)
+    delta = row["mde"]
+    assert delta is not None and 0 < delta <= p_d and row["alpha_per_comparison"] == pytest.approx(0.05 / m)
+    rng = np.random.default_rng(0)
+    p_a, p_b = (p_d + delta) / 2, (p_d - delta) / 2  # documents only a (only b) gets right
+    counts = rng.multinomial(n, [p_a, p_b, 1 - p_d], size=40_000)
+    simulated = np.mean(_exact_mcnemar_p(counts[:, 0], counts[:, 1]) < 0.05 / m)
+    assert simulated == pytest.approx(0.8, abs=0.03)
+
+
+def test_the_issue_example_and_the_normal_approximation_at_small_n() -> None:
+    row = _mde(n=300, p_discordant=0.2)
+    assert 0.07 < row["mde"] < 0.078  # "about 7 points" (issue 26), exactly 7.4
+    small = _mde(n=40, p_discordant=0.3)
+    assert small["mde"] > small["mde_normal"]  # the exact test needs more than the normal approximation promises
+
+
+def test_mde_and_documents_needed_are_inverse() -> None:
+    need = _mde(mde=0.05, p_discordant=0.2)["n"]
+    assert _mde(n=need, p_discordant=0.2)["mde"] <= 0.05 + 1e-9
+    assert _mde(n=need - 40, p_discordant=0.2)["mde"] > 0.05
+    cont = _mde(mde=0.1, sd_diff=0.5)["n"]
+    assert cont == math.ceil(cont) and _mde(n=cont, sd_diff=0.5)["mde"] <= 0.1 + 1e-9
+
+
+def test_simulated_pooled_sign_test_over_seeds_at_the_reported_mde() -> None:
+    n, p_d, seeds = 200, 0.2, 3
+    row = _mde(n=n, p_discordant=p_d, seeds=seeds)
+    delta = row["mde"]
+    assert delta < _mde(n=n, p_discordant=p_d)["mde"]  # seeds independent given the document add power
+    rng = np.random.default_rng(1)
+    p_a, p_b = (p_d + delta) / 2, (p_d - delta) / 2
+    per_seed = rng.choice([1, -1, 0], p=[p_a, p_b, 1 - p_d], size=(2000, seeds, n))  # a − b per seed and document
+    sums = per_seed.sum(axis=1)
+    simulated = np.mean([signed_sum_test(s) < 0.05 for s in sums])  # the sweep's own test over documents
+    assert simulated == pytest.approx(0.8, abs=0.03)
+
+
+def test_correlated_seeds_add_less_and_identical_seeds_nothing() -> None:
+    one = _mde(n=300, sd_diff=1.0)["mde"]
+    assert _mde(n=300, sd_diff=1.0, seeds=4, seed_correlation=1.0)["mde"] == pytest.approx(one, rel=1e-4)
+    half = _mde(n=300, sd_diff=1.0, seeds=4, seed_correlation=0.5)["mde"]
+    assert _mde(n=300, sd_diff=1.0, seeds=4)["mde"] < half < one
+
+
+@pytest.mark.parametrize(("n", "sd"), [(30, 1.0), (100, 0.4), (400, 2.0)])
+def test_simulated_sign_flip_power_at_the_reported_continuous_mde(n: int, sd: float) -> None:
+    delta = _mde(n=n, sd_diff=sd)["mde"]
+    rng = np.random.default_rng(2)
+    sims, flips = 3000, 600
+    diffs = rng.normal(delta, sd, size=(sims, n))
+    signs = rng.choice([-1.0, 1.0], size=(flips, n))
+    observed = np.abs(diffs.mean(axis=1))
+    resampled = np.abs(signs @ diffs.T) / n  # flips × sims: the sign-flip distribution of each simulated mean
+    p = (np.sum(resampled >= observed[None, :] - 1e-12, axis=0) + 1) / (flips + 1)
+    assert np.mean(p < 0.05) == pytest.approx(0.8, abs=0.03)
+
+
+def test_cli_json_and_text() -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["power", "--n", "300", "--p-discordant", "0.2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert {"n", "p_discordant", "alpha", "power", "mde"} <= out.keys() and out["n"] == 300
+    assert out["mde"] == pytest.approx(_mde(n=300, p_discordant=0.2)["mde"])
+    text = runner.invoke(main, ["power", "--n", "300", "--p-discordant", "0.2", "-M", "6"]).output
+    assert "α/M = 0.008333" in text and "pts" in text
+    needed = runner.invoke(main, ["power", "--mde", "0.03", "--p-discordant", "0.2"]).output
+    assert "documents needed to detect 3.0 pts" in needed
+
+
+@pytest.mark.parametrize("args", [["--n", "300"], ["--n", "300", "--p-discordant", "0.2", "--sd-diff", "1"],
+                                  ["--p-discordant", "0.2"], ["--mde", "0.3", "--p-discordant", "0.2"]])  # fmt: skip
+def test_bad_questions_are_one_line_errors(args: list[str]) -> None:
+    res = CliRunner().invoke(main, ["power", *args])
+    assert res.exit_code == 2 and res.output.count("\n") <= 1 and "harness: power:" in res.output

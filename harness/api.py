@@ -234,16 +234,19 @@ def compare(
 
 
 def versus(
-    runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md", *, allow_mismatch: bool = False
+    runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md", *, allow_mismatch: bool = False,
+    metric: str | None = None,
 ) -> str:
     """Method `a` against method `b` task by task, paired over the same documents, Holm across tasks. Runs that
     evaluated a task differently are refused unless `allow_mismatch` (then the documents both evaluated are
-    paired, and the table says what differs)."""
+    paired, and the table says what differs). A row that is not significant names its minimum detectable
+    difference. `metric` compares a secondary per-document metric instead (`margin`: the answer's log-probability
+    margin of multiple-choice tasks), continuous, with the sign-flip test."""
     from harness.analysis.report import head_to_head, render_head_to_head
 
     if not (a and b) or a == b:
         raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
-    return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch), fmt)
+    return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch, metric=metric), fmt)
 
 
 def against(sweep: Sweep | PathLike, axis: str, reference: Any) -> str:

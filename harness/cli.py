@@ -434,9 +434,11 @@ def tasks(as_json: bool) -> None:
                    "the table says what differs.")
 @click.option("--holm", "holm", type=click.Choice(["run", "table"]), default="run", show_default=True,
               help="Holm family of the markers: each run's own comparisons, or every comparison the table shows.")
+@click.option("--metric", type=click.Choice(["margin"]), default=None,
+              help="With --versus: compare the answer's log-probability margin (multiple-choice tasks) instead.")
 def report(
     run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None, against: str | None,
-    allow_mismatch: bool, holm: str,
+    allow_mismatch: bool, holm: str, metric: str | None,
 ) -> None:
     """Compare runs in one table: rows are models and methods, columns tasks, with significance markers.
 
@@ -445,11 +447,14 @@ def report(
       harness report results/*/
       harness report results/run-a results/run-b --format latex --out table.tex
       harness report results/*/ --versus profuser:fusellm
+      harness report results/*/ --versus profuser:fusellm --metric margin
       harness report results/*/ --holm table
       harness report results/sweep-0123456789 --against signals.alignment=span
     """
     from harness import api
 
+    if metric is not None and versus is None:
+        raise HarnessError("--metric compares two methods head to head; add --versus A:B", "cli")
     if against is not None:
         key, sep, value = against.partition("=")
         if not (key and sep and value) or len(run_dirs) != 1 or versus is not None:
@@ -461,7 +466,7 @@ def report(
             raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")
         if holm != "run":
             raise HarnessError("--holm applies to the main table; --versus is Holm-adjusted across its tasks", "cli")
-        text = api.versus(run_dirs, a, b, fmt, allow_mismatch=allow_mismatch)
+        text = api.versus(run_dirs, a, b, fmt, allow_mismatch=allow_mismatch, metric=metric)
     else:
         text = api.compare(run_dirs, fmt, allow_mismatch=allow_mismatch, holm=holm)
     if out_file:

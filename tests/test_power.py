@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 
 import harness
-from harness.analysis.stats import signed_sum_test
+from harness.analysis.stats import load_samples, signed_sum_test
 from harness.cli import main
 
 
@@ -111,3 +112,86 @@ def test_cli_json_and_text() -> None:
 def test_bad_questions_are_one_line_errors(args: list[str]) -> None:
     res = CliRunner().invoke(main, ["power", *args])
     assert res.exit_code == 2 and res.output.count("\n") <= 1 and "harness: power:" in res.output
+
+
+# ----------------------------------------------------------------------------- from finished runs, in reports
+
+
+def _add_margins_and_clusters(run: Path, label: str, seed: int) -> None:
+    """Per-sample rows as evaluation writes them for a multiple-choice task: the margin's sign is the 0/1 outcome."""
+    rng = np.random.default_rng(seed)
+    path = run / "eval" / label / "facts_qa.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        size = abs(rng.normal(1.0, 0.7)) + 0.05
+        r["margin"] = size if r["acc"] == 1.0 else -size
+        r["cluster"] = f"subject{r['doc_id'] % 8}"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_from_a_run_estimates_each_pair_and_reports_mde(tmp_path: Path) -> None:
+    from tests.test_report import N_DOCS, make_run
+
+    run = make_run(tmp_path, "pro")
+    rows = harness.power(source=run, task="arith_gsm", comparisons=2)
+    pairs = {(r["a"], r["b"]) for r in rows}
+    assert ("profuser", "target-base") in pairs and all(r["n"] == N_DOCS for r in rows)
+    xa = load_samples(run, "profuser", "arith_gsm", "exact_match")
+    xb = load_samples(run, "target-base", "arith_gsm", "exact_match")
+    row = next(r for r in rows if (r["a"], r["b"]) == ("profuser", "target-base"))
+    p_d = np.mean([xa[k] != xb[k] for k in xa])
+    assert row["p_discordant"] == pytest.approx(p_d) and row["observed_delta"] == pytest.approx(np.mean([xa[k] - xb[k] for k in xa]))
+    assert row["mde"] == pytest.approx(_mde(n=N_DOCS, p_discordant=p_d, comparisons=2)["mde"])
+    res = CliRunner().invoke(main, ["power", "--from", str(run), "--task", "harm_score"])
+    assert res.exit_code == 0 and "| harm_score | profuser | target-base |" in res.output
+
+
+def test_from_a_sweep_pools_its_seeds(tmp_path: Path) -> None:
+    from tests.test_report import make_run
+
+    runs = tmp_path / "sweep" / "runs"
+    for s in (0, 1):
+        make_run(runs, f"pro-{s}", seed=s)
+    (tmp_path / "sweep" / "sweep.json").write_text("{}")
+    summary = {"points": [{"label": "profuser", "values": {}, "method": "profuser", "runs": {"0": "pro-0", "1": "pro-1"}}]}
+    (tmp_path / "sweep" / "summary.json").write_text(json.dumps(summary))
+    [row] = harness.power(source=tmp_path / "sweep", task="arith_gsm")
+    assert row["seeds"] == 2 and row["observed_seeds"] == 2 and 0 <= row["estimated_rho"] <= 1
+
+
+def test_head_to_head_names_the_mde_of_rows_that_are_not_significant(tmp_path: Path) -> None:
+    from harness.analysis.report import head_to_head, render_head_to_head
+    from tests.test_report import TASKS, make_run
+
+    a = make_run(tmp_path, "pro", method="profuser", schedule="progressive")
+    b = make_run(tmp_path, "fuse", method="fusellm", schedule="linear")
+    frame = head_to_head([a, b], "profuser", "fusellm")
+    md = render_head_to_head(frame, "md")
+    quiet = frame[frame["p_adjusted"] >= 0.05]
+    assert len(quiet) > 0
+    for row in quiet.to_dict("records"):
+        xa = load_samples(a, "profuser", row["task"], TASKS[row["task"]][1])
+        xb = load_samples(b, "fusellm", row["task"], TASKS[row["task"]][1])
+        if row["binary"]:
+            want = _mde(n=len(xa), p_discordant=np.mean([xa[k] != xb[k] for k in xa]), comparisons=len(frame))
+            if want["mde"] is None:  # even every discordant document for one side would often not pass α/M
+                assert math.isnan(row["mde"]) and "(n.s., MDE beyond reach)" in md
+            else:
+                assert row["mde"] == pytest.approx(want["mde"])
+                assert f"(n.s., MDE {100 * row['mde']:.1f} pts)" in md
+    assert md.count("n.s., MDE") == len(quiet)
+
+
+def test_margin_is_compared_head_to_head_with_its_paired_test_and_clusters(tmp_path: Path) -> None:
+    from tests.test_report import make_run
+
+    a = make_run(tmp_path, "pro", method="profuser", schedule="progressive")
+    b = make_run(tmp_path, "fuse", method="fusellm", schedule="linear")
+    _add_margins_and_clusters(a, "profuser", 1)
+    _add_margins_and_clusters(b, "fusellm", 2)
+    res = CliRunner().invoke(main, ["report", str(a), str(b), "--versus", "profuser:fusellm", "--metric", "margin"])
+    assert res.exit_code == 0, res.output
+    assert "on margin" in res.output and "| facts_qa |" in res.output and "arith_gsm" not in res.output
+    assert "permutation" in res.output and "documents in 8 clusters; clustered SE" in res.output
+    bad = CliRunner().invoke(main, ["report", str(a), "--metric", "margin"])
+    assert bad.exit_code == 2 and "--versus" in bad.output

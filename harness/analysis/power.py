@@ -370,8 +370,9 @@ def from_estimate(e: PairEstimate, *, alpha: float = 0.05, power: float = 0.8, c
 
 
 def mde_text(value: float | None, binary: bool, unit: str = "") -> str:
-    """'MDE 6.8 pts' for a fraction, 'MDE 0.31 nats' (the metric's unit) otherwise; 'MDE > max' when unreachable."""
-    if value is None:
+    """'MDE 6.8 pts' for a fraction, 'MDE 0.31' (the metric's unit) otherwise; 'MDE beyond reach' when even every
+    discordant document favouring one side would not be detected with this power."""
+    if value is None or math.isnan(value):
         return "MDE beyond reach"
     if binary:
         return f"MDE {100 * value:.1f} pts"
@@ -417,3 +418,59 @@ def render_rows(rows: Sequence[Mapping[str, Any]], *, solve_n: bool = False) -> 
               f"(guaranteed at α/M = {r0['alpha_per_comparison']:.4g}); binary metrics: exact McNemar for one seed, "
               "the pooled sign test over documents for several (docs/statistics.md, power)."]  # fmt: skip
     return "\n".join(lines)
+
+
+def pair_mde(a: Mapping[Any, float], b: Mapping[Any, float], binary: bool, *, comparisons: int = 1,
+             alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The MDE of one finished paired comparison (its documents and observed discordance or SD of differences),
+    at Holm's first step over `comparisons`: what a "not significant" there still allows."""
+    e = estimate_pair("", "a", "b", [(a, b)], binary)
+    return from_estimate(e, alpha=alpha, power=power, comparisons=comparisons).mde
+
+
+def secondary_metric_tasks(tasks: Mapping[str, Mapping[str, Any]], metric: str, *sides: tuple[Path, str]
+                           ) -> dict[str, dict[str, Any]]:
+    """The tasks whose per-sample files of every side record `metric` (e.g. `margin`), compared as continuous."""
+    from harness.analysis.stats import load_samples
+
+    out: dict[str, dict[str, Any]] = {}
+    for task, info in tasks.items():
+        try:
+            for run_dir, label in sides:
+                load_samples(run_dir, label, task, metric)
+        except HarnessError:
+            continue
+        out[task] = {**info, "metric": metric, "binary": False}
+    if not out:
+        raise HarnessError(f"no task of these runs records '{metric}' per document (the answer margin is recorded "
+                           "for multiple-choice tasks evaluated by this version; re-evaluate)", "report")  # fmt: skip
+    return out
+
+
+def annotate_head_to_head(frame: Any, a: tuple[Path, str], b: tuple[Path, str],
+                          tasks: Mapping[str, Mapping[str, Any]]) -> None:
+    """Adds to each head-to-head row its MDE (`mde`, Holm over the table's rows at its first step), `binary`, and,
+    where the per-sample files record clusters, the cluster-robust SE and 95% interval of Δ (`cluster_se`,
+    `iid_se`, `cluster_ci_low`, `cluster_ci_high`, `clusters`; harness/analysis/clusters.py)."""
+    from harness.analysis.clusters import clustered_difference, read_clusters
+    from harness.analysis.stats import _is_binary, load_samples
+
+    extra: dict[str, list[Any]] = {k: [] for k in ("binary", "mde", "cluster_se", "iid_se", "cluster_ci_low",
+                                                   "cluster_ci_high", "clusters")}  # fmt: skip
+    for task in frame["task"]:
+        metric = tasks[task]["metric"]
+        xa, xb = load_samples(a[0], a[1], task, metric), load_samples(b[0], b[1], task, metric)
+        shared = xa.keys() & xb.keys()
+        xa, xb = {k: xa[k] for k in shared}, {k: xb[k] for k in shared}
+        binary = _is_binary(tasks[task], xa, xb)
+        extra["binary"].append(binary)
+        extra["mde"].append(pair_mde(xa, xb, binary, comparisons=len(frame)))
+        clusters = read_clusters(a[0], a[1], task)
+        found = clustered_difference(xa, xb, clusters) if clusters and len(set(clusters.values())) > 1 else None
+        extra["cluster_se"].append(None if found is None else found.se)
+        extra["iid_se"].append(None if found is None else found.se_iid)
+        extra["cluster_ci_low"].append(None if found is None else found.ci_low)
+        extra["cluster_ci_high"].append(None if found is None else found.ci_high)
+        extra["clusters"].append(None if found is None else found.clusters)
+    for key, values in extra.items():
+        frame[key] = values

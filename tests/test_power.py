@@ -195,3 +195,28 @@ def test_margin_is_compared_head_to_head_with_its_paired_test_and_clusters(tmp_p
     assert "permutation" in res.output and "documents in 8 clusters; clustered SE" in res.output
     bad = CliRunner().invoke(main, ["report", str(a), "--metric", "margin"])
     assert bad.exit_code == 2 and "--versus" in bad.output
+
+
+def _sandbox_run(root: Path, name: str, method: str, base: np.ndarray, mine: np.ndarray) -> None:
+    run = root / name
+    for label, x in (("target-base", base), (method, mine)):
+        path = run / "eval" / label / "sandbox_knowledge.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps({"doc_id": i, "doc_hash": f"h{i}", "acc": float(v)}) + "\n" for i, v in enumerate(x)))
+    info = {"metric": "acc", "value": float(mine.mean()), "n": len(mine), "binary": True}
+    (run / "summary.json").write_text(json.dumps({"method": method, "tasks": {"sandbox_knowledge": info}}))
+
+
+def test_the_dry_run_prints_each_task_s_documents_and_mde(tmp_path: Path) -> None:
+    args = ["run", "-m", "profuser", "-t", "sandbox_knowledge", "--out", str(tmp_path), "--dry-run"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    m = 1 + 2  # the method and both sources against target-base, one task
+    want = _mde(n=300, p_discordant=0.2, comparisons=m)["mde"]  # the default world: 300 documents per skill
+    assert f"sandbox_knowledge: 300 documents; vs target-base MDE {100 * want:.1f} pts (p_discordant 0.2, assumed)" in " ".join(res.output.split())
+    rng = np.random.default_rng(0)
+    base = (rng.random(40) < 0.5).astype(float)
+    _sandbox_run(tmp_path, "earlier", "fusellm", base, np.where(np.arange(40) < 4, 1 - base, base))  # 4 of 40 differ
+    res = CliRunner().invoke(main, args)
+    want = _mde(n=300, p_discordant=0.1, comparisons=m)["mde"]
+    assert f"vs target-base MDE {100 * want:.1f} pts (p_discordant 0.1, 1 earlier pair(s)" in " ".join(res.output.split())

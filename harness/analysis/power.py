@@ -474,3 +474,110 @@ def annotate_head_to_head(frame: Any, a: tuple[Path, str], b: tuple[Path, str],
         extra["clusters"].append(None if found is None else found.clusters)
     for key, values in extra.items():
         frame[key] = values
+
+
+# ----------------------------------------------------------------------------- the dry run's power lines
+
+ASSUMED_SD_DIFF = 0.2  # continuous per-document scores in [0, 1] (TruthfulQA MC2), when no earlier run says
+
+
+def _earlier_runs(results: Path, limit: int = 40) -> list[tuple[Path, dict[str, Any]]]:
+    """Finished runs under a results folder (plain runs and sweeps' runs/), newest first, for estimates."""
+    if not results.is_dir():
+        return []
+    found = []
+    for path in sorted([*results.glob("*/summary.json"), *results.glob("*/runs/*/summary.json")],
+                       key=lambda p: p.stat().st_mtime, reverse=True)[:limit]:  # fmt: skip
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and isinstance(summary.get("tasks"), dict):
+            found.append((path.parent, summary))
+    return found
+
+
+def _pair_spread(a: Mapping[Any, float], b: Mapping[Any, float], binary: bool) -> float | None:
+    shared = [k for k in a if k in b]
+    if len(shared) < 2:
+        return None
+    diff = np.array([a[k] - b[k] for k in shared])
+    return float(np.mean(diff != 0)) if binary else float(diff.std(ddof=1))
+
+
+def _estimates_from_runs(task: str, binary: bool, runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, list[float]]:
+    """Discordances (binary) or SDs of differences seen on `task` in earlier runs: each method against
+    target-base within its run ("target"), and every two runs of different methods ("between")."""
+    from harness.analysis.stats import BASELINE_LABEL, load_samples
+
+    out: dict[str, list[float]] = {"target": [], "between": []}
+    by_method: dict[str, dict[Any, float]] = {}
+    for run_dir, summary in runs:
+        info, method = summary["tasks"].get(task), summary.get("method")
+        if not info or not method:
+            continue
+        try:
+            mine = load_samples(run_dir, method, task, info["metric"])
+            base = load_samples(run_dir, BASELINE_LABEL, task, info["metric"])
+        except HarnessError:
+            continue
+        if (v := _pair_spread(mine, base, binary)) is not None:
+            out["target"].append(v)
+        by_method.setdefault(method, mine)
+    for (_, x), (_, y) in itertools.combinations(by_method.items(), 2):
+        if (v := _pair_spread(x, y, binary)) is not None:
+            out["between"].append(v)
+    return out
+
+
+def planned_power(plan: Any, *, seeds: int = 1, points: int = 1, versus_pairs: int = 0, results: Path | None = None,
+                  alpha: float = 0.05, power: float = 0.8) -> list[str]:
+    """The dry run's lines: per task, the documents to evaluate and the MDE against target-base and between the
+    compared methods, each at Holm's first step over its family, with where the discordance comes from (earlier
+    runs under `results`, else an assumed value, said so). `plan`: a harness.pipeline.Plan; `points` grid points
+    (each against target-base), `versus_pairs` the pairs of points compared head to head (a sweep's versus)."""
+    from harness.evaluation.task_catalog import SANDBOX_TASKS, document_limits, task_info
+
+    exp = plan.exp
+    limits = document_limits(exp.eval.limit, exp.eval.task_limits, plan.tasks)
+    sources = len(exp.sources) if exp.eval.compare_sources and points == 1 else 0
+    m_target = len(plan.tasks) * (points if points > 1 else 1 + sources)
+    m_between = len(plan.tasks) * versus_pairs
+    earlier = _earlier_runs(Path(results)) if results is not None else []
+    pooled = (f"{seeds} seeds pooled over documents, assumed independent given the document" if seeds > 1
+              else "one seed")  # fmt: skip
+    lines = [f"power ({power:.0%}, α = {alpha:g}, {pooled}): minimum detectable differences at Holm's first step "
+             f"over {m_target} comparisons against target-base"
+             + (f" and {m_between} between methods" if m_between else "")]  # fmt: skip
+    for task in plan.tasks:
+        n = limits.get(task)
+        if n is None and task in SANDBOX_TASKS and exp.sandbox is not None:
+            from harness.sandbox.build import RECIPES
+
+            n = RECIPES[exp.sandbox.size].sizes.eval_per_skill
+        if n is None:
+            lines.append(f"  {task}: every document (counted at evaluation; `harness power --n N` sizes it)")
+            continue
+        binary = task_info(task).binary
+        seen = _estimates_from_runs(task, binary, earlier)
+        parts = [f"  {task}: {n} documents"]
+        for key, m in (("target", m_target), ("between", m_between)):
+            if key == "between" and not m:
+                continue
+            values = seen[key] or seen["target"]
+            if values:
+                spread = float(np.mean(values))
+                origin = f"{len(values)} earlier pair(s) in {results}" + ("" if seen[key] else ", against target-base")
+            else:
+                spread = ASSUMED_P_DISCORDANT if binary else ASSUMED_SD_DIFF
+                origin = "assumed"
+            if binary and spread == 0:
+                spread = 1.0 / n
+            kw = {"p_discordant": spread} if binary else {"sd_diff": spread}
+            res = power_analysis(n=n, comparisons=m, seeds=seeds, alpha=alpha, power=power, **kw)  # type: ignore[arg-type]
+            what = "vs target-base" if key == "target" else "between methods"
+            name = "p_discordant" if binary else "SD of differences"
+            over_seeds = f", t-test over seeds {_size(res.mde_seeds_t, binary)}" if res.mde_seeds_t is not None else ""
+            parts.append(f"{what} {mde_text(res.mde, binary)} ({name} {spread:.2g}, {origin}{over_seeds})")
+        lines.append("; ".join(parts))
+    return lines

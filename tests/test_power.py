@@ -220,3 +220,23 @@ def test_the_dry_run_prints_each_task_s_documents_and_mde(tmp_path: Path) -> Non
     res = CliRunner().invoke(main, args)
     want = _mde(n=300, p_discordant=0.1, comparisons=m)["mde"]
     assert f"vs target-base MDE {100 * want:.1f} pts (p_discordant 0.1, 1 earlier pair(s)" in " ".join(res.output.split())
+
+
+def test_a_sweep_s_head_to_head_rows_carry_their_mde(tmp_path: Path) -> None:
+    from harness.analysis.replicates import render_versus, summarise_points
+    from tests.test_report import make_run
+
+    pro = [make_run(tmp_path, f"pro{s}", schedule="progressive", seed=s) for s in (0, 1)]
+    lin = [make_run(tmp_path, f"lin{s}", schedule="linear", seed=s) for s in (0, 1)]
+    points = [("profuser progressive", {"method.schedule.name": "progressive"}, pro),
+              ("profuser linear", {"method.schedule.name": "linear"}, lin)]  # fmt: skip
+    versus = summarise_points(points)["versus"]
+    row = next(v for v in versus if v["task"] == "arith_gsm")
+    pairs = [(load_samples(a, "profuser", "arith_gsm", "exact_match"), load_samples(b, "profuser", "arith_gsm", "exact_match"))
+             for a, b in zip(pro, lin, strict=True)]  # fmt: skip
+    from harness.analysis.power import estimate_pair, from_estimate
+
+    want = from_estimate(estimate_pair("arith_gsm", "a", "b", pairs, True), comparisons=len(versus)).mde
+    assert row["mde"] == pytest.approx(want) and row["binary"] is True
+    quiet = [v for v in versus if v["p_adjusted"] >= 0.05]
+    assert render_versus(versus).count("(n.s., MDE") == len(quiet) > 0

@@ -452,6 +452,11 @@ def test_a_group_is_one_micro_averaged_score_over_its_subtasks(tiny: tuple[Any, 
     assert [p["prompt"] for p in prompts] == ["2+2="] * 3 + ["1+1=", "3+3="]
     assert score.value == pytest.approx(sum(r["acc"] for r in out) / 5, abs=1e-9)
     assert [r["acc"] for r in out[:3]] == [out[0]["acc"]] * 3  # fake_a's three identical documents come first
+    # beside the 0/1 accuracy: the answer's log-probability margin (positive exactly when right) and the cluster
+    # (mmlu's `subject`, which these documents lack: then the subtask)
+    assert all((r["margin"] > 0) == (r["acc"] == 1.0) for r in out)
+    assert [r["margin"] for r in out[:3]] == pytest.approx([out[0]["margin"]] * 3)
+    assert [r["cluster"] for r in out] == ["fake_a"] * 3 + ["fake_b"] * 2
 
 
 @pytest.mark.slow

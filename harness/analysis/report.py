@@ -836,7 +836,8 @@ def write_tables(
 
 
 def _method_run(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> tuple[Path, dict[str, Any]]:
-    found = [(d, s) for d, s in zip(dirs, summaries, strict=True) if s.get("method") == name]
+    found = [(d, s) for d, s in zip(dirs, summaries, strict=True)
+             if s.get("method") == name or (s.get("method") is None and s.get("label") == name)]  # an eval-only run: its label
     if not found:
         have = sorted({str(s.get("method")) for s in summaries if s.get("method")})
         raise HarnessError(f"no run of method '{name}' among the run directories (have: {', '.join(have) or 'none'})", "report")

@@ -321,7 +321,8 @@ def power(
     row each, with the estimate beside the answer. Without it, one row."""
     from dataclasses import replace
 
-    from harness.analysis.power import estimate, from_estimate, power_analysis
+    from harness.analysis.power import power_analysis
+    from harness.analysis.power_from_runs import estimate, from_estimate
 
     if source is None:
         result = power_analysis(n=n, mde=mde, p_discordant=p_discordant, sd_diff=sd_diff, alpha=alpha, power=power,

@@ -248,7 +248,7 @@ def print_plan(p: Plan, out: str) -> None:
     console.print(f"  cache: {p.cache_dir}   results: {out}/<run-id>/")
     for note in p.notes + ([p.reading] if p.reading else []):
         console.print(f"  note: {note}", markup=False)
-    from harness.analysis.power import planned_power
+    from harness.analysis.power_from_runs import planned_power
 
     for line in planned_power(p, results=Path(out)):
         console.print(f"  {line}", markup=False)

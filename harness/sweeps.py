@@ -180,7 +180,7 @@ def print_sweep_plan(p: SweepPlan) -> None:
         console.print(escape(f"  run 1: {i}. {stage}"))
     for note in first.notes:
         console.print(escape(f"  note: {note}"))
-    from harness.analysis.power import planned_power
+    from harness.analysis.power_from_runs import planned_power
     from harness.analysis.replicates import versus_axis
 
     axis = versus_axis({k: list(dict.fromkeys(map(_text, v))) for k, v in p.axes.items()})

@@ -234,7 +234,7 @@ def test_a_sweep_s_head_to_head_rows_carry_their_mde(tmp_path: Path) -> None:
     row = next(v for v in versus if v["task"] == "arith_gsm")
     pairs = [(load_samples(a, "profuser", "arith_gsm", "exact_match"), load_samples(b, "profuser", "arith_gsm", "exact_match"))
              for a, b in zip(pro, lin, strict=True)]  # fmt: skip
-    from harness.analysis.power import estimate_pair, from_estimate
+    from harness.analysis.power_from_runs import estimate_pair, from_estimate
 
     want = from_estimate(estimate_pair("arith_gsm", "a", "b", pairs, True), comparisons=len(versus)).mde
     assert row["mde"] == pytest.approx(want) and row["binary"] is True

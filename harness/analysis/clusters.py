@@ -68,6 +68,7 @@ def read_clusters(run_dir: Path, label: str, task: str) -> dict[Any, str] | None
         row = json.loads(line)
         if "cluster" not in row:
             return None
+        key: Any
         if "doc_hash" in row:
             key, k = str(row["doc_hash"]), 1
             while key in out:

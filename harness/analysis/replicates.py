@@ -15,7 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.analysis.power import estimate_pair, from_estimate, mde_text
+from harness.analysis.power import mde_text
+from harness.analysis.power_from_runs import estimate_pair, from_estimate
 from harness.analysis.report import load_summary
 from harness.analysis.stats import (
     BASELINE_LABEL,

@@ -864,9 +864,7 @@ def head_to_head(
     pair = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (sum_a, sum_b)]
     notes = check_comparable(pair, tasks, allow_mismatch=allow_mismatch)
     if metric is not None:  # a secondary per-document metric (`margin`): continuous, compared the same way
-        from harness.analysis.power import secondary_metric_tasks
-
-        tasks = secondary_metric_tasks(tasks, metric, (dir_a, a), (dir_b, b))
+        tasks = _tasks_recording(metric, tasks, (dir_a, a), (dir_b, b))
     rows = compare_across_runs((dir_a, a), (dir_b, b), tasks, common_only=bool(notes))
     frame = pd.DataFrame.from_records(rows)
     if metric is None:
@@ -877,12 +875,30 @@ def head_to_head(
 
         for pos, (d, label) in ((3, (dir_a, a)), (4, (dir_b, b))):
             frame.insert(pos, label, [_mean(load_samples(d, label, t, metric).values()) for t in frame["task"]])
-    from harness.analysis.power import annotate_head_to_head
+    from harness.analysis.power_from_runs import annotate_head_to_head
 
     annotate_head_to_head(frame, (dir_a, a), (dir_b, b), tasks)
     frame.attrs["notes"] = notes
     frame.attrs["metric"] = metric
     return frame
+
+
+def _tasks_recording(metric: str, tasks: dict[str, Any], *sides: tuple[Path, str]) -> dict[str, dict[str, Any]]:
+    """The tasks whose per-sample files of every side record `metric` (e.g. `margin`), compared as continuous."""
+    from harness.analysis.stats import load_samples
+
+    out: dict[str, dict[str, Any]] = {}
+    for task, info in tasks.items():
+        try:
+            for run_dir, label in sides:
+                load_samples(run_dir, label, task, metric)
+        except HarnessError:
+            continue
+        out[task] = {**info, "metric": metric, "binary": False}
+    if not out:
+        raise HarnessError(f"no task of these runs records '{metric}' per document (the answer margin is recorded "
+                           "for multiple-choice tasks evaluated by this version; re-evaluate)", "report")  # fmt: skip
+    return out
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -205,7 +205,7 @@ def power_analysis(
     a = alpha / comparisons
     fn = _power_fn(p_discordant, sd_diff, a, seeds, rho)
     binary = p_discordant is not None
-    upper = p_discordant if binary else 100.0 * sd_diff  # type: ignore[operator]
+    upper = float(p_discordant if p_discordant is not None else 100.0 * sd_diff)  # type: ignore[operator]
     test = ("exact McNemar (exact power)" if seeds == 1 else "pooled exact sign test over documents (normal approx.)") \
         if binary else "sign-flip permutation / paired t (noncentral t)"  # fmt: skip
     notes = []

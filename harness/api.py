@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 __all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "evaluate", "finished", "flips",
-           "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep", "run", "schedule_variants", "sweep", "verify",
-           "versus"]  # fmt: skip
+           "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep", "power", "run", "schedule_variants", "sweep",
+           "verify", "versus"]  # fmt: skip
 
 
 @dataclass
@@ -244,16 +244,19 @@ def compare(
 
 
 def versus(
-    runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md", *, allow_mismatch: bool = False
+    runs: Sequence[Run | PathLike], a: str, b: str, fmt: str = "md", *, allow_mismatch: bool = False,
+    metric: str | None = None,
 ) -> str:
     """Method `a` against method `b` task by task, paired over the same documents, Holm across tasks. Runs that
     evaluated a task differently are refused unless `allow_mismatch` (then the documents both evaluated are
-    paired, and the table says what differs)."""
+    paired, and the table says what differs). A row that is not significant names its minimum detectable
+    difference. `metric` compares a secondary per-document metric instead (`margin`: the answer's log-probability
+    margin of multiple-choice tasks), continuous, with the sign-flip test."""
     from harness.analysis.report import head_to_head, render_head_to_head
 
     if not (a and b) or a == b:
         raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
-    return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch), fmt)
+    return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch, metric=metric), fmt)
 
 
 def flips(a: Run | PathLike, b: Run | PathLike, task: str, *, limit: int | None = None) -> Flips:
@@ -330,3 +333,37 @@ def align_compare(
     figures = compare_alignments(handles[0], handles[1], rows, cache_dir, strategies=strategies, top_k=top_k,
                                  max_length=max_length)  # fmt: skip
     return as_dicts(figures)
+
+
+def power(
+    *, n: int | None = None, p_discordant: float | None = None, sd_diff: float | None = None,
+    mde: float | None = None, alpha: float = 0.05, power: float = 0.8, comparisons: int = 1, seeds: int | None = None,
+    seed_correlation: float | None = None, source: PathLike | None = None, task: str | None = None,
+) -> list[dict[str, Any]]:
+    """The minimum detectable difference of a paired comparison on `n` documents (or, with `mde`, the documents
+    needed) at `power` and level `alpha`, Holm over `comparisons` (guaranteed at α/M), `seeds` pooled over
+    documents (harness/analysis/power.py). Binary metrics take `p_discordant`, continuous ones `sd_diff`.
+
+    With `source` (a finished run or sweep folder) the discordance or SD of differences, the documents, the seeds
+    and their correlation are estimated per task (or `task`) and pair of systems from the per-sample files; one
+    row each, with the estimate beside the answer. Without it, one row."""
+    from dataclasses import replace
+
+    from harness.analysis.power import power_analysis
+    from harness.analysis.power_from_runs import estimate, from_estimate
+
+    if source is None:
+        result = power_analysis(n=n, mde=mde, p_discordant=p_discordant, sd_diff=sd_diff, alpha=alpha, power=power,
+                                comparisons=comparisons, seeds=seeds or 1, rho=seed_correlation or 0.0)  # fmt: skip
+        return [result.to_dict()]
+    if n is not None or p_discordant is not None or sd_diff is not None:
+        raise HarnessError("--from estimates the documents and the discordance; drop --n, --p-discordant and "
+                           "--sd-diff", "power")  # fmt: skip
+    rows = []
+    for e in estimate(Path(source), task):
+        if seed_correlation is not None:
+            e = replace(e, rho=seed_correlation)
+        found = from_estimate(e, alpha=alpha, power=power, comparisons=comparisons, seeds=seeds, mde=mde)
+        rows.append({"task": e.task, "a": e.a, "b": e.b, "observed_delta": e.delta, "observed_seeds": e.seeds,
+                     "estimated_rho": e.rho, **found.to_dict()})  # fmt: skip
+    return rows

@@ -435,9 +435,11 @@ def tasks(as_json: bool) -> None:
                    "the table says what differs.")
 @click.option("--holm", "holm", type=click.Choice(["run", "table"]), default="run", show_default=True,
               help="Holm family of the markers: each run's own comparisons, or every comparison the table shows.")
+@click.option("--metric", type=click.Choice(["margin"]), default=None,
+              help="With --versus: compare the answer's log-probability margin (multiple-choice tasks) instead.")
 def report(
     run_dirs: tuple[str, ...], fmt: str, out_file: str | None, versus: str | None, against: str | None,
-    allow_mismatch: bool, holm: str,
+    allow_mismatch: bool, holm: str, metric: str | None,
 ) -> None:
     """Compare runs in one table: rows are models and methods, columns tasks, with significance markers.
 
@@ -446,6 +448,7 @@ def report(
       harness report results/*/
       harness report results/run-a results/run-b --format latex --out table.tex
       harness report results/*/ --versus profuser:fusellm
+      harness report results/*/ --versus profuser:fusellm --metric margin
       harness report results/*/ --holm table
       harness report results/sweep-0123456789 --against signals.alignment=span
       harness report results/*/ --format html --out report.html
@@ -455,6 +458,8 @@ def report(
     if fmt == "html" and (versus is not None or against is not None):
         raise HarnessError("--format html is the whole report (its head-to-head tables included); leave out "
                            "--versus and --against", "cli")  # fmt: skip
+    if metric is not None and versus is None:
+        raise HarnessError("--metric compares two methods head to head; add --versus A:B", "cli")
     if against is not None:
         key, sep, value = against.partition("=")
         if not (key and sep and value) or len(run_dirs) != 1 or versus is not None:
@@ -466,7 +471,7 @@ def report(
             raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")
         if holm != "run":
             raise HarnessError("--holm applies to the main table; --versus is Holm-adjusted across its tasks", "cli")
-        text = api.versus(run_dirs, a, b, fmt, allow_mismatch=allow_mismatch)
+        text = api.versus(run_dirs, a, b, fmt, allow_mismatch=allow_mismatch, metric=metric)
     else:
         text = api.compare(run_dirs, fmt, allow_mismatch=allow_mismatch, holm=holm)
     if out_file:
@@ -476,6 +481,52 @@ def report(
         click.echo(f"wrote {out_file}")
     else:
         click.echo(text)
+
+
+@main.command(name="power")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Documents per task (both systems on the same ones).")
+@click.option("--p-discordant", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Binary metric: share of documents the two systems answer differently.")
+@click.option("--sd-diff", type=click.FloatRange(0, min_open=True), default=None,
+              help="Continuous metric: per-document SD of the differences (one seed).")
+@click.option("--mde", type=click.FloatRange(0, min_open=True), default=None,
+              help="Instead of --n: the difference to detect (a fraction for binary metrics); prints the N needed.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
+@click.option("--power", "target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True)
+@click.option("--comparisons", "-M", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Comparisons Holm-corrected together (guaranteed at Holm's first step, alpha/M).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds pooled over documents [default: 1, or the sweep's].")
+@click.option("--seed-correlation", type=click.FloatRange(0, 1), default=None,
+              help="Correlation of a document's difference between two seeds [default: 0, or estimated by --from].")
+@click.option("--from", "source", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Estimate documents, discordance (or SD) and seeds from a finished run or sweep folder.")
+@click.option("--task", default=None, help="With --from: only this task.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one object, or a list with --from).")
+def power_cmd(
+    n: int | None, p_discordant: float | None, sd_diff: float | None, mde: float | None, alpha: float, target: float,
+    comparisons: int, seeds: int | None, seed_correlation: float | None, source: str | None, task: str | None,
+    as_json: bool,
+) -> None:
+    """Minimum detectable difference of a paired comparison (or, with --mde, the documents needed).
+
+    \b
+    Examples:
+      harness power --n 300 --p-discordant 0.2                 # exact McNemar: MDE 7.4 pts
+      harness power --n 300 --p-discordant 0.2 -M 6 --seeds 3  # Holm over 6 rows, 3 seeds pooled
+      harness power --mde 0.03 --p-discordant 0.2              # documents needed for 3 points
+      harness power --n 500 --sd-diff 1.4                      # a continuous metric
+      harness power --from results/sweep-0123456789 --task sandbox_reasoning
+    """
+    from harness import api
+
+    rows = api.power(n=n, p_discordant=p_discordant, sd_diff=sd_diff, mde=mde, alpha=alpha, power=target,
+                     comparisons=comparisons, seeds=seeds, seed_correlation=seed_correlation, source=source, task=task)  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows if source is not None else rows[0], indent=2))
+        return
+    from harness.analysis.power import render_rows
+
+    click.echo(render_rows(rows, solve_n=mde is not None))
 
 
 @main.command()

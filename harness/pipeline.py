@@ -247,6 +247,10 @@ def print_plan(p: Plan, out: str) -> None:
     console.print(f"  cache: {p.cache_dir}   results: {out}/<run-id>/")
     for note in p.notes + ([p.reading] if p.reading else []):
         console.print(f"  note: {note}", markup=False)
+    from harness.analysis.power_from_runs import planned_power
+
+    for line in planned_power(p, results=Path(out)):
+        console.print(f"  {line}", markup=False)
     _print_rendered_examples(p)
     console.print("dry run: no weights downloaded, nothing written (tokenizers only read, to render the example)")
 

@@ -180,6 +180,14 @@ def print_sweep_plan(p: SweepPlan) -> None:
         console.print(escape(f"  run 1: {i}. {stage}"))
     for note in first.notes:
         console.print(escape(f"  note: {note}"))
+    from harness.analysis.power_from_runs import planned_power
+    from harness.analysis.replicates import versus_axis
+
+    axis = versus_axis({k: list(dict.fromkeys(map(_text, v))) for k, v in p.axes.items()})
+    compared = len(set(map(_text, p.axes[axis]))) if axis else 0
+    pairs = points // compared * compared * (compared - 1) // 2 if compared else 0
+    for line in planned_power(first, seeds=len(p.seeds), points=points, versus_pairs=pairs, results=p.folder.parent):
+        console.print(escape(f"  {line}"))
     console.print("dry run: nothing downloaded or written")
 
 

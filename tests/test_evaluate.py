@@ -456,6 +456,11 @@ def test_a_group_is_one_micro_averaged_score_over_its_subtasks(tiny: tuple[Any, 
     assert [(p["gold"], p["gold_index"]) for p in prompts] == [("4", 0)] * 3 + [("2", 1), ("6", 0)]
     for r, p in zip(out, prompts, strict=True):
         assert p["answer"] in ("4", "5", "3", "2", "6", "7") and r["acc"] == float(p["answer_index"] == p["gold_index"])
+    # beside the 0/1 accuracy: the answer's log-probability margin (positive exactly when right) and the cluster
+    # (mmlu's `subject`, which these documents lack: then the subtask)
+    assert all((r["margin"] > 0) == (r["acc"] == 1.0) for r in out)
+    assert [r["margin"] for r in out[:3]] == pytest.approx([out[0]["margin"]] * 3)
+    assert [r["cluster"] for r in out] == ["fake_a"] * 3 + ["fake_b"] * 2
 
 
 @pytest.mark.slow

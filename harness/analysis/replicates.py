@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness.analysis.power import mde_text
+from harness.analysis.power_from_runs import estimate_pair, from_estimate
 from harness.analysis.report import load_summary
 from harness.analysis.stats import (
     BASELINE_LABEL,
@@ -82,7 +84,19 @@ def _tests(a: str, b: str, task: str, info: dict[str, Any], runs: dict[Any, tupl
     binary = bool(info.get("binary", all(v in (0.0, 1.0) for x, y in pairs for v in (*x.values(), *y.values()))))
     comp = asdict(compare_over_seeds(pairs, binary, seed=seed))
     comp["per_seed"] = {str(s): v for s, v in zip(seeds, comp["per_seed"], strict=True)}
-    return {**comp, "interval": "t-over-seeds" if comp["ci_low"] is not None else None}
+    return {**comp, "interval": "t-over-seeds" if comp["ci_low"] is not None else None,
+            "_estimate": estimate_pair(task, a, b, pairs, binary)}  # fmt: skip
+
+
+def _holm_with_mde(rows: list[dict[str, Any]]) -> None:
+    """Holm across `rows`, and each row's minimum detectable difference at Holm's first step over them (the
+    documents test over its seeds, harness/analysis/power.py), so a row that is not significant says what it rules
+    out."""
+    for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_adjusted"] = p_adj
+        found = row.pop("_estimate")
+        row["binary"] = found.binary
+        row["mde"] = from_estimate(found, comparisons=len(rows)).mde
 
 
 def versus_axis(axes: dict[str, Any]) -> str | None:
@@ -122,6 +136,7 @@ def summarise_points(points: Sequence[Point], *, seed: int = 0) -> dict[str, Any
                          **_tests(method, BASELINE_LABEL, task, info, same, seed)})
     for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_adjusted"] = p_adj
+        del row["_estimate"]
     return {"points": out_points, "comparisons": rows, "versus": _versus(out_points, by_seed, seed)}
 
 
@@ -152,8 +167,7 @@ def _versus(points: list[dict[str, Any]], by_seed: dict[str, dict[Any, Path]], s
                 runs = {s: (by_seed[pa["label"]][s], by_seed[pb["label"]][s]) for s in seeds}
                 rows.append({"a": pa["label"], "b": pb["label"], "task": task,
                              **_tests(pa["method"], pb["method"], task, info, runs, seed)})
-    for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
-        row["p_adjusted"] = p_adj
+    _holm_with_mde(rows)
     return rows
 
 
@@ -188,8 +202,7 @@ def against_reference(sweep_dir: Path, axis: str, reference: Any, *, seed: int =
             pairs = {k: (runs[p["label"]][k], runs[ref["label"]][k]) for k in seeds}
             rows.append({"a": p["label"], "b": ref["label"], "task": task,
                          **_tests(p["method"], ref["method"], task, info, pairs, seed)})  # fmt: skip
-    for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
-        row["p_adjusted"] = p_adj
+    _holm_with_mde(rows)
     return rows
 
 
@@ -212,10 +225,15 @@ def render_versus(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         ci = "–" if r["ci_low"] is None else f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]"
         p_seeds = "–" if r["p_seeds"] is None else f"{r['p_seeds']:.2g}"
+        p_adj = f"{r['p_adjusted']:.2g}"
+        if r["p_adjusted"] >= 0.05 and "mde" in r:
+            p_adj += f" (n.s., {mde_text(r['mde'], bool(r.get('binary', True)))})"
         lines.append(f"| {r['a']} | {r['b']} | {r['task']} | {r['k']} | {pct(r['delta'])} | {ci} | "
-                     f"{r['p_pooled']:.2g} | {p_seeds} | {r['p_adjusted']:.2g} |")  # fmt: skip
+                     f"{r['p_pooled']:.2g} | {p_seeds} | {p_adj} |")  # fmt: skip
     lines += ["", "a − b over their common seeds, paired by seed on the same documents. p documents: the per-document "
               "differences summed over seeds (exact sign test for binary metrics, sign-flip permutation otherwise); "
               "p seeds: paired t-test of the per-seed differences; p_adj: Holm over this table of the larger of the "
-              "two (docs/statistics.md). The t-interval is over seeds, for these documents."]  # fmt: skip
+              "two (docs/statistics.md). The t-interval is over seeds, for these documents. MDE: the difference the "
+              "test over documents detects with 80% power at Holm's first step over this table, from the row's "
+              "documents, seeds and observed discordance (harness power); the t-test over seeds can need more."]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -836,7 +836,8 @@ def write_tables(
 
 
 def _method_run(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> tuple[Path, dict[str, Any]]:
-    found = [(d, s) for d, s in zip(dirs, summaries, strict=True) if s.get("method") == name]
+    found = [(d, s) for d, s in zip(dirs, summaries, strict=True)
+             if s.get("method") == name or (s.get("method") is None and s.get("label") == name)]  # an eval-only run: its label
     if not found:
         have = sorted({str(s.get("method")) for s in summaries if s.get("method")})
         raise HarnessError(f"no run of method '{name}' among the run directories (have: {', '.join(have) or 'none'})", "report")
@@ -845,7 +846,9 @@ def _method_run(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name:
     return found[0]
 
 
-def head_to_head(run_dirs: Sequence[Path], a: str, b: str, *, allow_mismatch: bool = False) -> pd.DataFrame:
+def head_to_head(
+    run_dirs: Sequence[Path], a: str, b: str, *, allow_mismatch: bool = False, metric: str | None = None
+) -> pd.DataFrame:
     """Method `a` against method `b` on each task both runs evaluated: paired tests over the same documents (by
     document hash), Holm-adjusted across the tasks (harness.analysis.stats.compare_across_runs). One row per task,
     fractions not percent. Runs that evaluated a task differently are refused unless `allow_mismatch`; then the
@@ -860,12 +863,47 @@ def head_to_head(run_dirs: Sequence[Path], a: str, b: str, *, allow_mismatch: bo
         raise HarnessError(f"the runs of '{a}' and '{b}' share no task", "report")
     pair = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (sum_a, sum_b)]
     notes = check_comparable(pair, tasks, allow_mismatch=allow_mismatch)
+    if metric is not None:  # a secondary per-document metric (`margin`): continuous, compared the same way
+        tasks = _tasks_recording(metric, tasks, (dir_a, a), (dir_b, b))
     rows = compare_across_runs((dir_a, a), (dir_b, b), tasks, common_only=bool(notes))
     frame = pd.DataFrame.from_records(rows)
-    frame.insert(3, a, [sum_a["tasks"][t]["value"] for t in frame["task"]])
-    frame.insert(4, b, [sum_b["tasks"][t]["value"] for t in frame["task"]])
+    if metric is None:
+        frame.insert(3, a, [sum_a["tasks"][t]["value"] for t in frame["task"]])
+        frame.insert(4, b, [sum_b["tasks"][t]["value"] for t in frame["task"]])
+    else:
+        from harness.analysis.stats import load_samples
+
+        for pos, (d, label) in ((3, (dir_a, a)), (4, (dir_b, b))):
+            frame.insert(pos, label, [_mean(load_samples(d, label, t, metric).values()) for t in frame["task"]])
+    from harness.analysis.power_from_runs import annotate_head_to_head
+
+    annotate_head_to_head(frame, (dir_a, a), (dir_b, b), tasks)
     frame.attrs["notes"] = notes
+    frame.attrs["metric"] = metric
     return frame
+
+
+def _tasks_recording(metric: str, tasks: dict[str, Any], *sides: tuple[Path, str]) -> dict[str, dict[str, Any]]:
+    """The tasks whose per-sample files of every side record `metric` (e.g. `margin`), compared as continuous."""
+    from harness.analysis.stats import load_samples
+
+    out: dict[str, dict[str, Any]] = {}
+    for task, info in tasks.items():
+        try:
+            for run_dir, label in sides:
+                load_samples(run_dir, label, task, metric)
+        except HarnessError:
+            continue
+        out[task] = {**info, "metric": metric, "binary": False}
+    if not out:
+        raise HarnessError(f"no task of these runs records '{metric}' per document (the answer margin is recorded "
+                           "for multiple-choice tasks evaluated by this version; re-evaluate)", "report")  # fmt: skip
+    return out
+
+
+def _mean(values: Iterable[float]) -> float:
+    found = list(values)
+    return sum(found) / len(found)
 
 
 def render_head_to_head(frame: pd.DataFrame, fmt: str) -> str:
@@ -878,15 +916,34 @@ def render_head_to_head(frame: pd.DataFrame, fmt: str) -> str:
     if kind != "md":
         raise HarnessError("a head-to-head table is written as md or csv", "report")
     a, b = str(frame["a"].iloc[0]), str(frame["b"].iloc[0])
-    lines = [f"**{a} vs {b}** (paired over the same documents, Holm-adjusted across tasks)", "",
-             f"| task | {a} | {b} | Δ (points) | 95% CI | p_adj | test |", "|:--|--:|--:|--:|:--|--:|:--|"]  # fmt: skip
+    metric = frame.attrs.get("metric")
+    scale, unit = (1.0, f"Δ ({metric})") if metric else (100.0, "Δ (points)")
+    lines = [f"**{a} vs {b}**{f' on {metric}' if metric else ''} (paired over the same documents, Holm-adjusted "
+             "across tasks)", "", f"| task | {a} | {b} | {unit} | 95% CI | p_adj | test |",
+             "|:--|--:|--:|--:|:--|--:|:--|"]  # fmt: skip
+    f = (lambda v: f"{v:.3g}") if metric else (lambda v: f"{100 * v:.1f}")
     for row in frame.to_dict("records"):
+        p_cell = f"{row['p_adjusted']:.2g}"
+        if row["p_adjusted"] >= 0.05 and "mde" in row:
+            from harness.analysis.power import mde_text
+
+            p_cell += f" (n.s., {mde_text(row['mde'], bool(row['binary']))})"
         lines.append(
-            f"| {row['task']} | {100 * row[a]:.1f} | {100 * row[b]:.1f} | {100 * row['delta']:+.1f} | "
-            f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] | {row['p_adjusted']:.2g} | {row['test']} |"
+            f"| {row['task']} | {f(row[a])} | {f(row[b])} | {scale * row['delta']:+.{3 if metric else 1}f} | "
+            f"[{scale * row['ci_low']:+.{3 if metric else 1}f}, {scale * row['ci_high']:+.{3 if metric else 1}f}] | "
+            f"{p_cell} | {row['test']} |"
         )
     lines += ["", f"p_adj: Holm across the {len(frame)} tasks of this table. 95% CI of the difference: for binary "
               "metrics the interval the exact McNemar test inverts (it excludes 0 exactly when p < 0.05), for "
-              "continuous ones a percentile bootstrap; per task, not adjusted for multiplicity."]  # fmt: skip
+              "continuous ones a percentile bootstrap; per task, not adjusted for multiplicity. MDE: the difference "
+              f"this comparison detects with 80% power at Holm's first step (α/{len(frame)}), from its documents "
+              "and observed discordance (SD of differences for a continuous metric; harness power); beyond reach: even "
+              "every discordant document favouring one side would not reach that power."]  # fmt: skip
+    for row in frame.to_dict("records"):
+        if row.get("cluster_se") is not None:
+            lines.append(f"{row['task']}: documents in {row['clusters']} clusters; clustered SE of Δ "
+                         f"{scale * row['cluster_se']:.{3 if metric else 1}f} (iid {scale * row['iid_se']:.{3 if metric else 1}f}), "
+                         f"95% CI [{scale * row['cluster_ci_low']:+.{3 if metric else 1}f}, "
+                         f"{scale * row['cluster_ci_high']:+.{3 if metric else 1}f}] (docs/statistics.md, clusters)")  # fmt: skip
     lines += [str(n) for n in frame.attrs.get("notes", [])]
     return "\n".join(lines) + "\n"

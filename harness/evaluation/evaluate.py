@@ -36,6 +36,7 @@ import yaml
 from harness import distributed
 from harness.errors import HarnessError
 from harness.evaluation import offline_data, task_catalog
+from harness.evaluation.margin import MARGIN_FIELD, sample_margin
 from harness.evaluation.task_catalog import TaskInfo
 from harness.models import ResolvedModel, conversion_tag, hub_commit
 from harness.store import (
@@ -53,7 +54,7 @@ from harness.store import (
 
 CACHE_FORMAT = 4  # part of every entry's key (older entries are not read); 2: shots set through the task config,
 # per-sample doc hashes, prompts, both gsm8k filters; 3: entries sealed with SHA256SUMS; 4: gold and model answers
-# beside each prompt
+# beside each prompt, per-sample answer margins (multiple choice) and clusters
 
 EVAL_SEEDS = {
     "random_seed": 0,
@@ -501,6 +502,7 @@ def _run_task(
                                    "shots": info.fewshot, info.metric: float(r[info.metric])}  # fmt: skip
             for extra in info.also_filters:
                 row[f"{info.metric},{extra}"] = float(by_filter[extra][doc][info.metric])
+            row.update(_per_document_extras(loaded["tasks"][sub], sub, r, info))
             rows.append(row)
             prompts.append({"doc_id": row["doc_id"], "doc_hash": r["doc_hash"], "prompt": _prompt(r),
                             **_answers(loaded["tasks"][sub], r, info.metric)})  # fmt: skip
@@ -513,6 +515,21 @@ def _run_task(
         filters={f: float(agg[f"{info.metric},{f}"]) for f in info.also_filters},
     )  # fmt: skip
     return score, rows, prompts
+
+
+def _per_document_extras(task: Any, subtask: str, sample: dict[str, Any], info: task_catalog.TaskInfo) -> dict[str, Any]:
+    """Beside the metric: the answer's log-probability margin (multiple-choice tasks) and the document's cluster
+    (the catalog's `cluster` field, or a user YAML's `metadata.cluster`; the subtask when a group's documents lack
+    the field), for clustered standard errors (harness/analysis/clusters.py)."""
+    out: dict[str, Any] = {}
+    found = sample_margin(task, sample, info.metric)
+    if found is not None:
+        out[MARGIN_FIELD] = found
+    field = info.cluster or ((task.config.metadata or {}).get("cluster") if hasattr(task, "config") else None)
+    if field:
+        value = (sample.get("doc") or {}).get(field, subtask)
+        out["cluster"] = str(value)
+    return out
 
 
 def _version(res: dict[str, Any], name: str) -> str | None:

@@ -40,6 +40,7 @@ class TaskInfo:
     chat: bool  # prompt through the model's chat template when it has one (assistant-behaviour tasks)
     description: str
     also_filters: tuple[str, ...] = ()  # further lm-eval filters of `metric` recorded beside the headline one
+    cluster: str = ""  # document field naming its natural cluster (clustered standard errors); "" for none
 
     @property
     def sandbox(self) -> bool:
@@ -48,7 +49,8 @@ class TaskInfo:
 
 _CATALOG: tuple[TaskInfo, ...] = (
     TaskInfo("mmlu", "knowledge", "acc", "none", True, 0, False, ("mmlu",), "knowledge", "mmlu", False,
-             "57-subject multiple choice; offline: one task, round-robin over subjects, micro-averaged"),
+             "57-subject multiple choice; offline: one task, round-robin over subjects, micro-averaged",
+             cluster="subject"),
     TaskInfo("arc_challenge", "reasoning", "acc_norm", "none", True, 0, False, ("arc_challenge",), "reasoning",
              "arc_challenge", False, "grade-school science questions, challenge set"),
     TaskInfo("hellaswag", "reasoning", "acc_norm", "none", True, 0, False, ("hellaswag",), "reasoning",

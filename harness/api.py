@@ -22,17 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.config import SCHEDULES, Experiment, SandboxSpec, load_experiment
+from harness.config import Experiment, SandboxSpec, load_experiment
+from harness import registry
 from harness.errors import HarnessError
+from harness.registry import MethodInfo, shared_parameters
+from methods.schedules import SCHEDULE_NAMES
 
 if TYPE_CHECKING:
     from harness.analysis.flips import Flips
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "evaluate", "finished", "flips",
-           "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep", "power", "run", "schedule_variants", "sweep",
-           "verify", "versus"]  # fmt: skip
+__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "describe_methods", "evaluate",
+           "finished", "flips", "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep", "power", "run",
+           "schedule_variants", "shared_parameters", "sweep", "verify", "versus"]  # fmt: skip
 
 
 @dataclass
@@ -124,6 +127,12 @@ def finished(runs: Sequence[Run | PathLike]) -> list[Path]:
     return kept
 
 
+def describe_methods() -> list[MethodInfo]:
+    """The registered fusion methods (built-in and plugins): what each needs, and its own parameters with their
+    defaults and descriptions (`method.<parameter>` in a config); the shared fields are `shared_parameters()`."""
+    return registry.describe_methods()
+
+
 def verify(run: Run | PathLike) -> list[str]:
     """Files of a run directory that are missing or differ from the checksums in its manifest.json (empty: intact)."""
     from harness.store import verify_run
@@ -185,12 +194,12 @@ def sweep(
     return load_sweep(run_sweep(plan_cells(exp, grid, seeds, Path(out), kind), progress))
 
 
-def schedule_variants(exp: Experiment, schedules: Sequence[str] = SCHEDULES) -> list[Experiment]:
+def schedule_variants(exp: Experiment, schedules: Sequence[str] = SCHEDULE_NAMES) -> list[Experiment]:
     """The experiment once per ProFuser schedule, for `ablate`."""
     out = []
     for name in schedules:
-        if name not in SCHEDULES:
-            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULES)}", "cli")
+        if name not in SCHEDULE_NAMES:
+            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULE_NAMES)}", "cli")
         variant = exp.model_copy(deep=True)
         variant.method.schedule.name = name  # type: ignore[assignment]
         out.append(Experiment.model_validate(variant.model_dump()))

@@ -12,8 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import MAX_SEED, SCHEDULES, load_experiment
+from harness.config import MAX_SEED, load_experiment
 from harness.errors import HarnessError
+from methods.schedules import SCHEDULE_NAMES
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
 stdout = Console()
@@ -177,7 +178,7 @@ _run_options = [
     click.option("--method", "-m", default=None, help="Fusion method (see `harness methods`). Default: the preset's."),
     click.option("--tasks", "-t", default=None, help="Comma-separated tasks or groups (see `harness tasks`)."),
     click.option("--preset", "-p", default="sandbox", show_default=True, help="Preset name or a YAML file."),
-    click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="ProFuser schedule."),
+    click.option("--schedule", type=click.Choice(SCHEDULE_NAMES), default=None, help="ProFuser schedule."),
     click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Seed of training and evaluation."),
     click.option("--limit", type=click.IntRange(min=0), default=None, help="Documents per task (0: all)."),
     click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True, help="Results folder."),
@@ -366,10 +367,10 @@ def ablate(
       harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
       harness ablate -t sandbox --seeds 0,1,2
     """
-    names = _csv(schedule) if schedule else list(SCHEDULES)
+    names = _csv(schedule) if schedule else list(SCHEDULE_NAMES)
     for name in names or []:
-        if name not in SCHEDULES:
-            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULES)}", "cli")
+        if name not in SCHEDULE_NAMES:
+            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULE_NAMES)}", "cli")
     seed_list = _parse_seeds(seeds, seed)
     exp = load_experiment(preset, _experiment_overrides(method or "profuser", None, tasks, seed, limit, data_dir, sets, lora))
     _sweep(exp, {"method.schedule.name": list(names or [])}, seed_list, out, "ablation", num_processes,
@@ -384,19 +385,33 @@ for param in ablate.params:
 
 
 @main.command()
-def methods() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Also list each method's own parameters and the shared ones.")
+def methods(verbose: bool) -> None:
     """List the registered fusion methods (built-in and plugins of the `harness.methods` entry point group).
 
     \b
-    Example:
+    Examples:
       harness methods
+      harness methods --verbose      # parameters, defaults, descriptions (set as method.<name>)
     """
-    from harness.registry import available_methods
+    from harness.api import describe_methods, shared_parameters
 
-    table = Table("method", "needs", "description", title="fusion methods")
-    for name, cls in available_methods().items():
-        table.add_row(name, ", ".join(sorted(s.value for s in cls.needs)), cls.description)
+    infos = describe_methods()
+    table = Table("method", "needs", "parameters", "description", title="fusion methods")
+    for info in infos:
+        own = ", ".join(p.name for p in info.parameters if "." not in p.name) or "-"
+        table.add_row(info.name, ", ".join(info.needs), own, info.description)
     stdout.print(table)
+    if not verbose:
+        return
+    for title, params in [("shared by every method", shared_parameters())] + [(i.name, i.parameters) for i in infos]:
+        detail = Table("method.<parameter>", "type", "default", "description", title=title)
+        for p in params:
+            nested = any(q.name.startswith(p.name + ".") for q in params)  # its fields follow, with their defaults
+            detail.add_row(p.name, p.type, "" if nested else repr(p.default), p.description)
+        if not params:
+            detail.add_row("(none)", "", "", "")
+        stdout.print(detail)
 
 
 @main.command()

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from harness.errors import HarnessError
 
-SCHEDULES = ("progressive", "simultaneous", "reversed", "linear", "cosine")
 BASELINE = "target-base"  # the eval label of the unfused target (harness.analysis.stats.BASELINE_LABEL)
 # Bounds that keep every number inside what the libraries below accept (numpy seeds are < 2**32) and catch a
 # mistyped exponent at plan time instead of an overflow after the signals were computed.
@@ -86,35 +86,25 @@ class SandboxSpec(_Strict):
     )
 
 
-class ScheduleSpec(_Strict):
-    """How the weights of the inference-mode and training-mode terms move over training (methods/schedules.py).
-
-    progressive (paper default): (w_inf, w_train) = stage1 before `switch` (a fraction of total steps), stage2 after.
-    reversed: training mode first, i.e. stage1 and stage2 with their two weights swapped.
-    simultaneous: both terms at weight 1 for the whole run.
-    linear / cosine: move from stage1 to stage2 smoothly over the whole run.
-    """
-
-    name: Literal["progressive", "simultaneous", "reversed", "linear", "cosine"] = "progressive"
-    switch: float = Field(default=0.5, ge=0.0, le=1.0, description="Fraction of steps spent in stage 1.")
-    stage1: tuple[float, float] = Field(default=(1.0, 0.0), description="(w_inf, w_train) in stage 1.")
-    stage2: tuple[float, float] = Field(default=(0.1, 1.0), description="(w_inf, w_train) in stage 2.")
-    restart_warmup: bool = Field(
-        default=False,
-        description="progressive / reversed: treat the two stages as two training runs: the learning rate warms "
-        "up and decays (train.warmup_ratio, cosine) within each stage, restarting at the switch.",
-    )
-
-    @model_validator(mode="after")
-    def _non_negative(self) -> ScheduleSpec:
-        for w in (*self.stage1, *self.stage2):
-            if w < 0:
-                raise ValueError("schedule weights (method.schedule.stage1, method.schedule.stage2) must be >= 0")
-        return self
+# What every method's key held before methods declared their own parameters: the closed MethodSpec's fields for
+# ProFuser and averaging, at their defaults. `MethodSpec.key()` keeps them, so a setting that did not change
+# keeps its cache key (a method's own value of such a field wins).
+_KEYED_BEFORE_OWN_PARAMETERS: dict[str, Any] = {
+    "beta": 1.0,
+    "weighting": "uniform",
+    "schedule": {"name": "progressive", "switch": 0.5, "stage1": (1.0, 0.0), "stage2": (0.1, 1.0), "restart_warmup": False},
+}
 
 
 class MethodSpec(_Strict):
-    """The fusion method and its hyper-parameters (defaults follow FuseLLM / ProFuser)."""
+    """The fusion method: its name, the fields every method shares (defaults follow FuseLLM / ProFuser), and the
+    chosen method's own parameters, flat beside them (`method.beta`, `method.schedule.switch`).
+
+    The own parameters are validated by the method's `Params` model (methods/base.py, MethodParams) and then
+    readable as attributes (`spec.schedule`); `harness methods --verbose` lists them.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=False, allow_inf_nan=False)
 
     name: str = "profuser"
 
@@ -124,7 +114,6 @@ class MethodSpec(_Strict):
         return check_name(value, "method name")
 
     lam: float = Field(default=0.9, ge=0.0, le=1.0, description="λ: weight of plain CE; 1-λ weights the fusion term.")
-    beta: float = Field(default=1.0, ge=0.0, le=1e6, description="β: weight of the KL term in the inference-mode loss.")
     temperature: float = Field(default=1.0, gt=0.0, le=1e6, description="Temperature applied when renormalising top-k teachers.")
     kl_direction: Literal["forward", "reverse"] = Field(
         default="forward", description="forward: KL(P_S || P_T) (FuseLLM's CE form); reverse: KL(P_T || P_S) over the top-k."
@@ -132,12 +121,61 @@ class MethodSpec(_Strict):
     target_is_candidate: bool = Field(
         default=True, description="Whether the target's own signals compete in MinCE / judge selection (paper: yes)."
     )
-    weighting: Literal["uniform", "avgce"] = Field(
-        default="uniform",
-        description="averaging only: how sources are mixed per example: uniform, or avgce (FuseLLM's AvgCE: "
-        "softmax over the sources' negative cross-entropies on the reference).",
+
+    @model_validator(mode="after")
+    def _own_parameters(self) -> MethodSpec:
+        """Validate the fields beyond the shared ones against the method's `Params`. A field another method declares,
+        given at that method's default, is dropped: presets and dumps written for one method (`beta: 1.0`) keep
+        working when `--method` picks another. An unknown method name is left to `plan`, which names the choices."""
+        from harness.registry import available_methods  # lazy: the methods import this module
+
+        methods = available_methods()
+        cls = methods.get(self.name)
+        if cls is None:
+            return self
+        own = cls.Params.model_fields
+        given = dict(self.__pydantic_extra__ or {})
+        for key, value in list(given.items()):
+            if key not in own:
+                if not any(_is_default_of(m.Params, key, value) for m in methods.values()):
+                    raise _parameter_error(self.name, key, value, list(own))
+                del given[key]
+        params = cls.Params.model_validate(given)
+        self.__pydantic_extra__ = {k: getattr(params, k) for k in own}
+        return self
+
+    def own_parameters(self) -> dict[str, Any]:
+        """The method's own parameters (validated), without the shared fields."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def key(self) -> dict[str, Any]:
+        """What a cache key holds of the method: every field, shared and own (plus the fields all keys held before
+        methods declared their own parameters, at their old defaults)."""
+        return {**_KEYED_BEFORE_OWN_PARAMETERS, **self.model_dump()}
+
+
+SHARED_METHOD_FIELDS = tuple(MethodSpec.model_fields)
+
+
+def _is_default_of(params: type[BaseModel], key: str, value: Any) -> bool:
+    """Whether `value` is the default of `params`' field `key` (False when it has no such field or the value is not
+    valid for it)."""
+    if key not in params.model_fields:
+        return False
+    try:
+        return getattr(params.model_validate({key: value}), key) == getattr(params(), key)
+    except ValidationError:
+        return False
+
+
+def _parameter_error(method: str, key: str, value: Any, own: list[str]) -> ValidationError:
+    """One line naming the method's valid fields, located at `method.<key>`."""
+    shared = ", ".join(f for f in SHARED_METHOD_FIELDS if f != "name")
+    message = (f"method '{method}' has no parameter '{key}'; its own: {', '.join(own) or 'none'}; every method's: "
+               f"{shared} (see `harness methods --verbose`)")
+    return ValidationError.from_exception_data(
+        "MethodSpec", [InitErrorDetails(type=PydanticCustomError("method_parameter", message), loc=(key,), input=value)]
     )
-    schedule: ScheduleSpec = ScheduleSpec()
 
 
 class VLLMSpec(_Strict):
@@ -268,7 +306,7 @@ class Experiment(_Strict):
     target: ModelSpec
     sources: list[ModelSpec] = Field(min_length=1)
     corpus: CorpusSpec = CorpusSpec()
-    method: MethodSpec = MethodSpec()
+    method: MethodSpec = Field(default_factory=MethodSpec)
     signals: SignalSpec = SignalSpec()
     judges: JudgeSpec = JudgeSpec()
     train: TrainSpec = TrainSpec()
@@ -368,7 +406,8 @@ def format_validation_error(exc: ValidationError) -> str:
         msg = "unknown field (check the spelling against `harness run --help` and the presets)"
     shown = repr(err.get("input"))
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    extra = f" (got {shown})" if err["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in err else ""
+    plain = ("extra_forbidden", "missing", "value_error", "method_parameter")
+    extra = f" (got {shown})" if err["type"] not in plain and "input" in err else ""
     more = len(exc.errors()) - 1
     tail = f"; and {more} more problem(s)" if more else ""
     return f"{loc}: {msg}{extra}{tail}" if loc else f"{msg}{tail}"

@@ -208,7 +208,8 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
         what = "teacher-forced top-k" if mode == "training" else f"generation + {exp.judges.kind} judge + top-k"
         p.stages.append(f"signals ({mode} mode): {what}, k={exp.signals.top_k}, aligned by "
                         f"'{exp.signals.alignment}', for {len(names)} candidate models")
-    p.stages.append(f"train: {exp.method.name} (schedule {exp.method.schedule.name}) into '{exp.target.name}'")
+    own = ", ".join(f"{k} {_param_text(v)}" for k, v in exp.method.own_parameters().items())
+    p.stages.append(f"train: {exp.method.name}{f' ({own})' if own else ''} into '{exp.target.name}'")
     labels = ["target-base", *([s.name for s in exp.sources] if exp.eval.compare_sources else []), exp.method.name]
     p.stages.append(f"evaluate: {', '.join(tasks)} for {', '.join(labels)}")
     p.stages.append("report: paired tests against target-base with Holm correction, tables and plots")
@@ -220,6 +221,11 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
         every = f"; every document of {', '.join(rest)}" if rest else ""
         p.notes.append(f"evaluating {what} documents per task{every} (the preset's caps); --limit 0 lifts them")
     return p
+
+
+def _param_text(value: Any) -> str:
+    """A parameter for the plan's train line: a nested model by its name (`schedule progressive`), else its value."""
+    return str(getattr(value, "name", value))
 
 
 def _sandbox_reward_models(exp: Experiment, method_cls: Any) -> list[str]:
@@ -468,7 +474,7 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             "target": exp.target.model_dump(),
             "target_weights": _weights_identity(target, plan_.cache_dir),
             "signals": {m.value: s.key for m, s in sets.items()},
-            "method": exp.method.model_dump(),
+            "method": exp.method.key(),
             "train": exp.train.model_dump(),
             "seed": exp.seed,
         }
@@ -571,7 +577,9 @@ def _summary(
     summary: dict[str, Any] = {
         "run_id": run_dir.name,
         "method": exp.method.name,
-        "schedule": exp.method.schedule.name,
+        # a method with a schedule (ProFuser) is told apart by it in tables and replicate keys
+        **({"schedule": schedule.name} if (schedule := exp.method.own_parameters().get("schedule")) else {}),
+        "parameters": exp.method.model_dump(mode="json", include=set(exp.method.own_parameters())),
         "preset": exp.preset,
         "seed": exp.seed,
         **({"variant": variant} if variant else {}),  # the grid values of a sweep's cell, besides method and schedule

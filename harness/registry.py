@@ -5,11 +5,13 @@ the choices. Fusion methods live here (`harness.methods`); the alignment strateg
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from harness.errors import HarnessError
+from methods.params import Parameter, type_text
 
 if TYPE_CHECKING:
     from methods.base import FusionMethod
@@ -71,3 +73,31 @@ def available_methods() -> dict[str, type[FusionMethod]]:
 
 def get_method(name: str) -> type[FusionMethod]:
     return METHODS.get(name)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method as `harness methods --verbose` shows it: its own parameters (`method.<name>` in a config)
+    beside the fields every method shares."""
+
+    name: str
+    description: str
+    needs: list[str]
+    module: str
+    parameters: list[Parameter]
+
+
+def shared_parameters() -> list[Parameter]:
+    """The fields of `method.` that every method has (harness.config.MethodSpec)."""
+    from harness.config import MethodSpec
+
+    return [Parameter(name, type_text(info.annotation), info.get_default(call_default_factory=True), info.description or "")
+            for name, info in MethodSpec.model_fields.items()]  # fmt: skip
+
+
+def describe_methods() -> list[MethodInfo]:
+    """Every registered method (built-in and plugins) with its own parameters, defaults and descriptions."""
+    return [
+        MethodInfo(name, cls.description, sorted(s.value for s in cls.needs), cls.__module__, cls.Params.describe())
+        for name, cls in available_methods().items()
+    ]

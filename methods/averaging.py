@@ -21,11 +21,13 @@ exact over the union of the kept ids (FuseLLM's scatter keeps one of two duplica
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from harness.registry import register_method
-from methods.base import FusionBatch, FusionMethod, LossParts, Signal, SourceTargets
+from methods.base import FusionBatch, FusionMethod, LossParts, MethodParams, Signal, SourceTargets
 from methods.fusellm import training_loss
 from methods.losses import teacher_logprobs
 
@@ -43,10 +45,20 @@ def mixture_log_weights(ces: list[float], weighting: str) -> list[float]:
     return torch.log_softmax(rewards, dim=0).tolist()
 
 
+class AveragingParams(MethodParams):
+    weighting: Literal["uniform", "avgce"] = Field(
+        default="uniform",
+        description="How sources are mixed per example: uniform, or avgce (FuseLLM's AvgCE: softmax over the "
+        "rewards exp(-CE_i) of the sources' cross-entropies on the reference).",
+    )
+
+
 @register_method("averaging")
 class Averaging(FusionMethod):
     description = "Averaging: CE on the reference plus CE to the mixture (uniform or AvgCE) of all sources' top-k distributions"
     needs = frozenset({Signal.TRAINING})
+    Params = AveragingParams
+    params: AveragingParams
 
     def combine(self, candidates: list[SourceTargets]) -> SourceTargets:
         if not candidates:
@@ -54,7 +66,7 @@ class Averaging(FusionMethod):
         lengths = {c.topk_ids.shape[0] for c in candidates}
         if len(lengths) != 1:
             raise ValueError(f"candidates are aligned to different token counts {sorted(lengths)}; align them to the target first")
-        log_w = mixture_log_weights([c.ce for c in candidates], self.spec.weighting)
+        log_w = mixture_log_weights([c.ce for c in candidates], self.params.weighting)
         tau = self.spec.temperature
         logp = [teacher_logprobs(c.topk_ids, c.topk_logp.float(), tau) + lw for c, lw in zip(candidates, log_w, strict=True)]
         ce = sum(math.exp(lw) * c.ce for c, lw in zip(candidates, log_w, strict=True) if math.isfinite(c.ce))

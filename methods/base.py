@@ -23,8 +23,9 @@ import torch
 
 from harness.config import MethodSpec
 from harness.modes import Signal
+from methods.params import MethodParams, Parameter
 
-__all__ = ["FusionBatch", "FusionMethod", "LossParts", "SeqBatch", "Signal", "SourceTargets"]
+__all__ = ["FusionBatch", "FusionMethod", "LossParts", "MethodParams", "Parameter", "SeqBatch", "Signal", "SourceTargets"]
 
 
 @dataclass
@@ -76,9 +77,14 @@ class FusionMethod(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs: ClassVar[frozenset[Signal]]
+    Params: ClassVar[type[MethodParams]] = MethodParams
 
     def __init__(self, spec: MethodSpec) -> None:
+        """`spec` holds the shared fields (lam, temperature, ...); `self.params` this method's own, validated by
+        `Params` (fields of `spec` that `Params` does not declare are another method's and are left out)."""
         self.spec = spec
+        own = {k: v for k, v in spec.own_parameters().items() if k in self.Params.model_fields}
+        self.params = self.Params.model_validate(own)
 
     def combine(self, candidates: list[SourceTargets]) -> SourceTargets:
         """Training mode: one teacher per example from all sources' signals. Default: MinCE (FuseLLM)."""

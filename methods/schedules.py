@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from harness.config import ScheduleSpec
+from pydantic import Field, field_validator, model_validator
+
+from methods.params import MethodParams
 
 Weights = tuple[float, float]
 
@@ -57,13 +59,49 @@ def _cosine(spec: ScheduleSpec, step: int, total: int) -> Weights:
     return _interpolate(spec, (1.0 - math.cos(math.pi * _fraction(step, total))) / 2.0)
 
 
+# The schedules by name: the one list of their names (config validation, `--schedule`, `ablate`).
 SCHEDULES: dict[str, Callable[[ScheduleSpec, int, int], Weights]] = {
     "progressive": _progressive,
-    "reversed": _reversed,
     "simultaneous": _simultaneous,
+    "reversed": _reversed,
     "linear": _linear,
     "cosine": _cosine,
 }
+SCHEDULE_NAMES = tuple(SCHEDULES)
+
+
+class ScheduleSpec(MethodParams):
+    """How the weights of the inference-mode and training-mode terms move over training (`method.schedule`).
+
+    progressive (paper default): (w_inf, w_train) = stage1 before `switch` (a fraction of total steps), stage2 after.
+    reversed: training mode first, i.e. stage1 and stage2 with their two weights swapped.
+    simultaneous: both terms at weight 1 for the whole run.
+    linear / cosine: move from stage1 to stage2 smoothly over the whole run.
+    """
+
+    name: str = Field(default="progressive", description=f"One of {', '.join(SCHEDULE_NAMES)}.")
+    switch: float = Field(default=0.5, ge=0.0, le=1.0, description="Fraction of steps spent in stage 1.")
+    stage1: tuple[float, float] = Field(default=(1.0, 0.0), description="(w_inf, w_train) in stage 1.")
+    stage2: tuple[float, float] = Field(default=(0.1, 1.0), description="(w_inf, w_train) in stage 2.")
+    restart_warmup: bool = Field(
+        default=False,
+        description="progressive / reversed: treat the two stages as two training runs: the learning rate warms "
+        "up and decays (train.warmup_ratio, cosine) within each stage, restarting at the switch.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{value}'; choose one of {', '.join(SCHEDULES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> ScheduleSpec:
+        for w in (*self.stage1, *self.stage2):
+            if w < 0:
+                raise ValueError("schedule weights (method.schedule.stage1, method.schedule.stage2) must be >= 0")
+        return self
 
 
 def weights(spec: ScheduleSpec, step: int, total_steps: int) -> Weights:

@@ -23,8 +23,8 @@ def test_sandbox_preset_loads_with_paper_defaults() -> None:
 
 
 def test_overrides_reach_nested_fields() -> None:
-    exp = load_experiment("sandbox", {"method.name": "fusellm", "method.schedule.name": "linear", "eval.limit": 0, "train.lr": 1e-4})
-    assert (exp.method.name, exp.method.schedule.name, exp.eval.limit, exp.train.lr) == ("fusellm", "linear", 0, 1e-4)
+    exp = load_experiment("sandbox", {"method.name": "profuser", "method.schedule.name": "linear", "eval.limit": 0, "train.lr": 1e-4})
+    assert (exp.method.name, exp.method.schedule.name, exp.eval.limit, exp.train.lr) == ("profuser", "linear", 0, 1e-4)
 
 
 @pytest.mark.parametrize(

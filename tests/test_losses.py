@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.config import MethodSpec, ScheduleSpec
+from harness.config import MethodSpec
 from harness.registry import available_methods, get_method
 from methods.base import FusionBatch, SeqBatch, Signal, SourceTargets
 from methods.losses import (
@@ -19,7 +19,7 @@ from methods.losses import (
     sparse_kl,
     teacher_logprobs,
 )
-from methods.schedules import weights
+from methods.schedules import ScheduleSpec, weights
 
 B, T, V, K = 3, 7, 13, 4
 NEG_INF = float("-inf")
@@ -303,7 +303,7 @@ def test_averaging_avgce_is_fusellms_weighted_label() -> None:
     torch.testing.assert_close(loss.components["fuse_train"].double(), direct, rtol=1e-5, atol=1e-6)
     # uniform stays the default; equal CEs make AvgCE the uniform mixture; a source that predicted nothing has
     # reward 0 (FuseLLM's rule) and no entries
-    assert MethodSpec().weighting == "uniform"
+    assert MethodSpec(name="averaging").weighting == "uniform"
     equal = [SourceTargets(c.source, 1.0, c.topk_ids, c.topk_logp) for c in candidates]
     uniform = get_method("averaging")(MethodSpec(name="averaging", temperature=tau)).combine(equal)
     torch.testing.assert_close(method.combine(equal).topk_logp, uniform.topk_logp)

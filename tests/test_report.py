@@ -24,8 +24,8 @@ from harness.analysis.report import (
     write_tables,
 )
 from harness.analysis.stats import compare_runs, holm
-from harness.config import ScheduleSpec
 from harness.errors import HarnessError
+from methods.schedules import ScheduleSpec
 
 # task -> (category, metric, binary); names with '_' exercise LaTeX escaping
 TASKS = {

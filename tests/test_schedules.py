@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from harness.config import SCHEDULES, ScheduleSpec
-from methods.schedules import lr_factor, stage_starts, weights
+from methods.schedules import SCHEDULE_NAMES as SCHEDULES
+from methods.schedules import ScheduleSpec, lr_factor, stage_starts, weights
 
 
 def spec(name: str, **kw: object) -> ScheduleSpec:

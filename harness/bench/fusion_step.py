@@ -34,11 +34,12 @@ from typing import Any
 
 import torch
 
-from harness.config import MethodSpec, ScheduleSpec
+from harness.config import MethodSpec
 from harness.training.loop import forward_views, pad_views
 from methods.base import FusionBatch, SeqBatch, Signal
 from methods.fusellm import FuseLLM
 from methods.profuser import ProFuser
+from methods.schedules import ScheduleSpec
 
 SETUP = {"vocab": 32000, "hidden": 256, "layers": 2, "batch": 4, "length": 128, "prompt": 32, "k": 10}
 VARIANTS = ("plain", "fusellm", "profuser", "plain_concat")

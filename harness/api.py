@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.config import Experiment, SandboxSpec, load_experiment
 from harness import registry
+from harness.config import Experiment, SandboxSpec, load_experiment
 from harness.errors import HarnessError
 from harness.registry import MethodInfo, shared_parameters
 from methods.schedules import SCHEDULE_NAMES

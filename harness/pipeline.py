@@ -438,6 +438,7 @@ def _handles(exp: Experiment, prepared: Prepared) -> tuple[Any, list[Any]]:
 
 def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, manifest: Manifest, progress: bool) -> dict[Any, Any]:
     from harness.signals import extract_signals, selection_stats, signal_audit, winner_reference_score
+    from harness.signals.extract import signals_code_hash
 
     target, candidates = _handles(exp, prepared)
     sets = {}
@@ -448,6 +449,7 @@ def _signals(exp: Experiment, plan_: Plan, prepared: Prepared, run_dir: Path, ma
                 seed=exp.seed, judge_models=prepared.judge_models,
             )
         manifest.record_cache_key(f"signals.{mode.value}", sets[mode].key)
+    manifest.record_code({f"alignment:{exp.signals.alignment}": signals_code_hash(exp.signals.alignment)})
     if distributed.is_main():
         stats = selection_stats(sets, prepared.corpus)
         if (judged := winner_reference_score(sets, prepared.corpus)) is not None:
@@ -475,11 +477,14 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             "target_weights": _weights_identity(target, plan_.cache_dir),
             "signals": {m.value: s.key for m, s in sets.items()},
             "method": exp.method.key(),
+            "code": train_code(plan_.method_cls),  # an edited loss or training loop trains again (docs/design.md)
             "train": exp.train.model_dump(),
             "seed": exp.seed,
         }
     )
     manifest.record_cache_key("train", key)
+    code = train_code(plan_.method_cls)
+    manifest.record_code({f"method:{exp.method.name}": code["method"], "training": code["train"]})
     work = plan_.cache_dir / "train" / key
     final = work / "final"
     # Other runs sharing the cache are kept out by the main process's lock; the processes of this run all follow
@@ -507,6 +512,16 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
     if log.is_file() and distributed.is_main():
         shutil.copyfile(log, run_dir / "train_log.jsonl")
     return final
+
+
+TRAIN_MODULES = ("harness.training.loop", "harness.training.dataset", "harness.training.lora")
+
+
+def train_code(method_cls: Any) -> dict[str, str]:
+    """The code a trained model depends on: the method's module (and what it imports) and the training loop."""
+    from harness.code_identity import code_hash
+
+    return {"method": code_hash(method_cls.__module__), "train": code_hash(*TRAIN_MODULES)}
 
 
 def _save_final(result: Any, tokenizer: Any, final: Path) -> None:

@@ -512,6 +512,12 @@ class Manifest:
         self.data["sandbox_world"] = identity
         self.save()
 
+    def record_code(self, hashes: dict[str, str]) -> None:
+        """Code hashes (harness/code_identity.py) of the plugins this run used: `method:<name>` (its module and
+        what it imports), `alignment:<name>` (the signal extraction with that strategy)."""
+        self.data.setdefault("code", {}).update(hashes)
+        self.save()
+
     def record_cache_key(self, stage: str, key: str) -> None:
         self.data["cache_keys"][stage] = key
         self.save()

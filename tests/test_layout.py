@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = {"config", "registry", "store", "errors", "models", "chat", "distributed", "modes"}
+SHARED = {"config", "registry", "store", "errors", "models", "chat", "distributed", "modes", "code_identity"}
 ORCHESTRATION = {"pipeline", "sweeps", "cli", "api", "__init__", "bench", "presets", "accelerate_configs"}
 # stage package -> the stage packages it may import (besides shared modules and itself)
 ALLOWED = {

@@ -28,7 +28,6 @@ from statsmodels.stats.proportion import proportion_confint
 
 from harness.analysis import plot_style as ps
 from harness.analysis.report import Cell, Table, build_table, load_selection, load_summary
-from harness.config import SCHEDULES
 from harness.errors import HarnessError
 
 # loss components as methods/*.py name them (anything else is shown by its key)
@@ -423,16 +422,18 @@ def plot_ablation(
     if len({s.get("schedule") for _, s in runs}) < 2:
         return []
     table = build_ablation_table([d for d, _ in runs], method)
-    order = {name: i for i, name in enumerate(SCHEDULES)}
+    # the schedules in the order they were run (`harness ablate` runs them in methods/schedules.py's order)
+    names = list(dict.fromkeys(s.get("schedule") or "" for _, s in runs))
+    order = {name: i for i, name in enumerate(names)}
     rows = sorted(table.rows, key=lambda r: (order.get(r.schedule or "", len(order)), r.label))
     tasks = [c for c in table.columns if c.kind == "task"]
     cats = table.categories() if len(table.categories()) > 1 else []
     scale = 100.0 if all(table.percent(c.key) for c in tasks) else 1.0
-    sched_colors = {name: ps.CYCLE[i % len(ps.CYCLE)] for i, name in enumerate(SCHEDULES)}
-    sched_styles = {name: ps.LINESTYLES[i % len(ps.LINESTYLES)] for i, name in enumerate(SCHEDULES)}
+    sched_colors = {name: ps.CYCLE[i % len(ps.CYCLE)] for i, name in enumerate(names)}
+    sched_styles = {name: ps.LINESTYLES[i % len(ps.LINESTYLES)] for i, name in enumerate(names)}
     logs: dict[str | None, list[dict[str, Any]]] = {}
     for d, s in sorted(runs, key=lambda ds: order.get(ds[1].get("schedule") or "", len(order))):
-        # the first run of each schedule carries its weight curve; legend in SCHEDULES order
+        # the first run of each schedule carries its weight curve; legend in run order
         log = _read_train_log(d)
         if log and s.get("schedule") not in logs and _schedule_keys(log):
             logs[s.get("schedule")] = log

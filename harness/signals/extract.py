@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.code_identity import code_hash
 from harness.config import JudgeSpec, SignalSpec
 from harness.errors import HarnessError
 from harness.models import load_tokenizer
@@ -29,6 +30,12 @@ from harness.signals.training_mode import training_stores
 # own characters (a first token covering template text pairs only with the same), cut-off generations without an
 # end of turn (`finished`), per-token log-probabilities for MinCE over the same text, byte-fallback audit
 SIGNALS_VERSION = 3
+
+
+def signals_code_hash(alignment: str) -> str:
+    """The code behind a signal store: this module and what it imports (teacher passes, generation, judges,
+    the built-in alignments), and the chosen alignment strategy's module (a plugin's lives elsewhere)."""
+    return code_hash(__name__, type(get_alignment(alignment)).__module__)
 
 
 def extract_signals(
@@ -79,6 +86,7 @@ def extract_signals(
         "max_length": spec.max_length,
         "precision": precision_of(ctx.device),  # bf16 on a GPU gives other numbers than fp32 on a CPU
         "vocab_map": VOCAB_MAP_VERSION,  # how source ids land on target ids
+        "code": signals_code_hash(spec.alignment),  # an edited extraction or alignment recomputes the signals
     }
     if spec.alignment != DEFAULT_ALIGNMENT:  # the default stays out of the key: stores from before keep their key
         common["alignment"] = spec.alignment

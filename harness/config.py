@@ -417,6 +417,8 @@ def with_overrides(exp: Experiment, overrides: dict[str, Any], where: str = "con
     """A validated copy of `exp` with dotted-key overrides applied (`--grid` cells, seeds); `exp` is left alone.
     A bad field or value is a one-line HarnessError that starts with `where`."""
     data = exp.model_dump()
+    if overrides.get("method.name", exp.method.name) != exp.method.name:
+        data["method"] = _carried_to(str(overrides["method.name"]), data["method"])
     for key, value in overrides.items():
         try:
             _set_dotted(data, key, value)
@@ -426,6 +428,27 @@ def with_overrides(exp: Experiment, overrides: dict[str, Any], where: str = "con
         return Experiment.model_validate(data)
     except ValidationError as exc:
         raise HarnessError(f"{where}: {format_validation_error(exc)}", "config") from None
+
+
+def _carried_to(method: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The method fields of an experiment whose method is swapped for `method` (a grid cell, `ablate -m`): the
+    shared ones and the old method's own parameters that `method` declares too; the others were the old method's."""
+    from harness.registry import available_methods  # lazy: the methods import this module
+
+    cls = available_methods().get(method)
+    own = set(cls.Params.model_fields) if cls is not None else set(fields)
+    return {k: v for k, v in fields.items() if k in SHARED_METHOD_FIELDS or k in own}
+
+
+def belongs_to_other_methods(method: str, field: str) -> bool:
+    """Whether `method.<field>` is another registered method's own parameter that `method` does not have (False for
+    shared fields, misspellings and unknown methods, which validation reports)."""
+    from harness.registry import available_methods
+
+    methods = available_methods()
+    if field in SHARED_METHOD_FIELDS or method not in methods or field in methods[method].Params.model_fields:
+        return False
+    return any(field in cls.Params.model_fields for cls in methods.values())
 
 
 def load_experiment(preset: str = "sandbox", overrides: dict[str, Any] | None = None) -> Experiment:

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness import distributed, pipeline
-from harness.config import MAX_SEED, Experiment, with_overrides
+from harness.config import MAX_SEED, Experiment, belongs_to_other_methods, with_overrides
 from harness.errors import HarnessError
 from harness.store import atomic_write_json, atomic_write_text, check_writable, locked, stable_hash
 
@@ -118,8 +118,17 @@ def plan_sweep(
     """Every cell of grid × seeds as a validated experiment (`base` with the cell's grid values and seed), each
     grid point checked end to end by pipeline.plan; a bad value is one line naming its cell."""
     axes = _check_axes(grid or {})
-    points = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
-    return plan_points([(values, base) for values in points], seeds, out, kind, axes)
+    points = [_for_its_method(dict(zip(axes, combo, strict=True)), base) for combo in itertools.product(*axes.values())]
+    unique = list({repr(sorted(p.items())): p for p in points}.values())
+    return plan_points([(values, base) for values in unique], seeds, out, kind, axes)
+
+
+def _for_its_method(values: dict[str, Any], base: Experiment) -> dict[str, Any]:
+    """A grid point without the values of `method.<field>` axes its method does not have: swept with the method,
+    `method.schedule.switch` varies ProFuser and leaves FuseLLM one point (the grid's duplicates are then dropped)."""
+    method = str(values.get("method.name", base.method.name))
+    return {k: v for k, v in values.items()
+            if not (k.startswith("method.") and belongs_to_other_methods(method, k.split(".")[1]))}  # fmt: skip
 
 
 def plan_points(

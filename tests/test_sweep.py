@@ -144,12 +144,14 @@ def test_every_cell_is_validated_before_anything_runs(tmp_path: Path) -> None:
     ok = runner.invoke(main, [*base, "--grid", "method.name=profuser,fusellm", "--grid",
                               "method.schedule.switch=0.25,0.75", "--seeds", "0,1", "--dry-run"])  # fmt: skip
     assert ok.exit_code == 0, ok.output
-    assert "8 run(s) = 4 grid point(s) × 2 seed(s)" in ok.stderr
-    assert "run 6/8: method.name=fusellm method.schedule.switch=0.25 seed 1" in ok.stderr
+    # the switch is ProFuser's own parameter: FuseLLM, which has none, is one grid point
+    assert "6 run(s) = 3 grid point(s) × 2 seed(s)" in ok.stderr
+    assert "run 3/6: method.name=profuser method.schedule.switch=0.75 seed 0" in ok.stderr
+    assert "run 6/6: method.name=fusellm seed 1" in ok.stderr
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
     bad = {
         ("--grid", "method.schedule.switch=0.25,2"): "grid cell method.schedule.switch=2: method.schedule.switch",
-        ("--grid", "method.schedul.switch=0.5"): "grid cell method.schedul.switch=0.5: method.schedul: unknown field",
+        ("--grid", "method.schedul.switch=0.5"): "grid cell method.schedul.switch=0.5: method.schedul: method 'profuser' has no parameter 'schedul'",
         ("--grid", "method.name=profuser,nosuch"): "grid cell method.name=nosuch",
         ("--grid", "seed=1,2"): "swept with --seeds",
         ("--grid", "method.name=profuser,profuser"): "a value is repeated",

@@ -639,3 +639,21 @@ def test_training_figure_smooths_long_runs_and_says_how(tmp_path: Path) -> None:
 
     short = training_figure(rows[:20])  # a short run: plain lines, nothing to smooth, nothing to explain
     assert not any(line.get_gid() for line in short.axes[0].lines) and short.legends[0].get_title().get_text() == ""
+
+
+def test_an_ablation_table_for_any_method_whose_parameters_were_varied(tmp_path: Path) -> None:
+    # a sweep over averaging's own `weighting` (its summaries carry no schedule: averaging has none)
+    runs = []
+    for weighting in ("uniform", "avgce"):
+        run = make_run(tmp_path, f"avg-{weighting}", method="averaging", with_log=False, with_selection=False)
+        summary = json.loads((run / "summary.json").read_text())
+        del summary["schedule"]
+        summary["variant"] = {"method.weighting": weighting}
+        (run / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    paths = write_tables(runs, tmp_path / "tables")
+    assert {p.name for p in paths} >= {"ablation.md", "ablation.csv"}
+    table = build_ablation_table(runs, "averaging")
+    assert table.title == "Parameter ablation (averaging)"
+    assert [r.label for r in table.rows] == ["weighting=uniform", "weighting=avgce"]
+    assert not any("schedules" in note for note in table.notes)

@@ -625,7 +625,8 @@ def build_grid_table(
 
 
 def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> Table:
-    """Rows are the schedules of `method`'s runs (seed replicates averaged); columns tasks and averages."""
+    """Rows are the settings of `method`'s runs (seed replicates averaged): its schedule where it has one (ProFuser),
+    else the swept parameters (a sweep cell's variant); columns tasks and averages."""
     summaries = [load_summary(Path(d)) for d in run_dirs]
     groups = _method_groups(summaries, method)
     if not groups:
@@ -637,15 +638,19 @@ def build_ablation_table(run_dirs: Sequence[Path], method: str = "profuser") -> 
     columns = _columns(catalog)
     rows = []
     for key, members in groups.items():
-        schedule = key[1] or "default"
+        schedule = key[1] or ""
         extra = [key[i] for i in (2, 3) if key[i] and len({k[i] for k in groups}) > 1]
-        label = f"{schedule} ({', '.join(extra)})" if extra else schedule
+        if not schedule and extra:  # no schedule: the row is named by what varied
+            label = " ".join(extra)
+        else:
+            label = f"{schedule or 'default'} ({', '.join(extra)})" if extra else schedule or "default"
         rows.append(
             _row(label, "method", [m["tasks"] for m in members], members, method, columns, catalog, schedule)
         )
     mismatch = check_comparable(members_all, allow_mismatch=True)
-    return Table(f"Schedule ablation ({method})", columns, rows, _notes(columns, rows, ablation=True,
-                                                                      mismatch=mismatch))  # fmt: skip
+    scheduled = any(key[1] for key in groups)
+    title = f"{'Schedule' if scheduled else 'Parameter'} ablation ({method})"
+    return Table(title, columns, rows, _notes(columns, rows, ablation=scheduled, mismatch=mismatch))
 
 
 # ---------------------------------------------------------------- rendering
@@ -818,11 +823,14 @@ def to_rich(table: Table) -> Any:
 def write_tables(
     run_dirs: Sequence[Path], out_dir: Path, *, allow_mismatch: bool = False, holm_scope: HolmScope = "run"
 ) -> list[Path]:
-    """results.{md,tex,csv} in `out_dir`, plus ablation.{md,tex,csv} when ProFuser runs differ in schedule."""
+    """results.{md,tex,csv} in `out_dir`, plus an ablation table for each method whose runs differ in its settings
+    (schedule or swept parameters, on one target): ablation.{md,tex,csv}, or ablation-<method>.* when several."""
     tables = {"results": build_table(run_dirs, allow_mismatch=allow_mismatch, holm_scope=holm_scope)}
     summaries = [load_summary(Path(d)) for d in run_dirs]
-    if len({s.get("schedule") for s in summaries if s.get("method") == "profuser"}) > 1:
-        tables["ablation"] = build_ablation_table(run_dirs)
+    varied = [m for m in dict.fromkeys(s["method"] for s in summaries if s.get("method"))
+              if len({(k[1], k[3]) for k in _method_groups(summaries, m)}) > 1]  # fmt: skip
+    for method in varied:
+        tables["ablation" if len(varied) == 1 else f"ablation-{method}"] = build_ablation_table(run_dirs, method)
     written = []
     for stem, table in tables.items():
         for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):

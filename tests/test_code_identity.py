@@ -65,6 +65,8 @@ def test_editing_a_loss_trains_again_and_an_unchanged_tree_reuses(tmp_path: Path
         return proc.stderr, json.loads((newest / "manifest.json").read_text())
 
     _, manifest = run()  # trains, or reuses what an earlier session trained from this very tree
+    summary = json.loads((max((tmp_path / "results").iterdir(), key=lambda d: d.stat().st_mtime_ns) / "summary.json").read_text())
+    assert "schedule" not in summary and summary["parameters"] == {}  # FuseLLM has no schedule and no own parameter
     _edit(tree / "methods" / "fusellm.py", FUSELLM_LOSS, FUSELLM_LOSS.replace("total = ", "total = 0.5 * "))
     edited_run, edited = run()
     assert "train: reusing the trained model" not in edited_run  # trained: its key names no model in the cache

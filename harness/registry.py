@@ -16,7 +16,9 @@ from methods.params import Parameter, type_text
 if TYPE_CHECKING:
     from methods.base import FusionMethod
 
-ENTRY_POINT_GROUP = "harness.methods"
+ENTRY_POINT_GROUP = "harness.methods"  # plugins in other packages (docs/plugins.md)
+# The built-in methods: imported on first use, each registering itself with @register_method. This list is the
+# only place they are registered (pyproject.toml declares no entry points for them).
 BUILTIN_MODULES = ("methods.profuser", "methods.fusellm", "methods.inference_only", "methods.averaging", "methods.uld")
 
 C = TypeVar("C", bound=type)
@@ -46,8 +48,10 @@ class Registry(Generic[C]):
             for module in self.builtin:
                 import_module(module)
             for ep in entry_points(group=self.group):
-                if ep.name not in self._classes:
-                    self._classes.setdefault(ep.name, ep.load())
+                if ep.name not in self._classes:  # loading runs the plugin's own @register_... (or not)
+                    loaded = ep.load()
+                    if ep.name not in self._classes:
+                        self.register(ep.name)(loaded)
             self._loaded = True
         return dict(sorted(self._classes.items()))
 

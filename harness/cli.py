@@ -326,6 +326,7 @@ def sweep(
     \b
     Examples:
       harness sweep --grid method.name=profuser,fusellm --grid method.schedule.switch=0.25,0.5,0.75 --seeds 0,1,2
+      (the switch is ProFuser's own parameter: fusellm is one grid point)
       harness sweep -t sandbox --grid train.lr=1e-5,5e-5 --seeds 0,1 --dry-run
     """
     seed_list = _parse_seeds(seeds, seed)

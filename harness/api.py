@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness import registry
-from harness.config import Experiment, SandboxSpec, load_experiment
+from harness.config import Experiment, SandboxSpec, load_experiment, with_overrides
 from harness.errors import HarnessError
 from harness.registry import MethodInfo, shared_parameters
 from methods.schedules import SCHEDULE_NAMES
@@ -200,9 +200,7 @@ def schedule_variants(exp: Experiment, schedules: Sequence[str] = SCHEDULE_NAMES
     for name in schedules:
         if name not in SCHEDULE_NAMES:
             raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULE_NAMES)}", "cli")
-        variant = exp.model_copy(deep=True)
-        variant.method.schedule.name = name  # type: ignore[assignment]
-        out.append(Experiment.model_validate(variant.model_dump()))
+        out.append(with_overrides(exp, {"method.schedule.name": name}, "ablate"))  # one line if the method has none
     return out
 
 

@@ -126,7 +126,9 @@ def plan_sweep(
 def _for_its_method(values: dict[str, Any], base: Experiment) -> dict[str, Any]:
     """A grid point without the values of `method.<field>` axes its method does not have: swept with the method,
     `method.schedule.switch` varies ProFuser and leaves FuseLLM one point (the grid's duplicates are then dropped)."""
-    method = str(values.get("method.name", base.method.name))
+    if "method.name" not in values:  # one method: its axes are all its own, or errors
+        return values
+    method = str(values["method.name"])
     return {k: v for k, v in values.items()
             if not (k.startswith("method.") and belongs_to_other_methods(method, k.split(".")[1]))}  # fmt: skip
 

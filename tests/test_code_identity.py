@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,9 @@ def test_editing_a_loss_trains_again_and_an_unchanged_tree_reuses(tmp_path: Path
     _, manifest = run()  # trains, or reuses what an earlier session trained from this very tree
     summary = json.loads((max((tmp_path / "results").iterdir(), key=lambda d: d.stat().st_mtime_ns) / "summary.json").read_text())
     assert "schedule" not in summary and summary["parameters"] == {}  # FuseLLM has no schedule and no own parameter
-    _edit(tree / "methods" / "fusellm.py", FUSELLM_LOSS, FUSELLM_LOSS.replace("total = ", "total = 0.5 * "))
+    # an edit no earlier session made: a kept cache (HARNESS_CACHE_DIR) cannot hold its model yet
+    edit = FUSELLM_LOSS.replace("total = ", "total = 0.5 * ") + f"  # {uuid.uuid4().hex}"
+    _edit(tree / "methods" / "fusellm.py", FUSELLM_LOSS, edit)
     edited_run, edited = run()
     assert "train: reusing the trained model" not in edited_run  # trained: its key names no model in the cache
     assert edited["cache_keys"]["train"] != manifest["cache_keys"]["train"]

@@ -407,7 +407,7 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool, reward_models: li
 def _record_world(manifest: Manifest, sandbox_root: Path | None) -> None:
     """Which sandbox world the run used (fingerprint, reference check, library versions, scores), if any."""
     if sandbox_root is not None:
-        from harness.sandbox.build import world_identity
+        from harness.sandbox.identity import world_identity
 
         manifest.record_sandbox_world(world_identity(sandbox_root))
 

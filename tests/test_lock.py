@@ -39,7 +39,7 @@ def test_the_lock_pins_every_dependency_of_the_tested_extras() -> None:
 
 
 def test_the_lock_holds_the_reference_worlds_library_versions() -> None:
-    from harness.sandbox.build import REFERENCE_LIBRARIES
+    from harness.sandbox.identity import REFERENCE_LIBRARIES
 
     pins = _pins()
     for name, version in REFERENCE_LIBRARIES.items():

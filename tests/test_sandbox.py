@@ -377,7 +377,7 @@ def test_a_process_whose_kernels_ran_unpinned_refuses_to_build(monkeypatch: pyte
 
 
 def test_reference_status_says_which_world_and_why_not() -> None:
-    from harness.sandbox.build import REFERENCE_LIBRARIES, REFERENCE_WORLDS, reference_status
+    from harness.sandbox.identity import REFERENCE_LIBRARIES, REFERENCE_WORLDS, reference_status
 
     reference = REFERENCE_WORLDS[("default", 0)]
     assert len(reference) == 64 and reference != REFERENCE_WORLDS[("micro", 0)]
@@ -395,7 +395,7 @@ def _skip_unless_reference_libraries() -> None:
     other versions (`nox -s latest`) must still build the reference bytes, so that drift fails instead of skipping."""
     import platform
 
-    from harness.sandbox.build import REFERENCE_LIBRARIES, library_versions
+    from harness.sandbox.identity import REFERENCE_LIBRARIES, library_versions
 
     if platform.machine() != "x86_64":
         pytest.skip(f"the reference holds on x86-64; here {platform.machine()}")
@@ -410,7 +410,7 @@ def test_micro_world_is_the_reference_world(micro_world: World, tmp_path: Path) 
     from click.testing import CliRunner
 
     from harness.cli import main
-    from harness.sandbox.build import REFERENCE_WORLDS, library_versions, world_identity
+    from harness.sandbox.identity import REFERENCE_WORLDS, library_versions, world_identity
     from harness.store import file_sha256
 
     meta = json.loads((micro_world.root / "world.json").read_text())
@@ -513,7 +513,8 @@ def test_packaged_default_world_is_this_versions_reference_world() -> None:
     import hashlib
 
     from harness.sandbox import packaged
-    from harness.sandbox.build import REFERENCE_WORLDS, world_key
+    from harness.sandbox.build import world_key
+    from harness.sandbox.identity import REFERENCE_WORLDS
 
     root = packaged.packaged_root("default", 0)
     assert root is not None
@@ -553,7 +554,8 @@ def test_first_run_installs_the_packaged_world_through_the_cli(tmp_path: Path, m
 
 def test_a_damaged_or_stale_packaged_world_is_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.sandbox import packaged
-    from harness.sandbox.build import REFERENCE_WORLDS, world_key
+    from harness.sandbox.build import world_key
+    from harness.sandbox.identity import REFERENCE_WORLDS
 
     copy = tmp_path / "reference"
     shutil.copytree(packaged.PACKAGED, copy)
@@ -576,7 +578,8 @@ def test_default_world_built_from_scratch_is_the_packaged_world(tmp_path: Path) 
     """What the package ships is what the recipe trains (about 7 min on 2 cores): `--from-scratch`, byte for byte."""
 
     from harness.sandbox import packaged
-    from harness.sandbox.build import build_world, world_identity
+    from harness.sandbox.build import build_world
+    from harness.sandbox.identity import world_identity
 
     _skip_unless_reference_libraries()
     world = build_world("default", 0, cache_dir=tmp_path, progress=False, from_scratch=True)

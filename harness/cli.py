@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import MAX_SEED, SCHEDULES, load_experiment
+from harness.config import MAX_SEED, MAX_TOP_K, SCHEDULES, load_experiment
 from harness.errors import HarnessError
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
@@ -192,20 +192,6 @@ _run_options = [
 ]
 
 
-def _launch_elsewhere(num_processes: int, accelerate_config: str | None) -> bool:
-    """Start this command under `accelerate launch` when asked for several processes; True if it ran there."""
-    from harness import distributed
-
-    if accelerate_config is not None and num_processes == 1:
-        raise HarnessError("--accelerate-config needs --num-processes N with N > 1", "cli")
-    if num_processes == 1 or distributed.launched():
-        return False
-    code = distributed.relaunch(sys.argv[1:], num_processes, accelerate_config)
-    if code != 0:
-        sys.exit(code)
-    return True
-
-
 def _apply(options: list[Any]) -> Any:
     def wrap(fn: Any) -> Any:
         for option in reversed(options):
@@ -265,9 +251,7 @@ def run(
     if dry_run:
         pipeline.print_plan(plan, out)
         return
-    if _launch_elsewhere(num_processes, accelerate_config):
-        return
-    result = api.run(exp, out, progress=not quiet)
+    result = api.run(exp, out, progress=not quiet, num_processes=num_processes, accelerate_config=accelerate_config)
     if distributed.is_main():
         click.echo(f"run directory: {result.dir}")
 
@@ -284,12 +268,17 @@ def _sweep(
     if dry_run:
         print_sweep_plan(plan)
         return
-    if _launch_elsewhere(num_processes, accelerate_config):
-        return
-    result = api.sweep(exp, grid, seeds, out, kind=kind, progress=not quiet)  # type: ignore[arg-type]
+    if kind == "ablation":  # the schedule variants of `ablate`, the same cells as the grid planned above
+        runs = api.ablate(api.schedule_variants(exp, grid["method.schedule.name"]), out, seeds=seeds,
+                          progress=not quiet, num_processes=num_processes, accelerate_config=accelerate_config)  # fmt: skip
+        folder = plan.folder
+    else:
+        result = api.sweep(exp, grid, seeds, out, kind=kind, progress=not quiet,  # type: ignore[arg-type]
+                           num_processes=num_processes, accelerate_config=accelerate_config)  # fmt: skip
+        folder, runs = result.dir, result.runs
     if distributed.is_main():
-        click.echo(f"{kind} folder: {result.dir}")
-        click.echo(f"{kind} runs: " + " ".join(str(r.dir) for r in result.runs))
+        click.echo(f"{kind} folder: {folder}")
+        click.echo(f"{kind} runs: " + " ".join(str(r.dir) for r in runs))
 
 
 @main.command()
@@ -366,12 +355,12 @@ def ablate(
       harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
       harness ablate -t sandbox --seeds 0,1,2
     """
+    from harness import api
+
     names = _csv(schedule) if schedule else list(SCHEDULES)
-    for name in names or []:
-        if name not in SCHEDULES:
-            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULES)}", "cli")
     seed_list = _parse_seeds(seeds, seed)
     exp = load_experiment(preset, _experiment_overrides(method or "profuser", None, tasks, seed, limit, data_dir, sets, lora))
+    api.schedule_variants(exp, names or [])  # the one check of the names, before anything is planned
     _sweep(exp, {"method.schedule.name": list(names or [])}, seed_list, out, "ablation", num_processes,
            accelerate_config, dry_run, quiet)  # fmt: skip
 
@@ -408,9 +397,9 @@ def tasks(as_json: bool) -> None:
     Example:
       harness tasks
     """
-    from harness.evaluation.task_catalog import describe_tasks
+    from harness import api
 
-    rows = describe_tasks()
+    rows = api.describe_tasks()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -484,11 +473,8 @@ def plot(run_dirs: tuple[str, ...], out_dir: str | None) -> None:
       harness plot results/20261128-120000-profuser-0
     """
     from harness import api
-    from harness.analysis.plots import make_plots
 
-    dirs = api.finished(run_dirs)
-    paths = make_plots(dirs, Path(out_dir) if out_dir else dirs[0] / "plots")
-    for p in paths:
+    for p in api.plot(run_dirs, out_dir):
         click.echo(str(p))
 
 
@@ -578,16 +564,11 @@ def sandbox_build(
       harness sandbox build --size micro --reward-models
       harness sandbox build --from-scratch --force
     """
-    from harness.sandbox.build import build_world
+    from harness import api
 
-    world = build_world(
-        size=size, seed=seed, force=force, jobs=jobs, disagreement=disagreement, from_scratch=from_scratch
-    )
-    if reward_models:
-        from harness.sandbox.reward_models import build_reward_models
-
-        build_reward_models(world, jobs=jobs)
-    _print_world(world, as_json=False)
+    summary = api.build_sandbox(size, seed, force=force, from_scratch=from_scratch, jobs=jobs,  # type: ignore[arg-type]
+                                reward_models=reward_models, disagreement=disagreement)  # fmt: skip
+    _print_world(summary, as_json=False)
 
 
 @sandbox.command("show")
@@ -608,24 +589,21 @@ def sandbox_show(size: str, seed: int, disagreement: float, as_json: bool) -> No
     Example:
       harness sandbox show --json
     """
-    from harness.sandbox.build import build_world
+    from harness import api
 
-    world = build_world(size=size, seed=seed, progress=not as_json, disagreement=disagreement)
-    _print_world(world, as_json=as_json)
+    summary = api.show_sandbox(size, seed, disagreement=disagreement, progress=not as_json)  # type: ignore[arg-type]
+    _print_world(summary, as_json=as_json)
 
 
-def _print_world(world: Any, as_json: bool) -> None:
-    from harness.sandbox.build import world_summary
-    from harness.sandbox.reward_models import reward_models_summary
-
-    summary = {**world_summary(world), "reward_models": reward_models_summary(world)}
+def _print_world(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     skills = sorted({s for scores in summary["sources"].values() for s in scores})
-    table = Table("source", *skills, title=f"sandbox world ({world.size}, seed {world.seed}) at {world.root}")
+    title = f"sandbox world ({summary['size']}, seed {summary['seed']}) at {summary['root']}"
+    table = Table("source", *skills, title=title)
     for name, scores in summary["sources"].items():
-        label = f"{name} (target)" if name == world.target else name
+        label = f"{name} (target)" if name == summary["target"] else name
         table.add_row(label, *(f"{scores[s]:.3f}" for s in skills))
     stdout.print(table)
     reference = summary["reference"]
@@ -678,14 +656,11 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
     Example:
       harness signals inspect results/20261128-120000-profuser-0
     """
-    from harness.analysis.report import load_selection
+    from harness import api
 
-    stats = load_selection(Path(run_dir))
-    if stats is None:
-        raise HarnessError(f"'{run_dir}' has no signals/selection.json (is it a fusion run directory?)", "signals")
-    audit = _audit(Path(run_dir))
+    stats = api.inspect_signals(run_dir, plots=not as_json)
     if as_json:
-        click.echo(json.dumps({**stats, "audit": audit}, indent=2))
+        click.echo(json.dumps(stats, indent=2))
         return
     sources = sorted({s for mode in ("training", "inference") for s in stats.get(mode, {})})
     table = Table("source", "training mode (MinCE)", "inference mode (judge)", title="source selection")
@@ -706,10 +681,8 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
             cells = [f"{d[k]:.1%}" if d[k] is not None else "-" for k in ("disagreement", "disagreement_decisive", "winner_differs")]
             agree.add_row(skill, str(d["n"]), cells[0], str(d["decisive"]), *cells[1:])
         stdout.print(agree)
-    _print_audit(audit)
-    from harness.analysis.plots import plot_selection
-
-    for p in plot_selection(Path(run_dir), Path(run_dir) / "plots"):
+    _print_audit(stats["audit"])
+    for p in stats["plots"]:
         click.echo(str(p))
 
 
@@ -731,7 +704,7 @@ def align() -> None:
               help="Corpus file (JSONL / JSON rows with prompt and reference). Default: the sandbox world's corpus.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=64, show_default=True, help="Texts to use.")
 @click.option("--strategies", default=None, help="Comma-separated strategies [default: all registered].")
-@click.option("--top-k", type=click.IntRange(1, 256), default=10, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, MAX_TOP_K), default=10, show_default=True)
 @click.option("--max-length", type=click.IntRange(8, 100_000), default=256, show_default=True,
               help="Max tokens of prompt + response per text.")
 @click.option("--size", type=click.Choice(["micro", "default"]), default="micro", show_default=True,
@@ -750,10 +723,10 @@ def align_compare(target: str, source: str, texts: str | None, limit: int, strat
       harness align compare --target sandbox:llama-knowledge --source sandbox:gpt2-safety
       harness align compare -T gemma3-270m -S smollm2-135m-instruct --limit 16 --json
     """
-    from harness.api import align_compare as run_compare
+    from harness import api
     from harness.config import SandboxSpec
 
-    rows = run_compare(target, source, texts=texts, limit=limit, strategies=_csv(strategies), top_k=top_k,
+    rows = api.align_compare(target, source, texts=texts, limit=limit, strategies=_csv(strategies), top_k=top_k,
                        max_length=max_length, sandbox=SandboxSpec(size=size), progress=not as_json)  # type: ignore[arg-type]  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -778,26 +751,20 @@ def verify(run_dirs: tuple[str, ...]) -> None:
     Example:
       harness verify results/20261128-120000-profuser-0
     """
-    from harness.store import verify_run
+    from harness import api
 
     bad = 0
     for run_dir in run_dirs:
-        checked, changed = verify_run(Path(run_dir))
+        changed = api.verify(run_dir)
         if changed:
             bad += 1
-            click.echo(f"{run_dir}: {len(changed)} of {checked} file(s) missing or changed:")
+            click.echo(f"{run_dir}: {len(changed)} file(s) missing or changed:")
             for line in changed:
                 click.echo(f"  {line}")
         else:
-            click.echo(f"{run_dir}: all {checked} files match the manifest")
+            click.echo(f"{run_dir}: all files match the manifest")
     if bad:
         sys.exit(1)
-
-
-def _audit(run_dir: Path) -> dict[str, Any]:
-    """The run's signal audit (signals/audit.json, written with the signals), or empty for older runs."""
-    path = run_dir / "signals" / "audit.json"
-    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def _percent(value: Any) -> str:

@@ -23,7 +23,7 @@ from rich.console import Console
 from harness import distributed
 from harness.config import Experiment, SandboxSpec
 from harness.errors import HarnessError
-from harness.models import ResolvedModel, hub_commit, resolve
+from harness.models import ResolvedModel, hub_commit, identity_files, resolve
 from harness.modes import Signal
 from harness.store import (
     Manifest,
@@ -519,12 +519,9 @@ def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
 def _weights_identity(model: ResolvedModel, cache_dir: Path) -> dict[str, Any]:
     """sha256 of the target's weight and config files (hashed once, memoised by path, size and mtime): a copied
     cache or a touched file keeps its trained models, changed weights do not."""
-    folder = Path(model.pretrained)
-    if not folder.is_dir():
+    files = identity_files(model, "training")
+    if files is None:
         return {"hub": model.pretrained, "gguf": model.gguf_file, "commit": hub_commit(model.pretrained)}
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json"))
-    if model.gguf_file:
-        files = [p for p in files if p.suffix != ".gguf" or p.name == model.gguf_file]
     return dict(zip((p.name for p in files), file_digests(files, cache_dir), strict=True))
 
 

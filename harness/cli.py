@@ -268,17 +268,11 @@ def _sweep(
     if dry_run:
         print_sweep_plan(plan)
         return
-    if kind == "ablation":  # the schedule variants of `ablate`, the same cells as the grid planned above
-        runs = api.ablate(api.schedule_variants(exp, grid["method.schedule.name"]), out, seeds=seeds,
-                          progress=not quiet, num_processes=num_processes, accelerate_config=accelerate_config)  # fmt: skip
-        folder = plan.folder
-    else:
-        result = api.sweep(exp, grid, seeds, out, kind=kind, progress=not quiet,  # type: ignore[arg-type]
-                           num_processes=num_processes, accelerate_config=accelerate_config)  # fmt: skip
-        folder, runs = result.dir, result.runs
+    result = api.sweep(exp, grid, seeds, out, kind=kind, progress=not quiet,  # type: ignore[arg-type]
+                       num_processes=num_processes, accelerate_config=accelerate_config)  # fmt: skip
     if distributed.is_main():
-        click.echo(f"{kind} folder: {folder}")
-        click.echo(f"{kind} runs: " + " ".join(str(r.dir) for r in runs))
+        click.echo(f"{kind} folder: {result.dir}")
+        click.echo(f"{kind} runs: " + " ".join(str(r.dir) for r in result.runs))
 
 
 @main.command()
@@ -355,14 +349,22 @@ def ablate(
       harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
       harness ablate -t sandbox --seeds 0,1,2
     """
-    from harness import api
+    from harness import api, distributed
+    from harness.sweeps import print_sweep_plan
 
     names = _csv(schedule) if schedule else list(SCHEDULES)
     seed_list = _parse_seeds(seeds, seed)
     exp = load_experiment(preset, _experiment_overrides(method or "profuser", None, tasks, seed, limit, data_dir, sets, lora))
-    api.schedule_variants(exp, names or [])  # the one check of the names, before anything is planned
-    _sweep(exp, {"method.schedule.name": list(names or [])}, seed_list, out, "ablation", num_processes,
-           accelerate_config, dry_run, quiet)  # fmt: skip
+    variants = api.schedule_variants(exp, names or [])  # the one check of the names
+    plan = api.plan_sweep(exp, {"method.schedule.name": list(names or [])}, seed_list, out, kind="ablation")
+    if dry_run:
+        print_sweep_plan(plan)
+        return
+    runs = api.ablate(variants, out, seeds=seed_list, progress=not quiet, num_processes=num_processes,
+                      accelerate_config=accelerate_config)  # fmt: skip
+    if distributed.is_main():
+        click.echo(f"ablation folder: {plan.folder}")  # the variants are the cells planned
+        click.echo("ablation runs: " + " ".join(str(r.dir) for r in runs))
 
 
 # `--schedule` of ablate takes a list, so it is redefined as a plain string option.

@@ -14,8 +14,9 @@ command line with the same settings take the same code path and give the same ru
 
 Each command of the CLI has its function here (tests/test_api_cli.py keeps the table): `run` -> run, `sweep`
 -> sweep, `ablate` -> ablate(schedule_variants(...)), `eval` -> evaluate, `report` -> compare / versus /
-against, `plot` -> plot, `verify` -> verify, `tasks` -> describe_tasks, `sandbox build` -> build_sandbox,
-`sandbox show` -> show_sandbox, `signals inspect` -> inspect_signals, `align compare` -> align_compare.
+against, `plot` -> plot, `verify` -> verify, `methods` -> describe_methods, `tasks` -> describe_tasks,
+`sandbox build` -> build_sandbox, `sandbox show` -> show_sandbox, `signals inspect` -> inspect_signals,
+`align compare` -> align_compare.
 `--num-processes N` is `num_processes=N` of run, sweep and ablate.
 """
 
@@ -36,8 +37,8 @@ from harness.errors import HarnessError
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "build_sandbox", "compare", "describe_tasks",
-           "evaluate", "finished", "inspect_signals", "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep",
+__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "build_sandbox", "compare",
+           "describe_methods", "describe_tasks", "evaluate", "finished", "inspect_signals", "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep",
            "plot", "run", "schedule_variants", "show_sandbox", "sweep", "verify", "versus"]  # fmt: skip
 
 
@@ -128,6 +129,15 @@ def finished(runs: Sequence[Run | PathLike]) -> list[Path]:
     if not kept:
         raise HarnessError(f"none of the {len(dirs)} folder(s) is a finished run", "report")
     return kept
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    """The registered fusion methods (built-in and plugins of the `harness.methods` entry point group): each one's
+    name, the signals it needs and its description; what `harness methods` prints."""
+    from harness.registry import available_methods
+
+    return [{"name": name, "needs": sorted(s.value for s in cls.needs), "description": cls.description}
+            for name, cls in available_methods().items()]  # fmt: skip
 
 
 def verify(run: Run | PathLike) -> list[str]:

@@ -382,11 +382,11 @@ def methods() -> None:
     Example:
       harness methods
     """
-    from harness.registry import available_methods
+    from harness import api
 
     table = Table("method", "needs", "description", title="fusion methods")
-    for name, cls in available_methods().items():
-        table.add_row(name, ", ".join(sorted(s.value for s in cls.needs)), cls.description)
+    for info in api.describe_methods():
+        table.add_row(info["name"], ", ".join(info["needs"]), info["description"])
     stdout.print(table)
 
 

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "report": ("compare", "versus", "against"),  # --versus and --against
     "plot": ("plot",),
     "verify": ("verify",),
-    "methods": ("describe_methods", "shared_parameters"),  # --verbose adds the shared parameters
+    "methods": ("describe_methods",),
     "tasks": ("describe_tasks",),
     "sandbox build": ("build_sandbox",),
     "sandbox show": ("show_sandbox",),

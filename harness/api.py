@@ -11,21 +11,31 @@ command line with the same settings take the same code path and give the same ru
     grid = harness.sweep(exp, {"method.name": ["profuser", "fusellm"]}, seeds=[0, 1, 2])  # resumable
     print(grid.table())                                       # mean ± 95% t-interval over seeds
     harness.align_compare("gemma3-270m", "smollm2-135m-instruct", texts="corpus.jsonl")  # per alignment strategy
+
+Each command of the CLI has its function here (tests/test_api_cli.py keeps the table): `run` -> run, `sweep`
+-> sweep, `ablate` -> ablate(schedule_variants(...)), `eval` -> evaluate, `report` -> compare / versus /
+against, `plot` -> plot, `verify` -> verify, `methods` -> describe_methods, `tasks` -> describe_tasks,
+`sandbox build` -> build_sandbox, `sandbox show` -> show_sandbox, `signals inspect` -> inspect_signals,
+`align compare` -> align_compare.
+`--num-processes N` is `num_processes=N` of run, sweep and ablate.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness import registry
-from harness.config import Experiment, SandboxSpec, load_experiment, with_overrides
+from harness.config import MAX_TOP_K, Experiment, SandboxSpec, load_experiment, with_overrides
 from harness.errors import HarnessError
-from harness.registry import MethodInfo, shared_parameters
+from harness.registry import MethodInfo, Parameter, type_text
 from methods.schedules import SCHEDULE_NAMES
 
 if TYPE_CHECKING:
@@ -33,9 +43,10 @@ if TYPE_CHECKING:
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "compare", "describe_methods", "evaluate",
-           "finished", "flips", "load_experiment", "load_run", "load_sweep", "plan", "plan_sweep", "power", "run",
-           "schedule_variants", "shared_parameters", "sweep", "verify", "versus"]  # fmt: skip
+__all__ = ["Experiment", "Run", "Sweep", "ablate", "against", "align_compare", "build_sandbox", "compare",
+           "describe_methods", "describe_tasks", "evaluate", "finished", "flips", "inspect_signals", "load_experiment",
+           "load_run", "load_sweep", "plan", "plan_sweep", "plot", "power", "run", "schedule_variants",
+           "shared_parameters", "show_sandbox", "sweep", "verify", "versus"]  # fmt: skip
 
 
 @dataclass
@@ -127,6 +138,14 @@ def finished(runs: Sequence[Run | PathLike]) -> list[Path]:
     return kept
 
 
+def shared_parameters() -> list[Parameter]:
+    """The fields of `method.` that every method has (harness.config.MethodSpec)."""
+    from harness.config import MethodSpec
+
+    return [Parameter(name, type_text(info.annotation), info.get_default(call_default_factory=True), info.description or "")
+            for name, info in MethodSpec.model_fields.items()]  # fmt: skip
+
+
 def describe_methods() -> list[MethodInfo]:
     """The registered fusion methods (built-in and plugins): what each needs, and its own parameters with their
     defaults and descriptions (`method.<parameter>` in a config); the shared fields are `shared_parameters()`."""
@@ -148,21 +167,58 @@ def plan(exp: Experiment, out: PathLike | None = None) -> Any:
     return pipeline.plan(exp, Path(out) if out is not None else None)
 
 
-def run(exp: Experiment, out: PathLike = "results", *, progress: bool = True) -> Run:
+def run(
+    exp: Experiment, out: PathLike = "results", *, progress: bool = True, num_processes: int = 1,
+    accelerate_config: str | None = None,
+) -> Run:
     """Fuse the experiment's sources into its target, evaluate and compare; returns the new run directory.
 
-    Every expensive stage is cached (harness/store.py), so calling it again after a crash resumes."""
+    Every expensive stage is cached (harness/store.py), so calling it again after a crash resumes.
+    `num_processes` > 1 runs every stage in that many processes under `accelerate launch` (GPUs, or CPU
+    processes); `accelerate_config` names a shipped config (fsdp, zero2, zero3) or a file of one's own."""
+    if _in_processes(num_processes, accelerate_config):
+        return _call_in_processes("run", {"exp": exp, "out": out, "progress": progress}, num_processes, accelerate_config)
     from harness import pipeline
 
     return load_run(pipeline.run(exp, Path(out), progress=progress))
 
 
+def _in_processes(num_processes: int, accelerate_config: str | None) -> bool:
+    """Whether a call is to be run again in `num_processes` processes (not when already inside such a launch)."""
+    from harness import distributed
+
+    if num_processes < 1:
+        raise HarnessError(f"--num-processes must be 1 or more, got {num_processes}", "cli")
+    if accelerate_config is not None and num_processes == 1:
+        raise HarnessError("--accelerate-config needs --num-processes N with N > 1", "cli")
+    return num_processes > 1 and not distributed.launched()
+
+
+def _call_in_processes(function: str, kwargs: dict[str, Any], num_processes: int, accelerate_config: str | None) -> Any:
+    """`function(**kwargs)` of this module in `num_processes` processes under `accelerate launch` (harness/launch.py
+    runs it in each); what the main process returned."""
+    from harness import distributed
+
+    with tempfile.TemporaryDirectory(prefix="harness-launch-") as folder:
+        call, result = Path(folder) / "call.pkl", Path(folder) / "result.pkl"
+        call.write_bytes(pickle.dumps({"function": function, "kwargs": kwargs, "result": str(result)}))
+        code = distributed.relaunch([str(call)], num_processes, accelerate_config, module="harness.launch")
+        if code != 0 or not result.is_file():
+            raise HarnessError(f"the {num_processes} processes of `{function}` failed (exit code {code}); see above",
+                               "launch")  # fmt: skip
+        return pickle.loads(result.read_bytes())
+
+
 def ablate(
-    exps: Sequence[Experiment], out: PathLike = "results", *, seeds: Sequence[int] | None = None, progress: bool = True
+    exps: Sequence[Experiment], out: PathLike = "results", *, seeds: Sequence[int] | None = None, progress: bool = True,
+    num_processes: int = 1, accelerate_config: str | None = None,
 ) -> list[Run]:
     """Run the schedule variants (each with every seed of `seeds`, else its own seed) one after another, signals
     from the cache after the first, and write the ablation table and figures into their sweep folder (the runs'
-    `dir.parent.parent`). Calling it again resumes: finished runs are skipped."""
+    `dir.parent.parent`). Calling it again resumes: finished runs are skipped. `num_processes`: as `run`'s."""
+    if _in_processes(num_processes, accelerate_config):
+        kwargs = {"exps": list(exps), "out": out, "seeds": seeds, "progress": progress}
+        return _call_in_processes("ablate", kwargs, num_processes, accelerate_config)  # type: ignore[no-any-return]
     from harness.sweeps import plan_points, run_sweep
 
     points = [({"method.schedule.name": e.method.schedule.name}, e) for e in exps]
@@ -184,10 +240,15 @@ def plan_sweep(
 def sweep(
     exp: Experiment, grid: dict[str, Sequence[Any]] | None = None, seeds: Sequence[int] | None = None,
     out: PathLike = "results", *, kind: Literal["sweep", "seeds", "ablation"] = "sweep", progress: bool = True,
+    num_processes: int = 1, accelerate_config: str | None = None,
 ) -> Sweep:
     """Run `exp` over every cell of grid × seeds (cached stages shared), then write one summary (per-seed values,
     mean and 95% t-interval, seed-aware tests against the unfused target), one table and the grid's figures.
-    The folder is named by the cells, so calling it again resumes: finished cells are skipped."""
+    The folder is named by the cells, so calling it again resumes: finished cells are skipped.
+    `num_processes`: as `run`'s."""
+    if _in_processes(num_processes, accelerate_config):
+        kwargs = {"exp": exp, "grid": grid, "seeds": seeds, "out": out, "kind": kind, "progress": progress}
+        return _call_in_processes("sweep", kwargs, num_processes, accelerate_config)  # type: ignore[no-any-return]
     from harness.sweeps import plan_sweep as plan_cells
     from harness.sweeps import run_sweep
 
@@ -195,7 +256,8 @@ def sweep(
 
 
 def schedule_variants(exp: Experiment, schedules: Sequence[str] = SCHEDULE_NAMES) -> list[Experiment]:
-    """The experiment once per ProFuser schedule, for `ablate`."""
+    """The experiment once per ProFuser schedule, for `ablate`; the one check of schedule names for both the
+    CLI and scripts."""
     out = []
     for name in schedules:
         if name not in SCHEDULE_NAMES:
@@ -315,8 +377,8 @@ def align_compare(
 
     if not 1 <= limit <= 100_000:
         raise HarnessError(f"limit must be between 1 and 100000, got {limit}", "align")
-    if not 1 <= top_k <= 256:
-        raise HarnessError(f"top_k must be between 1 and 256, got {top_k}", "align")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise HarnessError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}", "align")
     for name in strategies or []:
         get_alignment(name)
     text_path = Path(texts) if texts is not None else None
@@ -374,3 +436,76 @@ def power(
         rows.append({"task": e.task, "a": e.a, "b": e.b, "observed_delta": e.delta, "observed_seeds": e.seeds,
                      "estimated_rho": e.rho, **found.to_dict()})  # fmt: skip
     return rows
+
+
+def describe_tasks() -> list[dict[str, Any]]:
+    """Every evaluation task and group: its category, metric, default shots and whether its data is here
+    (`$HARNESS_DATA_DIR`); what `harness tasks` prints."""
+    from harness.evaluation.task_catalog import describe_tasks as catalog
+
+    return catalog()
+
+
+def plot(runs: Sequence[Run | PathLike], out: PathLike | None = None) -> list[Path]:
+    """Paper-ready figures (PDF + PNG) of the finished runs among `runs` into `out` (default: the first run's
+    plots/): per-task bars with 95% CIs, radar, losses and schedule weights, source selection."""
+    from harness.analysis.plots import make_plots
+
+    dirs = finished(runs)
+    return make_plots(dirs, Path(out) if out is not None else dirs[0] / "plots")
+
+
+def build_sandbox(
+    size: Literal["micro", "default"] = "default", seed: int = 0, *, force: bool = False, from_scratch: bool = False,
+    jobs: int | None = None, reward_models: bool = False, disagreement: float = 0.0, progress: bool = True,
+) -> dict[str, Any]:
+    """Build (or load from the cache) the sandbox world of (size, seed); its summary as `show_sandbox` gives it.
+
+    Where the package carries the reference world (default, seed 0) it is installed in seconds and verified by
+    its fingerprint; `from_scratch` trains it here. `jobs`: specialists built at once; `reward_models` also
+    trains the world's learned reward models (sandbox-rm:0..2); `disagreement` turns the dial (docs/sandbox.md)."""
+    from harness.sandbox.build import build_world
+    from harness.sandbox.reward_models import build_reward_models
+
+    world = build_world(size=size, seed=seed, force=force, jobs=jobs, disagreement=disagreement,
+                        from_scratch=from_scratch, progress=progress)  # fmt: skip
+    if reward_models:
+        build_reward_models(world, jobs=jobs, progress=progress)
+    return _sandbox_summary(world)
+
+
+def show_sandbox(
+    size: Literal["micro", "default"] = "default", seed: int = 0, *, disagreement: float = 0.0, progress: bool = True
+) -> dict[str, Any]:
+    """The sandbox world of (size, seed), built first if not cached: each source's score per skill, the world's
+    fingerprint and whether it is the reference world (with the library versions that differ if not), and the
+    learned reward models' held-out figures."""
+    from harness.sandbox.build import build_world
+
+    return _sandbox_summary(build_world(size=size, seed=seed, progress=progress, disagreement=disagreement))
+
+
+def _sandbox_summary(world: Any) -> dict[str, Any]:
+    from harness.sandbox.build import world_summary
+    from harness.sandbox.reward_models import reward_models_summary
+
+    return {**world_summary(world), "reward_models": reward_models_summary(world)}
+
+
+def inspect_signals(run: Run | PathLike, *, plots: bool = True) -> dict[str, Any]:
+    """Which source a fusion run's signals selected: per mode (MinCE, judge) and skill, where the two modes
+    disagree, and the signal audit of each candidate -> target pair ("audit"). `plots` also draws the selection
+    figure into the run's plots/ ("plots": its paths)."""
+    from harness.analysis.report import load_selection
+
+    folder = _dirs([run])[0]
+    stats = load_selection(folder)
+    if stats is None:
+        raise HarnessError(f"'{folder}' has no signals/selection.json (is it a fusion run directory?)", "signals")
+    audit_file = folder / "signals" / "audit.json"  # written with the signals; absent in older runs
+    found = {**stats, "audit": dict(json.loads(audit_file.read_text())) if audit_file.is_file() else {}}
+    if plots:
+        from harness.analysis.plots import plot_selection
+
+        found["plots"] = plot_selection(folder, folder / "plots")
+    return found

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import MAX_SEED, load_experiment
+from harness.config import MAX_SEED, MAX_TOP_K, load_experiment
 from harness.errors import HarnessError
 from methods.schedules import SCHEDULE_NAMES
 
@@ -193,20 +193,6 @@ _run_options = [
 ]
 
 
-def _launch_elsewhere(num_processes: int, accelerate_config: str | None) -> bool:
-    """Start this command under `accelerate launch` when asked for several processes; True if it ran there."""
-    from harness import distributed
-
-    if accelerate_config is not None and num_processes == 1:
-        raise HarnessError("--accelerate-config needs --num-processes N with N > 1", "cli")
-    if num_processes == 1 or distributed.launched():
-        return False
-    code = distributed.relaunch(sys.argv[1:], num_processes, accelerate_config)
-    if code != 0:
-        sys.exit(code)
-    return True
-
-
 def _apply(options: list[Any]) -> Any:
     def wrap(fn: Any) -> Any:
         for option in reversed(options):
@@ -266,9 +252,7 @@ def run(
     if dry_run:
         pipeline.print_plan(plan, out)
         return
-    if _launch_elsewhere(num_processes, accelerate_config):
-        return
-    result = api.run(exp, out, progress=not quiet)
+    result = api.run(exp, out, progress=not quiet, num_processes=num_processes, accelerate_config=accelerate_config)
     if distributed.is_main():
         click.echo(f"run directory: {result.dir}")
 
@@ -285,9 +269,8 @@ def _sweep(
     if dry_run:
         print_sweep_plan(plan)
         return
-    if _launch_elsewhere(num_processes, accelerate_config):
-        return
-    result = api.sweep(exp, grid, seeds, out, kind=kind, progress=not quiet)  # type: ignore[arg-type]
+    result = api.sweep(exp, grid, seeds, out, kind=kind, progress=not quiet,  # type: ignore[arg-type]
+                       num_processes=num_processes, accelerate_config=accelerate_config)  # fmt: skip
     if distributed.is_main():
         click.echo(f"{kind} folder: {result.dir}")
         click.echo(f"{kind} runs: " + " ".join(str(r.dir) for r in result.runs))
@@ -368,14 +351,22 @@ def ablate(
       harness ablate --method profuser --schedule progressive,simultaneous,reversed,linear,cosine --tasks sandbox
       harness ablate -t sandbox --seeds 0,1,2
     """
+    from harness import api, distributed
+    from harness.sweeps import print_sweep_plan
+
     names = _csv(schedule) if schedule else list(SCHEDULE_NAMES)
-    for name in names or []:
-        if name not in SCHEDULE_NAMES:
-            raise HarnessError(f"unknown schedule '{name}'; choose from {', '.join(SCHEDULE_NAMES)}", "cli")
     seed_list = _parse_seeds(seeds, seed)
     exp = load_experiment(preset, _experiment_overrides(method or "profuser", None, tasks, seed, limit, data_dir, sets, lora))
-    _sweep(exp, {"method.schedule.name": list(names or [])}, seed_list, out, "ablation", num_processes,
-           accelerate_config, dry_run, quiet)  # fmt: skip
+    variants = api.schedule_variants(exp, names or [])  # the one check of the names
+    plan = api.plan_sweep(exp, {"method.schedule.name": list(names or [])}, seed_list, out, kind="ablation")
+    if dry_run:
+        print_sweep_plan(plan)
+        return
+    runs = api.ablate(variants, out, seeds=seed_list, progress=not quiet, num_processes=num_processes,
+                      accelerate_config=accelerate_config)  # fmt: skip
+    if distributed.is_main():
+        click.echo(f"ablation folder: {plan.folder}")  # the variants are the cells planned
+        click.echo("ablation runs: " + " ".join(str(r.dir) for r in runs))
 
 
 # `--schedule` of ablate takes a list, so it is redefined as a plain string option.
@@ -424,9 +415,9 @@ def tasks(as_json: bool) -> None:
     Example:
       harness tasks
     """
-    from harness.evaluation.task_catalog import describe_tasks
+    from harness import api
 
-    rows = describe_tasks()
+    rows = api.describe_tasks()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -586,11 +577,8 @@ def plot(run_dirs: tuple[str, ...], out_dir: str | None) -> None:
       harness plot results/20261128-120000-profuser-0
     """
     from harness import api
-    from harness.analysis.plots import make_plots
 
-    dirs = api.finished(run_dirs)
-    paths = make_plots(dirs, Path(out_dir) if out_dir else dirs[0] / "plots")
-    for p in paths:
+    for p in api.plot(run_dirs, out_dir):
         click.echo(str(p))
 
 
@@ -680,16 +668,11 @@ def sandbox_build(
       harness sandbox build --size micro --reward-models
       harness sandbox build --from-scratch --force
     """
-    from harness.sandbox.build import build_world
+    from harness import api
 
-    world = build_world(
-        size=size, seed=seed, force=force, jobs=jobs, disagreement=disagreement, from_scratch=from_scratch
-    )
-    if reward_models:
-        from harness.sandbox.reward_models import build_reward_models
-
-        build_reward_models(world, jobs=jobs)
-    _print_world(world, as_json=False)
+    summary = api.build_sandbox(size, seed, force=force, from_scratch=from_scratch, jobs=jobs,  # type: ignore[arg-type]
+                                reward_models=reward_models, disagreement=disagreement)  # fmt: skip
+    _print_world(summary, as_json=False)
 
 
 @sandbox.command("show")
@@ -710,24 +693,21 @@ def sandbox_show(size: str, seed: int, disagreement: float, as_json: bool) -> No
     Example:
       harness sandbox show --json
     """
-    from harness.sandbox.build import build_world
+    from harness import api
 
-    world = build_world(size=size, seed=seed, progress=not as_json, disagreement=disagreement)
-    _print_world(world, as_json=as_json)
+    summary = api.show_sandbox(size, seed, disagreement=disagreement, progress=not as_json)  # type: ignore[arg-type]
+    _print_world(summary, as_json=as_json)
 
 
-def _print_world(world: Any, as_json: bool) -> None:
-    from harness.sandbox.build import world_summary
-    from harness.sandbox.reward_models import reward_models_summary
-
-    summary = {**world_summary(world), "reward_models": reward_models_summary(world)}
+def _print_world(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     skills = sorted({s for scores in summary["sources"].values() for s in scores})
-    table = Table("source", *skills, title=f"sandbox world ({world.size}, seed {world.seed}) at {world.root}")
+    title = f"sandbox world ({summary['size']}, seed {summary['seed']}) at {summary['root']}"
+    table = Table("source", *skills, title=title)
     for name, scores in summary["sources"].items():
-        label = f"{name} (target)" if name == world.target else name
+        label = f"{name} (target)" if name == summary["target"] else name
         table.add_row(label, *(f"{scores[s]:.3f}" for s in skills))
     stdout.print(table)
     reference = summary["reference"]
@@ -780,14 +760,11 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
     Example:
       harness signals inspect results/20261128-120000-profuser-0
     """
-    from harness.analysis.report import load_selection
+    from harness import api
 
-    stats = load_selection(Path(run_dir))
-    if stats is None:
-        raise HarnessError(f"'{run_dir}' has no signals/selection.json (is it a fusion run directory?)", "signals")
-    audit = _audit(Path(run_dir))
+    stats = api.inspect_signals(run_dir, plots=not as_json)
     if as_json:
-        click.echo(json.dumps({**stats, "audit": audit}, indent=2))
+        click.echo(json.dumps(stats, indent=2))
         return
     sources = sorted({s for mode in ("training", "inference") for s in stats.get(mode, {})})
     table = Table("source", "training mode (MinCE)", "inference mode (judge)", title="source selection")
@@ -808,10 +785,8 @@ def signals_inspect(run_dir: str, as_json: bool) -> None:
             cells = [f"{d[k]:.1%}" if d[k] is not None else "-" for k in ("disagreement", "disagreement_decisive", "winner_differs")]
             agree.add_row(skill, str(d["n"]), cells[0], str(d["decisive"]), *cells[1:])
         stdout.print(agree)
-    _print_audit(audit)
-    from harness.analysis.plots import plot_selection
-
-    for p in plot_selection(Path(run_dir), Path(run_dir) / "plots"):
+    _print_audit(stats["audit"])
+    for p in stats["plots"]:
         click.echo(str(p))
 
 
@@ -833,7 +808,7 @@ def align() -> None:
               help="Corpus file (JSONL / JSON rows with prompt and reference). Default: the sandbox world's corpus.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=64, show_default=True, help="Texts to use.")
 @click.option("--strategies", default=None, help="Comma-separated strategies [default: all registered].")
-@click.option("--top-k", type=click.IntRange(1, 256), default=10, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, MAX_TOP_K), default=10, show_default=True)
 @click.option("--max-length", type=click.IntRange(8, 100_000), default=256, show_default=True,
               help="Max tokens of prompt + response per text.")
 @click.option("--size", type=click.Choice(["micro", "default"]), default="micro", show_default=True,
@@ -852,10 +827,10 @@ def align_compare(target: str, source: str, texts: str | None, limit: int, strat
       harness align compare --target sandbox:llama-knowledge --source sandbox:gpt2-safety
       harness align compare -T gemma3-270m -S smollm2-135m-instruct --limit 16 --json
     """
-    from harness.api import align_compare as run_compare
+    from harness import api
     from harness.config import SandboxSpec
 
-    rows = run_compare(target, source, texts=texts, limit=limit, strategies=_csv(strategies), top_k=top_k,
+    rows = api.align_compare(target, source, texts=texts, limit=limit, strategies=_csv(strategies), top_k=top_k,
                        max_length=max_length, sandbox=SandboxSpec(size=size), progress=not as_json)  # type: ignore[arg-type]  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -880,26 +855,20 @@ def verify(run_dirs: tuple[str, ...]) -> None:
     Example:
       harness verify results/20261128-120000-profuser-0
     """
-    from harness.store import verify_run
+    from harness import api
 
     bad = 0
     for run_dir in run_dirs:
-        checked, changed = verify_run(Path(run_dir))
+        changed = api.verify(run_dir)
         if changed:
             bad += 1
-            click.echo(f"{run_dir}: {len(changed)} of {checked} file(s) missing or changed:")
+            click.echo(f"{run_dir}: {len(changed)} file(s) missing or changed:")
             for line in changed:
                 click.echo(f"  {line}")
         else:
-            click.echo(f"{run_dir}: all {checked} files match the manifest")
+            click.echo(f"{run_dir}: all files match the manifest")
     if bad:
         sys.exit(1)
-
-
-def _audit(run_dir: Path) -> dict[str, Any]:
-    """The run's signal audit (signals/audit.json, written with the signals), or empty for older runs."""
-    path = run_dir / "signals" / "audit.json"
-    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def _percent(value: Any) -> str:

@@ -22,6 +22,7 @@ BASELINE = "target-base"  # the eval label of the unfused target (harness.analys
 # mistyped exponent at plan time instead of an overflow after the signals were computed.
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 10**9  # documents, examples, steps, positions
+MAX_TOP_K = 256  # entries kept per position of a teacher's distribution (signals.top_k, `align compare --top-k`)
 MAX_BATCH = 2**16
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
@@ -195,7 +196,7 @@ class VLLMSpec(_Strict):
 class SignalSpec(_Strict):
     """Signal extraction: top-k distributions, generation settings for inference mode, sharding."""
 
-    top_k: int = Field(default=10, ge=1, le=256)
+    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
     max_length: int = Field(default=256, ge=8, le=MAX_COUNT, description="Max tokens of prompt + response in teacher-forced passes.")
     max_new_tokens: int = Field(default=64, ge=1, le=MAX_COUNT)
     truncated: Literal["drop", "keep"] = Field(

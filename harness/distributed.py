@@ -81,8 +81,11 @@ def accelerate_config_file(name_or_path: str) -> Path:
     return path
 
 
-def launch_command(args: list[str], num_processes: int, accelerate_config: str | None, cuda: bool) -> tuple[list[str], dict[str, str]]:
-    """The `accelerate launch` command line (and environment) that runs `harness ARGS` in `num_processes` processes.
+def launch_command(
+    args: list[str], num_processes: int, accelerate_config: str | None, cuda: bool, module: str = "harness.cli"
+) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line (and environment) that runs `python -m MODULE ARGS` (by default the
+    `harness` command) in `num_processes` processes.
 
     With a config file its distributed type rules (FSDP, DeepSpeed); without one: plain data parallel, over GPUs
     when there are some, else over CPU processes with gloo (accelerate's MULTI_CPU: `ACCELERATE_USE_CPU=1` plus
@@ -98,7 +101,7 @@ def launch_command(args: list[str], num_processes: int, accelerate_config: str |
         if not cuda:
             env["ACCELERATE_USE_CPU"] = "1"
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # N processes share the cores
-    return [*launcher, "-m", "harness.cli", *args], env
+    return [*launcher, "-m", module, *args], env
 
 
 def strip_launch_options(argv: list[str]) -> list[str]:
@@ -118,8 +121,8 @@ def strip_launch_options(argv: list[str]) -> list[str]:
     return out
 
 
-def relaunch(argv: list[str], num_processes: int, accelerate_config: str | None) -> int:
-    """Run this same command again under `accelerate launch`; returns its exit code."""
+def relaunch(argv: list[str], num_processes: int, accelerate_config: str | None, module: str = "harness.cli") -> int:
+    """Run `python -m MODULE ARGV` under `accelerate launch`; returns its exit code."""
     import subprocess
 
     try:
@@ -133,7 +136,7 @@ def relaunch(argv: list[str], num_processes: int, accelerate_config: str | None)
             f"--num-processes {num_processes} asks for more processes than the {torch.cuda.device_count()} GPUs here",
             "cli",
         )
-    command, env = launch_command(strip_launch_options(argv), num_processes, accelerate_config, cuda)
+    command, env = launch_command(strip_launch_options(argv), num_processes, accelerate_config, cuda, module)
     return subprocess.run(command, env={**os.environ, **env}, check=False).returncode
 
 

@@ -27,7 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.chat import GEMMA3_CHAT_TEMPLATE
 from harness.errors import HarnessError
@@ -73,6 +73,39 @@ class ResolvedModel:
     @property
     def local(self) -> bool:
         return Path(self.pretrained).is_dir()
+
+
+# The files of a local model folder that each cached stage keys a model by (identity_files). They differ because
+# the stages read different files; each rule is part of its stage's cache keys, so changing one moves those keys.
+EVALUATION_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".jinja", ".tiktoken")
+TRAINING_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json")
+IdentityRule = Literal["evaluation", "signals", "training"]
+
+
+def identity_files(model: ResolvedModel, rule: IdentityRule) -> list[Path] | None:
+    """The files that identify `model` in the cache keys of a stage (None for a hub id, named by its id instead).
+
+    evaluation: the top-level files lm-eval loads (weights, configs, tokenizer, template; a GGUF model's own file);
+    signals: every file of the folder, subfolders included, hidden ones left out (the teachers' outputs depend on
+    all of it); training: the target's weights and configs (its tokenizer is already in the signals' key).
+    """
+    folder = Path(model.pretrained)
+    if not folder.is_dir():
+        return None
+    if rule == "evaluation":
+        if model.gguf_file:
+            return [folder / model.gguf_file]
+        return sorted(p for p in folder.iterdir()
+                      if p.is_file() and p.suffix in EVALUATION_SUFFIXES and not p.name.startswith("."))  # fmt: skip
+    if rule == "signals":
+        return sorted(p for p in folder.rglob("*")
+                      if p.is_file() and not any(part.startswith(".") for part in p.parts[len(folder.parts) :]))  # fmt: skip
+    if rule == "training":
+        files = sorted(p for p in folder.iterdir() if p.suffix in TRAINING_SUFFIXES)
+        if model.gguf_file:
+            files = [p for p in files if p.suffix != ".gguf" or p.name == model.gguf_file]
+        return files
+    raise ValueError(f"unknown identity rule {rule!r}")
 
 
 def offline() -> bool:

@@ -23,7 +23,7 @@ from rich.console import Console
 from harness import distributed
 from harness.config import Experiment, SandboxSpec
 from harness.errors import HarnessError
-from harness.models import ResolvedModel, hub_commit, resolve
+from harness.models import ResolvedModel, hub_commit, identity_files, resolve
 from harness.modes import Signal
 from harness.store import (
     Manifest,
@@ -255,10 +255,28 @@ def print_plan(p: Plan, out: str) -> None:
         console.print(f"  note: {note}", markup=False)
     from harness.analysis.power_from_runs import planned_power
 
-    for line in planned_power(p, results=Path(out)):
+    for line in planned_power(p, planned_documents(p), results=Path(out)):
         console.print(f"  {line}", markup=False)
     _print_rendered_examples(p)
     console.print("dry run: no weights downloaded, nothing written (tokenizers only read, to render the example)")
+
+
+def planned_documents(p: Plan) -> dict[str, tuple[int | None, bool]]:
+    """Per task of the plan: the documents it will evaluate (None where only evaluation counts them) and whether
+    its metric is binary; what the dry run's power lines need."""
+    from harness.evaluation.task_catalog import SANDBOX_TASKS, document_limits, task_info
+
+    exp = p.exp
+    limits = document_limits(exp.eval.limit, exp.eval.task_limits, p.tasks)
+    out: dict[str, tuple[int | None, bool]] = {}
+    for task in p.tasks:
+        n = limits.get(task)
+        if n is None and task in SANDBOX_TASKS and exp.sandbox is not None:
+            from harness.sandbox.build import RECIPES
+
+            n = RECIPES[exp.sandbox.size].sizes.eval_per_skill
+        out[task] = (n, task_info(task).binary)
+    return out
 
 
 _SHOWN = 240  # characters kept at each end of a long prompt or response in the dry run's rendered example
@@ -417,7 +435,7 @@ def _prepare(exp: Experiment, cache_dir: Path, progress: bool, reward_models: li
 def _record_world(manifest: Manifest, sandbox_root: Path | None) -> None:
     """Which sandbox world the run used (fingerprint, reference check, library versions, scores), if any."""
     if sandbox_root is not None:
-        from harness.sandbox.build import world_identity
+        from harness.sandbox.identity import world_identity
 
         manifest.record_sandbox_world(world_identity(sandbox_root))
 
@@ -544,12 +562,9 @@ def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
 def _weights_identity(model: ResolvedModel, cache_dir: Path) -> dict[str, Any]:
     """sha256 of the target's weight and config files (hashed once, memoised by path, size and mtime): a copied
     cache or a touched file keeps its trained models, changed weights do not."""
-    folder = Path(model.pretrained)
-    if not folder.is_dir():
+    files = identity_files(model, "training")
+    if files is None:
         return {"hub": model.pretrained, "gguf": model.gguf_file, "commit": hub_commit(model.pretrained)}
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".json"))
-    if model.gguf_file:
-        files = [p for p in files if p.suffix != ".gguf" or p.name == model.gguf_file]
     return dict(zip((p.name for p in files), file_digests(files, cache_dir), strict=True))
 
 

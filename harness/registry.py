@@ -91,14 +91,6 @@ class MethodInfo:
     parameters: list[Parameter]
 
 
-def shared_parameters() -> list[Parameter]:
-    """The fields of `method.` that every method has (harness.config.MethodSpec)."""
-    from harness.config import MethodSpec
-
-    return [Parameter(name, type_text(info.annotation), info.get_default(call_default_factory=True), info.description or "")
-            for name, info in MethodSpec.model_fields.items()]  # fmt: skip
-
-
 def describe_methods() -> list[MethodInfo]:
     """Every registered method (built-in and plugins) with its own parameters, defaults and descriptions."""
     return [

@@ -559,3 +559,17 @@ def verify_run(run_dir: Path) -> tuple[int, list[str]]:
         raise HarnessError(f"'{run_dir}' records no checksums (status '{status or 'unknown'}': an unfinished run, or "
                            "one made before checksums were recorded)", "verify")  # fmt: skip
     return len(checksums), changed_files(Path(run_dir), {str(k): str(v) for k, v in checksums.items()})
+
+
+def read_json_file(path: Path, where: str = "report") -> Any:
+    """A JSON file of a run directory, or a one-line error when it is unreadable, not UTF-8 or not JSON."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise HarnessError(f"'{path}' is not UTF-8 text (damaged? `harness verify` checks a run)", where) from None
+    except OSError as exc:
+        raise HarnessError(f"'{path}' cannot be read ({exc.strerror or exc})", where) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno})", where) from None

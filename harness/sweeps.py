@@ -197,7 +197,11 @@ def print_sweep_plan(p: SweepPlan) -> None:
     axis = versus_axis({k: list(dict.fromkeys(map(_text, v))) for k, v in p.axes.items()})
     compared = len(set(map(_text, p.axes[axis]))) if axis else 0
     pairs = points // compared * compared * (compared - 1) // 2 if compared else 0
-    for line in planned_power(first, seeds=len(p.seeds), points=points, versus_pairs=pairs, results=p.folder.parent):
+    from harness.pipeline import planned_documents
+
+    documents = planned_documents(first)
+    for line in planned_power(first, documents, seeds=len(p.seeds), points=points, versus_pairs=pairs,
+                              results=p.folder.parent):  # fmt: skip
         console.print(escape(f"  {line}"))
     console.print("dry run: nothing downloaded or written")
 

@@ -51,6 +51,15 @@ def test_run_from_python_matches_the_cli(tmp_path: Path, session_cache: Path, mi
 
     assert "fusellm" in harness.compare([fused, cli_dir], "csv")
 
+    # `signals inspect` and `plot` from Python: what the CLI prints, and the figures
+    selection = harness.inspect_signals(fused, plots=False)
+    assert set(selection["training"]) == {"llama-knowledge", "neox-reasoning", "gpt2-safety"} and selection["audit"]
+    shown = subprocess.run([sys.executable, "-m", "harness.cli", "signals", "inspect", str(fused.dir), "--json"],
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert shown.returncode == 0 and json.loads(shown.stdout) == selection, shown.stderr[-2000:]
+    figures = harness.plot([fused], tmp_path / "figures")
+    assert {p.suffix for p in figures} == {".pdf", ".png"} and all(p.parent == tmp_path / "figures" for p in figures)
+
 
 def test_schedule_variants_and_evaluate(tmp_path: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
     exp = harness.load_experiment("sandbox", MICRO)

@@ -2,7 +2,8 @@
 
 prepare (harness/sandbox) -> signals (harness/signals) -> fuse (methods/) -> train (harness/training)
 -> evaluate (harness/evaluation) -> report (harness/analysis); docs/design.md has the map. Every import in
-every module is checked, lazy imports inside functions included.
+every module is checked, lazy imports inside functions included. Within a package, the modules import each other
+without a cycle: a lazy import inside a function that hides one counts as a cycle too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = {"config", "registry", "store", "errors", "models", "chat", "distributed", "modes", "code_identity"}
-ORCHESTRATION = {"pipeline", "sweeps", "cli", "api", "__init__", "bench", "presets", "accelerate_configs"}
+ORCHESTRATION = {"pipeline", "sweeps", "cli", "api", "launch", "__init__", "bench", "presets", "accelerate_configs"}
 # stage package -> the stage packages it may import (besides shared modules and itself)
 ALLOWED = {
     "sandbox": set(),
@@ -36,7 +37,8 @@ def _unit(module: str) -> str | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, modules: set[str] | frozenset[str] = frozenset()) -> set[str]:
+    """Every module `path` imports; `from package import name` counts as `package.name` where that is in `modules`."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -46,7 +48,29 @@ def _imports(path: Path) -> set[str]:
                 found.update(f"harness.{alias.name}" for alias in node.names)
             else:
                 found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules)
     return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in `graph` (module -> the modules it imports), as a path that ends where it starts."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        if module in done:
+            return None
+        for other in sorted(graph.get(module, ())):
+            if (found := visit(other, [*path, module])) is not None:
+                return found
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        if (found := visit(module, [])) is not None:
+            return found
+    return None
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -73,6 +97,29 @@ def test_each_module_imports_only_what_its_stage_may(module: str, path: Path) ->
         if unit in SHARED or other not in ALLOWED.get(unit, set()):
             bad.append(imported)
     assert not bad, f"{module} ({unit}) imports {bad}"
+
+
+def _packages() -> list[str]:
+    return sorted({m.rsplit(".", 1)[0] for m, p in _modules() if p.name != "__init__.py" and "." in m})
+
+
+@pytest.mark.parametrize("package", _packages())
+def test_the_modules_of_a_package_import_each_other_without_a_cycle(package: str) -> None:
+    """A cycle hidden by imports inside functions still ties two modules into one concept; a shared module of
+    their own (as harness/sandbox/identity.py is for build.py and packaged.py) breaks it."""
+    members = {m: p for m, p in _modules() if m.rsplit(".", 1)[0] == package and p.name != "__init__.py"}
+    graph = {m: {i for i in _imports(p, set(members)) if i in members and i != m} for m, p in members.items()}
+    cycle = _cycle(graph)
+    assert cycle is None, f"import cycle in {package}: {' -> '.join(cycle or [])}"
+
+
+def test_the_cycle_check_finds_a_cycle_hidden_inside_functions(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("def f():\n    from pkg import b\n")
+    (tmp_path / "b.py").write_text("from pkg.a import f\n")
+    modules = {"pkg.a", "pkg.b"}
+    graph = {f"pkg.{n}": _imports(tmp_path / f"{n}.py", modules) & modules for n in ("a", "b")}
+    assert _cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+    assert _cycle({"pkg.a": {"pkg.b"}, "pkg.b": set()}) is None
 
 
 def test_every_harness_module_belongs_to_a_stage_or_is_shared() -> None:

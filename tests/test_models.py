@@ -234,3 +234,40 @@ def test_hub_models_are_keyed_by_the_commit_they_resolve_to(tmp_path: Path, monk
         keys.append(eval_fingerprint(resolved, tmp_path))
     assert keys[0] != keys[1] and keys[1].endswith("b" * 40)
     models.hub_commit.cache_clear()
+
+
+def test_each_stage_keys_a_model_by_its_own_files_from_one_place(tmp_path: Path) -> None:
+    """The three rules behind the evaluation, signal and training cache keys (harness.models.identity_files), on
+    one folder: the keys made before the rules moved there stay the same, so no cache is invalidated."""
+    import json
+
+    from harness.evaluation.evaluate import model_fingerprint as evaluation_key
+    from harness.models import ResolvedModel, identity_files
+    from harness.pipeline import _weights_identity
+    from harness.signals.inputs import ModelHandle
+    from harness.signals.inputs import model_fingerprint as signals_key
+    from harness.store import file_digests
+
+    folder = tmp_path / "model"
+    for name in ("model.safetensors", "config.json", "tokenizer.model", "chat_template.jinja", "README.md",
+                 "extra.gguf", ".hidden.json", "sub/vocab.txt"):  # fmt: skip
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    model = ResolvedModel(str(folder))
+    names = {rule: [p.relative_to(folder).as_posix() for p in identity_files(model, rule) or []]
+             for rule in ("evaluation", "signals", "training")}  # fmt: skip
+    assert names == {
+        "evaluation": ["chat_template.jinja", "config.json", "model.safetensors", "tokenizer.model"],
+        "signals": ["README.md", "chat_template.jinja", "config.json", "extra.gguf", "model.safetensors",
+                    "sub/vocab.txt", "tokenizer.model"],
+        "training": [".hidden.json", "config.json", "extra.gguf", "model.safetensors"],
+    }  # fmt: skip
+    assert identity_files(ResolvedModel(str(folder), gguf_file="extra.gguf"), "evaluation") == [folder / "extra.gguf"]
+    assert identity_files(ResolvedModel("org/hub-model"), "signals") is None
+
+    files = [folder / n for n in names["evaluation"]]  # the evaluation key as it was computed before
+    digests = file_digests(files, tmp_path)
+    expected = hashlib.sha256(json.dumps([[f.name for f in files], digests]).encode()).hexdigest()[:24]
+    assert evaluation_key(model, tmp_path) == "files:" + expected
+    assert set(signals_key(ModelHandle("m", model), tmp_path)["files"]) == set(names["signals"])
+    assert list(_weights_identity(model, tmp_path)) == names["training"]

@@ -442,7 +442,7 @@ def test_verify_names_the_files_that_differ(reference: tuple[Path, dict], tmp_pa
     proc = _harness_cli(["verify", str(run)], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"  {edited.relative_to(run).as_posix()} (differs)" in proc.stdout
-    assert "  tables/results.md (missing)" in proc.stdout and "2 of" in proc.stdout
+    assert "  tables/results.md (missing)" in proc.stdout and "2 file(s) missing or changed" in proc.stdout
 
 
 def test_report_uses_finished_runs_and_counts_seeds_not_folders(reference: tuple[Path, dict], tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def _labels(run_dir: Path) -> list[str]:
 def estimate(path: Path, task: str | None = None) -> list[PairEstimate]:
     """Per task and pair of systems, the estimates from a finished run (every two of its rows) or a sweep folder
     (every two grid points, and each point against target-base, over their common seeds)."""
-    from harness.analysis.report import read_json_file
+    from harness.store import read_json_file
     from harness.analysis.stats import BASELINE_LABEL, load_samples
 
     path = Path(path)
@@ -219,16 +219,16 @@ def _estimates_from_runs(task: str, binary: bool, runs: list[tuple[Path, dict[st
     return out
 
 
-def planned_power(plan: Any, *, seeds: int = 1, points: int = 1, versus_pairs: int = 0, results: Path | None = None,
-                  alpha: float = 0.05, power: float = 0.8) -> list[str]:
+def planned_power(plan: Any, documents: Mapping[str, tuple[int | None, bool]], *, seeds: int = 1, points: int = 1,
+                  versus_pairs: int = 0, results: Path | None = None, alpha: float = 0.05,
+                  power: float = 0.8) -> list[str]:
     """The dry run's lines: per task, the documents to evaluate and the MDE against target-base and between the
     compared methods, each at Holm's first step over its family, with where the discordance comes from (earlier
-    runs under `results`, else an assumed value, said so). `plan`: a harness.pipeline.Plan; `points` grid points
-    (each against target-base), `versus_pairs` the pairs of points compared head to head (a sweep's versus)."""
-    from harness.evaluation.task_catalog import SANDBOX_TASKS, document_limits, task_info
-
+    runs under `results`, else an assumed value, said so). `plan`: a harness.pipeline.Plan; `documents`: per task
+    of the plan, (documents evaluated or None where only evaluation counts them, binary metric); `points` grid
+    points (each against target-base), `versus_pairs` the pairs of points compared head to head (a sweep's
+    versus)."""
     exp = plan.exp
-    limits = document_limits(exp.eval.limit, exp.eval.task_limits, plan.tasks)
     sources = len(exp.sources) if exp.eval.compare_sources and points == 1 else 0
     m_target = len(plan.tasks) * (points if points > 1 else 1 + sources)
     m_between = len(plan.tasks) * versus_pairs
@@ -239,15 +239,10 @@ def planned_power(plan: Any, *, seeds: int = 1, points: int = 1, versus_pairs: i
              f"over {m_target} comparisons against target-base"
              + (f" and {m_between} between methods" if m_between else "")]  # fmt: skip
     for task in plan.tasks:
-        n = limits.get(task)
-        if n is None and task in SANDBOX_TASKS and exp.sandbox is not None:
-            from harness.sandbox.build import RECIPES
-
-            n = RECIPES[exp.sandbox.size].sizes.eval_per_skill
+        n, binary = documents[task]
         if n is None:
             lines.append(f"  {task}: every document (counted at evaluation; `harness power --n N` sizes it)")
             continue
-        binary = task_info(task).binary
         seen = _estimates_from_runs(task, binary, earlier)
         parts = [f"  {task}: {n} documents"]
         for key, m in (("target", m_target), ("between", m_between)):

@@ -25,7 +25,7 @@ import pandas as pd
 
 from harness.analysis.stats import BASELINE_LABEL, holm, seed_summary, t_interval
 from harness.errors import HarnessError
-from harness.store import atomic_write_text
+from harness.store import atomic_write_text, read_json_file
 
 CATEGORY_ORDER = ("knowledge", "reasoning", "safety")
 MARKERS = ((0.01, "‡"), (0.05, "†"))  # strictest first: p_adjusted < threshold -> marker
@@ -130,20 +130,6 @@ class Table:
 
 
 # ---------------------------------------------------------------- reading runs
-
-
-def read_json_file(path: Path, where: str = "report") -> Any:
-    """A JSON file of a run directory, or a one-line error when it is unreadable, not UTF-8 or not JSON."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise HarnessError(f"'{path}' is not UTF-8 text (damaged? `harness verify` checks a run)", where) from None
-    except OSError as exc:
-        raise HarnessError(f"'{path}' cannot be read ({exc.strerror or exc})", where) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"'{path}' is not valid JSON ({exc.msg}, line {exc.lineno})", where) from None
 
 
 def _is_number(value: Any) -> bool:

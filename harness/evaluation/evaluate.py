@@ -38,7 +38,7 @@ from harness.errors import HarnessError
 from harness.evaluation import offline_data, task_catalog
 from harness.evaluation.margin import MARGIN_FIELD, sample_margin
 from harness.evaluation.task_catalog import TaskInfo
-from harness.models import ResolvedModel, conversion_tag, hub_commit
+from harness.models import ResolvedModel, conversion_tag, hub_commit, identity_files
 from harness.store import (
     atomic_write_bytes,
     atomic_write_json,
@@ -63,7 +63,6 @@ EVAL_SEEDS = {
     "fewshot_random_seed": 1234,
 }
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default generation cap
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 
 
 @dataclass
@@ -279,19 +278,10 @@ def model_fingerprint(model: ResolvedModel | tuple[Any, Any], cache_dir: Path) -
     """What the evaluation cache keys a model by: its weights' and tokenizer's content, not its name."""
     if isinstance(model, tuple):
         return _in_memory_fingerprint(*model)
-    folder = Path(model.pretrained)
-    if not folder.is_dir():  # a hub id: the commit it resolves to (unknown offline without a local copy)
+    files = identity_files(model, "evaluation")
+    if files is None:  # a hub id: the commit it resolves to (unknown offline without a local copy)
         return f"hub:{model.pretrained}@{hub_commit(model.pretrained)}"
-    tag = ""
-    if model.gguf_file:
-        files = [folder / model.gguf_file]
-        tag = conversion_tag()  # the GGUF is dequantised by transformers at every load
-    else:
-        files = sorted(
-            p
-            for p in folder.iterdir()
-            if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".")
-        )
+    tag = conversion_tag() if model.gguf_file else ""  # the GGUF is dequantised by transformers at every load
     digests = file_digests(files, cache_dir)
     parts: list[Any] = [[f.name for f in files], digests] + ([tag] if tag else [])
     return "files:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]

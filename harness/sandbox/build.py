@@ -14,7 +14,6 @@ world whose files no longer match their checksums is reported, moved aside and b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -33,26 +32,14 @@ from transformers import PreTrainedModel
 from harness import store
 from harness.errors import HarnessError
 from harness.sandbox import disagreement as dial
-from harness.sandbox import scoring
+from harness.sandbox import packaged, scoring
+from harness.sandbox.identity import REFERENCE_WORLDS, library_versions, world_fingerprint, world_identity
 from harness.sandbox.pinned import PINNED_ENV, available_cpus, check_pinned, report, run_pinned
 from harness.sandbox.pretrain import Example, PretrainConfig, encode, pretrain
 from harness.sandbox.skills import SKILLS, Item, SkillSizes, generate_splits
 
 VERSION = 5  # bump when what a seed produces changes (4: sealed; 5: CPU kernels pinned, docs/sandbox.md)
 TARGET = "llama-knowledge"
-
-# The reference worlds: fingerprints (world_fingerprint) of pinned builds at this VERSION, which every x86-64
-# machine with these library versions reproduces. tests/test_sandbox.py checks micro's on every test machine;
-# rebuild and update both (and docs/sandbox.md) whenever VERSION changes.
-REFERENCE_WORLDS: dict[tuple[str, int], str] = {
-    ("micro", 0): "2f5b7e65c5d4b065b07ca05f1f0fca7fb9013efce2685fdff109277486d1e6ad",
-    ("default", 0): "594d29fa9d154bd3625f494fe0811ce297e3abb345d0bb4474ad330b3b1d04ea",
-}
-REFERENCE_LIBRARIES: dict[str, str | None] = {
-    "torch": "2.13.0+cpu",
-    "transformers": "5.24.0",
-    "tokenizers": "0.23.3",
-}
 
 # The single prompt format of the world: models are trained on it, lm-eval tasks use it verbatim.
 PROMPT_FORMAT = "Question: {prompt}\nAnswer: "
@@ -667,8 +654,6 @@ def _dial_base(size: str, seed: int, cache_dir: Path | None, progress: bool, fro
     None otherwise, and then the dial world trains every source itself."""
     if (world := load_world(size, seed, cache_dir)) is not None:
         return world
-    from harness.sandbox import packaged
-
     if from_scratch or packaged.packaged_root(size, seed) is None:
         return None
     return build_world(size, seed, cache_dir, progress)
@@ -676,8 +661,6 @@ def _dial_base(size: str, seed: int, cache_dir: Path | None, progress: bool, fro
 
 def _install_packaged(tmp: Path, size: str, seed: int, key: str, progress: bool) -> dict[str, Any] | None:
     """The packaged reference world installed into `tmp` (its meta), or None where there is none to install."""
-    from harness.sandbox import packaged
-
     meta = packaged.install(size, seed, key, REFERENCE_WORLDS.get((size, seed)), tmp)
     if meta is None:
         if packaged.packaged_root(size, seed) is not None:
@@ -693,69 +676,6 @@ def _install_packaged(tmp: Path, size: str, seed: int, key: str, progress: bool)
         )
     return meta
 
-
-# ---------------------------------------------------------------------------------------------- identity
-
-
-def world_fingerprint(root: Path, models: list[str]) -> str:
-    """sha256 over the models' weights: their model.safetensors concatenated in `models` order.
-
-    The same as `cat models/{llama-knowledge,neox-reasoning,gpt2-safety}/model.safetensors | sha256sum`.
-    """
-    digest = hashlib.sha256()
-    for name in models:
-        with open(root / "models" / name / "model.safetensors", "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def library_versions() -> dict[str, str | None]:
-    """The libraries whose code decides the world's bytes besides ours (model code, kernels, BPE training)."""
-    versions = store.package_versions()
-    return {name: versions.get(name) for name in REFERENCE_LIBRARIES}
-
-
-def reference_status(
-    size: str, seed: int, fingerprint: str, libraries: dict[str, str | None]
-) -> dict[str, Any]:
-    """Whether a world with this fingerprint is the reference world of (size, seed), and if not, a likely why."""
-    reference = REFERENCE_WORLDS.get((size, seed))
-    if reference is None:
-        return {
-            "status": "none",
-            "reference": None,
-            "detail": f"no reference recorded for {size} seed {seed}",
-        }
-    if fingerprint == reference:
-        return {"status": "reference", "reference": reference, "detail": "this is the reference world"}
-    others = {k: v for k, v in libraries.items() if v != REFERENCE_LIBRARIES.get(k)}
-    detail = "differs from the reference world"
-    if others:
-        built = ", ".join(f"{k} {v}" for k, v in others.items())
-        wanted = ", ".join(f"{k} {REFERENCE_LIBRARIES[k]}" for k in others)
-        detail += f": built with {built}; the reference holds for {wanted} on x86-64"
-    elif platform.machine() not in ("x86_64", "AMD64"):
-        detail += f": the reference holds on x86-64, this machine is {platform.machine()}"
-    return {"status": "differs", "reference": reference, "detail": detail}
-
-
-def world_identity(root: Path) -> dict[str, Any]:
-    """Which world the folder `root` holds: its fingerprint (from the files), the reference check, the library
-    versions it was built with and its scores. Recorded in every run's manifest.json, printed by `sandbox show`.
-    """
-    meta = json.loads((root / "world.json").read_text())
-    fingerprint = world_fingerprint(root, meta["models"])
-    return {
-        "size": meta["size"],
-        "seed": meta["seed"],
-        "key": meta["key"],
-        "fingerprint": fingerprint,
-        "reference": reference_status(meta["size"], meta["seed"], fingerprint, meta["built_with"]["libraries"]),
-        "origin": meta.get("origin", "built"),  # "packaged": installed from the package (packaged.py)
-        "built_with": meta["built_with"],
-        "scores": meta["scores"],
-    }
 
 
 def world_summary(world: World) -> dict[str, Any]:

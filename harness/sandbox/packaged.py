@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.sandbox.identity import world_fingerprint
+
 PACKAGED = Path(__file__).parent / "reference"
 MODEL_FILES = (
     "model.safetensors",
@@ -45,8 +47,6 @@ def install(size: str, seed: int, key: str, reference: str | None, into: Path) -
     None (and nothing left in `into/models`) when there is no packaged world, when it was packaged for another
     world key, or when the copied weights do not have the `reference` fingerprint.
     """
-    from harness.sandbox.build import world_fingerprint
-
     root = packaged_root(size, seed)
     if root is None or reference is None:
         return None

@@ -275,7 +275,7 @@ def train_reward_model(
     import torch
     from transformers import AutoTokenizer
 
-    from harness.sandbox.build import library_versions
+    from harness.sandbox.identity import library_versions
 
     capability = check_pinned()
     started = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.config import ModelSpec
 from harness.errors import HarnessError
-from harness.models import ResolvedModel, conversion_tag, hub_commit
+from harness.models import ResolvedModel, conversion_tag, hub_commit, identity_files
 from harness.signals.align import vocab_fingerprint
 from harness.store import file_digests, stable_hash
 
@@ -144,17 +144,13 @@ def model_fingerprint(handle: ModelHandle, cache_dir: Path) -> dict[str, Any]:
         "gguf": handle.model.gguf_file,
         "chat_template": handle.chat_template,
     }
-    folder = Path(handle.model.pretrained)
-    if not folder.is_dir():
+    files = identity_files(handle.model, "signals")
+    if files is None:
         found["commit"] = hub_commit(handle.model.pretrained)  # a hub id: the commit it resolves to
         return found
     if handle.model.gguf_file:
         found["conversion"] = conversion_tag()  # the GGUF is dequantised by transformers at every load
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.parts[len(folder.parts) :])
-    )
+    folder = Path(handle.model.pretrained)
     digests = file_digests(files, Path(cache_dir))
     hashes = {str(p.relative_to(folder)): d for p, d in zip(files, digests, strict=True)}
     found["pretrained"] = None  # the content, not where it lies, decides the signals

@@ -261,9 +261,11 @@ def run(
     if seed_list is not None:
         _sweep(exp, {}, seed_list, out, "seeds", num_processes, accelerate_config, dry_run, quiet)
         return
-    plan = api.plan(exp, out)
+    plan = api.plan(exp, out, missing_ok=dry_run)
     if dry_run:
         pipeline.print_plan(plan, out)
+        if plan.unavailable:
+            raise HarnessError(f"{len(plan.unavailable)} model(s) unavailable here (listed above); the plan is otherwise valid", "config")
         return
     if _launch_elsewhere(num_processes, accelerate_config):
         return

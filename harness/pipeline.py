@@ -58,6 +58,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     added_tasks: list[str] = field(default_factory=list)  # evaluated besides exp.eval.tasks (the sandbox skills)
     reading: str | None = None  # the one line that says what the table's numbers mean, printed under it
+    unavailable: dict[str, str] = field(default_factory=dict)  # model spec -> why it cannot be loaded here
 
 
 def _sandbox_reading(exp: Experiment, tasks: list[str]) -> tuple[list[str], str | None]:
@@ -121,8 +122,9 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
 
 def unavailable(model: ResolvedModel) -> str | None:
     """Why a resolved model cannot be loaded here (a folder that holds no model, a hub id that is neither in
-    the local Hugging Face cache nor downloadable because HF_HUB_OFFLINE is set), or None."""
-    from harness.models import offline
+    the local Hugging Face cache nor downloadable: HF_HUB_OFFLINE is set, or the hub does not answer one short
+    connection attempt), or None."""
+    from harness.models import hub_reachable, why_offline
 
     if model.packaged:
         return None  # resolve found its package; prepare converts it into the cache
@@ -133,7 +135,7 @@ def unavailable(model: ResolvedModel) -> str | None:
         if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
             return None
         return f"folder '{folder}' holds no model (no config.json)"
-    if not offline():
+    if hub_reachable():
         return None  # a hub id: downloaded when first loaded
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -144,7 +146,7 @@ def unavailable(model: ResolvedModel) -> str | None:
         return f"'{model.pretrained}' is not a valid hub id"
     if isinstance(found, str):
         return None
-    return f"hub id '{model.pretrained}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    return f"hub id '{model.pretrained}' is not in the local Hugging Face cache and {why_offline()}"
 
 
 def _check_corpus(exp: Experiment) -> None:
@@ -165,9 +167,10 @@ def _check_corpus(exp: Experiment) -> None:
     load_corpus(Path(corpus_path), limit=exp.corpus.limit)
 
 
-def plan(exp: Experiment, out: Path | None = None) -> Plan:
+def plan(exp: Experiment, out: Path | None = None, *, missing_ok: bool = False) -> Plan:
     """Validate the experiment end to end (method, tasks, models, corpus, data dir, writable folders) without
-    heavy work. `out`: the results folder, checked for writing when given."""
+    heavy work. `out`: the results folder, checked for writing when given. Models that cannot be loaded here
+    are one error, or with `missing_ok` (a dry run on an offline login node) listed in `Plan.unavailable`."""
     from harness.evaluation.evaluate import expand_tasks
     from harness.evaluation.offline_data import check_data
     from harness.evaluation.task_catalog import SANDBOX_TASKS
@@ -181,9 +184,9 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
     specs = [("config: target.path", exp.target.path)] + [(f"config: sources[{i}].path", s.path) for i, s in enumerate(exp.sources)]
     if exp.judges.kind == "reward-models":
         specs += [(f"config: judges.models[{i}]", m) for i, m in enumerate(exp.judges.models)]
-    problems = [f"{where.split(': ')[-1]} ({why})" for where, spec in specs if (why := _check_model_spec(spec, where, exp))]
-    if problems:
-        raise HarnessError(f"cannot load {len(problems)} model(s): " + "; ".join(problems), "config")
+    missing = {spec: f"{where.split(': ')[-1]} ({why})" for where, spec in specs if (why := _check_model_spec(spec, where, exp))}
+    if missing and not missing_ok:
+        raise HarnessError(f"cannot load {len(missing)} model(s): " + "; ".join(missing.values()), "config")
     _check_corpus(exp)
     cache_dir = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
     check_writable(cache_dir, "cache dir")
@@ -193,7 +196,7 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
         check_data([t for t in tasks if t not in SANDBOX_TASKS], data_dir, cache_dir)
     added, reading = _sandbox_reading(exp, tasks)
     tasks = tasks + [t for t in (expand_tasks(added) if added else []) if t not in tasks]
-    p = Plan(exp, method_cls, tasks, cache_dir, data_dir, added_tasks=added, reading=reading)
+    p = Plan(exp, method_cls, tasks, cache_dir, data_dir, added_tasks=added, reading=reading, unavailable=missing)
     names = [exp.target.name] + [s.name for s in exp.sources]
     if exp.sandbox:
         dial = f", disagreement {exp.sandbox.disagreement:g}" if exp.sandbox.disagreement else ""
@@ -244,6 +247,9 @@ def print_plan(p: Plan, out: str) -> None:
     for i, stage in enumerate(p.stages, 1):
         console.print(f"  {i}. {stage}")
     console.print(f"  storage estimate: {_storage_estimate(p)}")
+    console.print("  compute and memory per stage (weights from each model's config, else its name; docs/scaling.md):")
+    for line in _estimates(p):
+        console.print(f"    {line}", markup=False)
     console.print(f"  cache: {p.cache_dir}   results: {out}/<run-id>/")
     for note in p.notes + ([p.reading] if p.reading else []):
         console.print(f"  note: {note}", markup=False)
@@ -253,6 +259,10 @@ def print_plan(p: Plan, out: str) -> None:
         console.print(f"  {line}", markup=False)
     _print_rendered_examples(p)
     console.print("dry run: no weights downloaded, nothing written (tokenizers only read, to render the example)")
+    if p.unavailable:
+        console.print(f"[bold]unavailable here[/bold] ({len(p.unavailable)} model(s); the run needs them):")
+        for why in p.unavailable.values():
+            console.print(f"  - {why}", markup=False)
 
 
 _SHOWN = 240  # characters kept at each end of a long prompt or response in the dry run's rendered example
@@ -299,6 +309,9 @@ def _print_rendered_examples(p: Plan) -> None:
     rows, sandbox_models = found
     row = rows[0]
     for spec in [p.exp.target, *p.exp.sources]:
+        if spec.path in p.unavailable:
+            console.print(f"    {spec.name}: not shown: unavailable here (listed below)", markup=False)
+            continue
         try:
             tok = display_tokenizer(spec.path, sandbox_models, p.cache_dir, spec.trust_remote_code)
             ex = render_example(tok, row.prompt, row.reference, spec.chat_template, spec.name)
@@ -355,6 +368,15 @@ def _corpus_size(exp: Experiment) -> int | None:
         return len(json.loads(path.read_text(encoding="utf-8")))
     with open(path, "rb") as fh:
         return sum(1 for line in fh if line.strip())
+
+
+def _estimates(p: Plan) -> list[str]:
+    from harness.estimates import estimates
+
+    n_examples = p.exp.corpus.limit or _corpus_size(p.exp) or 1500
+    found = _first_example(p) if p.exp.sandbox is not None else None
+    sandbox_models = found[1] if isinstance(found, tuple) else None
+    return estimates(p, n_examples, sandbox_models)
 
 
 def _storage_estimate(p: Plan) -> str:

@@ -479,13 +479,14 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
     """Train (or resume, or reuse) the fused target in the cache; returns the folder of the final model."""
     from harness.models import load_model, load_tokenizer
     from harness.training.dataset import build_fusion_dataset, collate
-    from harness.training.loop import train
+    from harness.training.loop import ENGINE_FILE, train
 
     target = prepared.models[exp.target.name]
     procs = distributed.world_size()  # batch_size is per process: the global batch depends on it
     key = stable_hash(
         {
             **({"processes": procs} if procs > 1 else {}),  # single-process keys stay as they were
+            **({"engine": engine} if (engine := distributed.launch_engine()) else {}),  # sharded checkpoints differ
             "v": TRAIN_CODE_VERSION,
             "target": exp.target.model_dump(),
             "target_weights": _weights_identity(target, plan_.cache_dir),
@@ -519,6 +520,9 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             _save_final(result, tok, final)
         else:
             console.print(f"train: reusing the trained model from the cache ({key})")
+    if (work / ENGINE_FILE).is_file():  # engine, processes and sharding of the training that made the model
+        manifest.data["training"] = json.loads((work / ENGINE_FILE).read_text())
+        manifest.save()
     log = work / "train_log.jsonl"
     if log.is_file() and distributed.is_main():
         shutil.copyfile(log, run_dir / "train_log.jsonl")
@@ -535,6 +539,11 @@ def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         with writing(tmp):
             result.model.save_pretrained(tmp, state_dict=result.state_dict)
+            arch = type(result.model).__name__
+            if arch.startswith("FSDP"):  # FSDP2 names its sharded subclass FSDP<class>: an ordinary folder names <class>
+                config = json.loads((tmp / "config.json").read_text())
+                config["architectures"] = [arch[4:]]
+                atomic_write_json(tmp / "config.json", config)
             tokenizer.save_pretrained(tmp)
             seal(tmp)  # last: a folder without its checksums is never taken for a trained model
         shutil.rmtree(final, ignore_errors=True)  # a leftover without checksums
@@ -666,6 +675,7 @@ def run(
     """One fusion experiment end to end; returns the run directory. `variant`: the grid values that set this run
     apart from the other cells of a sweep (recorded in its summary, so tables keep the cells apart)."""
     plan_ = validated or plan(exp, out)
+    distributed.check_process_group()
     console.quiet = not distributed.is_main()  # one process speaks for a multi-process run
     for note in plan_.notes:
         console.print(f"[yellow]note:[/yellow] {note}")

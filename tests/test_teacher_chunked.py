@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from harness.models import ResolvedModel, load_model, load_tokenizer, package_folder
-from harness.signals import load_corpus
+from harness.signals import load_corpus, teacher
 from harness.signals.encoding import Encoded, encode_example
-from harness.signals import teacher
 from harness.signals.teacher import TeacherPass, padded_batches, teacher_forced
 
 

@@ -19,7 +19,6 @@ import numpy as np
 from harness.signals.alignment import DEFAULT, AlignmentStrategy, get_alignment
 from harness.signals.encoding import Encoded
 
-
 # Positions per LM-head chunk: about 2**24 logits (64 MB in float32) at a time, whatever the vocabulary
 # (64 positions for Gemma-3's 262,144 tokens, the whole batch for the sandbox's small vocabularies).
 CHUNK_LOGITS = 2**24

@@ -85,7 +85,7 @@ def hub_commit(repo_id: str, revision: str = "main") -> str | None:
     with the id alone would reuse results after the weights changed. Online: one quick call to the hub (what
     `from_pretrained` downloads); offline, or when the hub does not answer: the commit the local Hugging Face
     cache holds for the branch; None when neither knows."""
-    if not offline():
+    if hub_reachable():  # one short connection attempt per process, not a timeout per model
         try:
             from huggingface_hub import HfApi
 

@@ -14,7 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = {"config", "registry", "store", "errors", "models", "chat", "distributed", "modes"}
-ORCHESTRATION = {"pipeline", "sweeps", "cli", "api", "__init__", "bench", "presets", "accelerate_configs"}
+ORCHESTRATION = {"pipeline", "sweeps", "cli", "api", "__init__", "bench", "presets", "accelerate_configs",
+                 "estimates"}  # estimates: the dry run's per-stage compute and memory, part of the plan
 # stage package -> the stage packages it may import (besides shared modules and itself)
 ALLOWED = {
     "sandbox": set(),

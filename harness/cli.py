@@ -265,7 +265,7 @@ def run(
     if dry_run:
         pipeline.print_plan(plan, out)
         if plan.unavailable:
-            raise HarnessError(f"{len(plan.unavailable)} model(s) unavailable here (listed above); the plan is otherwise valid", "config")
+            raise HarnessError(pipeline.unavailable_line(plan.unavailable), "config")  # the plan above is otherwise valid
         return
     if _launch_elsewhere(num_processes, accelerate_config):
         return

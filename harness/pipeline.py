@@ -120,6 +120,14 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
     return unavailable(resolve(spec, where=where, convert=False))  # packaged models are converted at prepare
 
 
+HUB_MISS = "is not in the local Hugging Face cache"
+
+
+def unavailable_line(missing: dict[str, str]) -> str:
+    """The one-line error for models that cannot be loaded here (spec -> `where (why)`)."""
+    return f"cannot load {len(missing)} model(s): " + "; ".join(missing.values())
+
+
 def unavailable(model: ResolvedModel) -> str | None:
     """Why a resolved model cannot be loaded here (a folder that holds no model, a hub id that is neither in
     the local Hugging Face cache nor downloadable: HF_HUB_OFFLINE is set, or the hub does not answer one short
@@ -146,7 +154,7 @@ def unavailable(model: ResolvedModel) -> str | None:
         return f"'{model.pretrained}' is not a valid hub id"
     if isinstance(found, str):
         return None
-    return f"hub id '{model.pretrained}' is not in the local Hugging Face cache and {why_offline()}"
+    return f"hub id '{model.pretrained}' {HUB_MISS} and {why_offline()}"
 
 
 def _check_corpus(exp: Experiment) -> None:
@@ -185,8 +193,9 @@ def plan(exp: Experiment, out: Path | None = None, *, missing_ok: bool = False) 
     if exp.judges.kind == "reward-models":
         specs += [(f"config: judges.models[{i}]", m) for i, m in enumerate(exp.judges.models)]
     missing = {spec: f"{where.split(': ')[-1]} ({why})" for where, spec in specs if (why := _check_model_spec(spec, where, exp))}
-    if missing and not missing_ok:
-        raise HarnessError(f"cannot load {len(missing)} model(s): " + "; ".join(missing.values()), "config")
+    # only the hub's absence waits until the plan is shown (an offline login node); a broken local model is bad input
+    if missing and not (missing_ok and all(HUB_MISS in why for why in missing.values())):
+        raise HarnessError(unavailable_line(missing), "config")
     _check_corpus(exp)
     cache_dir = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
     check_writable(cache_dir, "cache dir")

@@ -37,7 +37,9 @@ def _check_plan_then_unavailable(proc: subprocess.CompletedProcess[str], why: st
     assert out.index("4. evaluate") < out.index("unavailable here (6 model(s)")  # the plan comes first
     for model in PAPER_MODELS:
         assert f"hub id '{model}' is not in the local Hugging Face cache and {why}" in listing
-    assert out.strip().splitlines()[-1].startswith("harness: config: 6 model(s) unavailable here")
+    last = out.strip().splitlines()[-1]  # the one error line, as without the plan: every model and why
+    assert last.startswith("harness: config: cannot load 6 model(s): target.path (hub id 'lmsys/vicuna-7b-v1.5'")
+    assert [line for line in out.splitlines() if line.startswith("harness: ")] == [last]
     assert "Traceback" not in out and "Retrying" not in out
 
 

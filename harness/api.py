@@ -159,12 +159,13 @@ def verify(run: Run | PathLike) -> list[str]:
     return verify_run(_dirs([run])[0])[1]
 
 
-def plan(exp: Experiment, out: PathLike | None = None) -> Any:
+def plan(exp: Experiment, out: PathLike | None = None, *, missing_ok: bool = False) -> Any:
     """Validate an experiment end to end (method, tasks, models, corpus, data dir, and that the cache and `out`
-    are writable); writes nothing."""
+    are writable); writes nothing. `missing_ok`: models this machine cannot load (offline, not cached) are
+    listed in the plan's `unavailable` instead of raising, so that the whole plan can still be shown."""
     from harness import pipeline
 
-    return pipeline.plan(exp, Path(out) if out is not None else None)
+    return pipeline.plan(exp, Path(out) if out is not None else None, missing_ok=missing_ok)
 
 
 def run(

@@ -248,9 +248,11 @@ def run(
     if seed_list is not None:
         _sweep(exp, {}, seed_list, out, "seeds", num_processes, accelerate_config, dry_run, quiet)
         return
-    plan = api.plan(exp, out)
+    plan = api.plan(exp, out, missing_ok=dry_run)
     if dry_run:
         pipeline.print_plan(plan, out)
+        if plan.unavailable:
+            raise HarnessError(pipeline.unavailable_line(plan.unavailable), "config")  # the plan above is otherwise valid
         return
     result = api.run(exp, out, progress=not quiet, num_processes=num_processes, accelerate_config=accelerate_config)
     if distributed.is_main():

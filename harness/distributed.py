@@ -66,6 +66,75 @@ def from_main(value: T) -> T:
     return broadcast_object_list([value], from_process=0)[0]
 
 
+def check_process_group() -> None:
+    """A launch that names N processes must give a group of N: each process training alone is a one-line error
+    (exit 2) before any work, never N separate runs that collide in the cache."""
+    expected = world_size()
+    if expected <= 1:
+        return
+    got = state()
+    if got.num_processes != expected:
+        raise HarnessError(
+            f"the launch started {expected} processes but they formed no process group (accelerate sees "
+            f"{got.num_processes}, {got.distributed_type.value}); on CPU processes give the config use_cpu: true "
+            "or set ACCELERATE_USE_CPU=1",
+            "launch",
+        )
+
+
+def fsdp_over_cpu_processes(accelerator: Any) -> None:
+    """Give accelerate's own state its FSDP plugin when a launch asked for FSDP over CPU processes.
+
+    accelerate (1.16) applies its FSDP plugin to accelerator devices only: over CPU processes (gloo, MULTI_CPU) it
+    quietly trains data-parallel instead. torch's FSDP2 (`fully_shard`) runs on CPU tensors over gloo, so the
+    launch's plugin (built from its FSDP_* environment, as accelerate builds it) is set on the state here, before
+    `prepare`; from then on accelerate's own FSDP2 code paths shard the model, clip gradients, save and load
+    sharded checkpoints and gather the full state dict. Nothing is sharded here."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # both states agree, as accelerate's own
+
+
+def launch_engine() -> str | None:
+    """'fsdp' or 'deepspeed' when the launcher configured one (accelerate's environment), else None."""
+    from_env = {"fsdp": "ACCELERATE_USE_FSDP", "deepspeed": "ACCELERATE_USE_DEEPSPEED"}
+    found = [name for name, var in from_env.items() if os.environ.get(var, "").lower() == "true"]
+    return found[0] if found and world_size() > 1 else None
+
+
+def engine(accelerator: Any) -> dict[str, Any]:
+    """What trained: engine, processes, device, sharding and checkpoint format (recorded in the manifest)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    out: dict[str, Any] = {"processes": accelerator.num_processes, "device": accelerator.device.type,
+                           "mixed_precision": accelerator.mixed_precision}  # fmt: skip
+    if kind == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        full = plugin.reshard_after_forward if plugin.fsdp_version == 2 else "FULL_SHARD" in str(plugin.sharding_strategy)
+        out |= {"engine": f"accelerate FSDP{plugin.fsdp_version}",
+                "sharding": "parameters, gradients and optimizer state (full shard)" if full
+                else "gradients and optimizer state (parameters kept after forward)",
+                "checkpoint": str(plugin.state_dict_type).rsplit(".", 1)[-1]}  # fmt: skip
+    elif kind == DistributedType.DEEPSPEED:
+        stage = accelerator.state.deepspeed_plugin.zero_stage
+        out |= {"engine": f"accelerate DeepSpeed ZeRO-{stage}", "sharding": {1: "optimizer state", 2: "optimizer state and gradients",
+                3: "parameters, gradients and optimizer state"}.get(stage, "none"), "checkpoint": "DeepSpeed"}  # fmt: skip
+    elif accelerator.num_processes > 1:
+        out |= {"engine": "accelerate DDP", "sharding": "none (replicated)", "checkpoint": "full"}
+    else:
+        out |= {"engine": "single process", "sharding": "none", "checkpoint": "full"}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ launching
 
 
@@ -94,7 +163,13 @@ def launch_command(
     env = {LAUNCHED_ENV: "1"}
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     if accelerate_config is not None:
-        launcher += ["--config_file", str(accelerate_config_file(accelerate_config))]
+        path = accelerate_config_file(accelerate_config)
+        check_launch_config(path, num_processes, cuda)
+        launcher += ["--config_file", str(path)]
+        if not cuda:  # CPU processes over gloo, in float32 (the shipped configs' bf16 is for GPUs)
+            launcher += ["--mixed_precision", "no"]
+            env["ACCELERATE_USE_CPU"] = "1"
+            env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     else:
         launcher += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no",
                      "--mixed_precision", "bf16" if cuda else "no"]  # fmt: skip
@@ -102,6 +177,31 @@ def launch_command(
             env["ACCELERATE_USE_CPU"] = "1"
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # N processes share the cores
     return [*launcher, "-m", module, *args], env
+
+
+def check_launch_config(path: Path, num_processes: int, cuda: bool) -> None:
+    """One line, before anything starts, for an accelerate config that cannot form the group it names here."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise HarnessError(f"accelerate config '{path}' does not parse: {str(exc).splitlines()[0]}", "cli") from None
+    kind = str(config.get("distributed_type", "NO")).upper()
+    where = f"accelerate config '{path}'"
+    if kind == "NO":
+        raise HarnessError(f"{where} has distributed_type NO: it forms no group of {num_processes} processes", "cli")
+    if kind not in ("MULTI_CPU", "MULTI_GPU", "FSDP", "DEEPSPEED"):
+        raise HarnessError(f"{where}: distributed_type {kind} is not one the harness launches (MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED)", "cli")
+    if int(config.get("num_machines", 1) or 1) > 1:
+        raise HarnessError(f"{where} names {config['num_machines']} machines; --num-processes launches on this one only", "cli")
+    if kind == "DEEPSPEED":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise HarnessError(f"{where} asks for DeepSpeed, which is not installed (docs/scaling.md)", "cli")
+        if not cuda:
+            raise HarnessError(f"{where} asks for DeepSpeed, which the harness runs on GPUs only (docs/scaling.md)", "cli")
 
 
 def strip_launch_options(argv: list[str]) -> list[str]:

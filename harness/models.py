@@ -118,7 +118,7 @@ def hub_commit(repo_id: str, revision: str = "main") -> str | None:
     with the id alone would reuse results after the weights changed. Online: one quick call to the hub (what
     `from_pretrained` downloads); offline, or when the hub does not answer: the commit the local Hugging Face
     cache holds for the branch; None when neither knows."""
-    if not offline():
+    if hub_reachable():  # one short connection attempt per process, not a timeout per model
         try:
             from huggingface_hub import HfApi
 
@@ -331,15 +331,52 @@ def display_tokenizer(
         raise HarnessError(f"its tokenizer is not available here ({str(exc).splitlines()[0][:160]})", "model") from None
 
 
-def _hub_reachable() -> bool:
-    """Whether the hub answers; an alias falls back to its packaged copy when it does not."""
-    import socket
+HUB_TIMEOUT_S = 3.0
 
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """Whether the hub answers: one connection attempt per process, `HUB_TIMEOUT_S` at most, never retried.
+
+    When it does not answer, this process works offline from then on (HF_HUB_OFFLINE), so that no later load
+    spends minutes in huggingface_hub's retries; an alias falls back to its packaged copy."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+        socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=HUB_TIMEOUT_S).close()
     except OSError:
+        _work_offline()
         return False
     return True
+
+
+def hub_reachable() -> bool:
+    """False when HF_HUB_OFFLINE is set or the hub does not answer one short connection attempt."""
+    return not offline() and _hub_reachable()
+
+
+def why_offline() -> str:
+    """Why hub ids are not downloaded in this process (after `hub_reachable()` returned False)."""
+    if _went_offline:
+        return f"the hub did not answer (one attempt, {HUB_TIMEOUT_S:g} s)"
+    return "HF_HUB_OFFLINE is set"
+
+
+_went_offline = False
+
+
+def _work_offline() -> None:
+    global _went_offline
+    _went_offline = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:  # huggingface_hub and transformers read the flag from here, set when they were imported
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
 
 
 def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False) -> Any:

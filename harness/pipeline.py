@@ -58,6 +58,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     added_tasks: list[str] = field(default_factory=list)  # evaluated besides exp.eval.tasks (the sandbox skills)
     reading: str | None = None  # the one line that says what the table's numbers mean, printed under it
+    unavailable: dict[str, str] = field(default_factory=dict)  # model spec -> why it cannot be loaded here
 
 
 def _sandbox_reading(exp: Experiment, tasks: list[str]) -> tuple[list[str], str | None]:
@@ -119,10 +120,19 @@ def _check_model_spec(spec: str, where: str, exp: Experiment) -> str | None:
     return unavailable(resolve(spec, where=where, convert=False))  # packaged models are converted at prepare
 
 
+HUB_MISS = "is not in the local Hugging Face cache"
+
+
+def unavailable_line(missing: dict[str, str]) -> str:
+    """The one-line error for models that cannot be loaded here (spec -> `where (why)`)."""
+    return f"cannot load {len(missing)} model(s): " + "; ".join(missing.values())
+
+
 def unavailable(model: ResolvedModel) -> str | None:
     """Why a resolved model cannot be loaded here (a folder that holds no model, a hub id that is neither in
-    the local Hugging Face cache nor downloadable because HF_HUB_OFFLINE is set), or None."""
-    from harness.models import offline
+    the local Hugging Face cache nor downloadable: HF_HUB_OFFLINE is set, or the hub does not answer one short
+    connection attempt), or None."""
+    from harness.models import hub_reachable, why_offline
 
     if model.packaged:
         return None  # resolve found its package; prepare converts it into the cache
@@ -133,7 +143,7 @@ def unavailable(model: ResolvedModel) -> str | None:
         if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
             return None
         return f"folder '{folder}' holds no model (no config.json)"
-    if not offline():
+    if hub_reachable():
         return None  # a hub id: downloaded when first loaded
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -144,7 +154,7 @@ def unavailable(model: ResolvedModel) -> str | None:
         return f"'{model.pretrained}' is not a valid hub id"
     if isinstance(found, str):
         return None
-    return f"hub id '{model.pretrained}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    return f"hub id '{model.pretrained}' {HUB_MISS} and {why_offline()}"
 
 
 def _check_corpus(exp: Experiment) -> None:
@@ -165,9 +175,10 @@ def _check_corpus(exp: Experiment) -> None:
     load_corpus(Path(corpus_path), limit=exp.corpus.limit)
 
 
-def plan(exp: Experiment, out: Path | None = None) -> Plan:
+def plan(exp: Experiment, out: Path | None = None, *, missing_ok: bool = False) -> Plan:
     """Validate the experiment end to end (method, tasks, models, corpus, data dir, writable folders) without
-    heavy work. `out`: the results folder, checked for writing when given."""
+    heavy work. `out`: the results folder, checked for writing when given. Models that cannot be loaded here
+    are one error, or with `missing_ok` (a dry run on an offline login node) listed in `Plan.unavailable`."""
     from harness.evaluation.evaluate import expand_tasks
     from harness.evaluation.offline_data import check_data
     from harness.evaluation.task_catalog import SANDBOX_TASKS
@@ -181,9 +192,10 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
     specs = [("config: target.path", exp.target.path)] + [(f"config: sources[{i}].path", s.path) for i, s in enumerate(exp.sources)]
     if exp.judges.kind == "reward-models":
         specs += [(f"config: judges.models[{i}]", m) for i, m in enumerate(exp.judges.models)]
-    problems = [f"{where.split(': ')[-1]} ({why})" for where, spec in specs if (why := _check_model_spec(spec, where, exp))]
-    if problems:
-        raise HarnessError(f"cannot load {len(problems)} model(s): " + "; ".join(problems), "config")
+    missing = {spec: f"{where.split(': ')[-1]} ({why})" for where, spec in specs if (why := _check_model_spec(spec, where, exp))}
+    # only the hub's absence waits until the plan is shown (an offline login node); a broken local model is bad input
+    if missing and not (missing_ok and all(HUB_MISS in why for why in missing.values())):
+        raise HarnessError(unavailable_line(missing), "config")
     _check_corpus(exp)
     cache_dir = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
     check_writable(cache_dir, "cache dir")
@@ -193,7 +205,7 @@ def plan(exp: Experiment, out: Path | None = None) -> Plan:
         check_data([t for t in tasks if t not in SANDBOX_TASKS], data_dir, cache_dir)
     added, reading = _sandbox_reading(exp, tasks)
     tasks = tasks + [t for t in (expand_tasks(added) if added else []) if t not in tasks]
-    p = Plan(exp, method_cls, tasks, cache_dir, data_dir, added_tasks=added, reading=reading)
+    p = Plan(exp, method_cls, tasks, cache_dir, data_dir, added_tasks=added, reading=reading, unavailable=missing)
     names = [exp.target.name] + [s.name for s in exp.sources]
     if exp.sandbox:
         dial = f", disagreement {exp.sandbox.disagreement:g}" if exp.sandbox.disagreement else ""
@@ -250,6 +262,9 @@ def print_plan(p: Plan, out: str) -> None:
     for i, stage in enumerate(p.stages, 1):
         console.print(f"  {i}. {stage}")
     console.print(f"  storage estimate: {_storage_estimate(p)}")
+    console.print("  compute and memory per stage (weights from each model's config, else its name; docs/scaling.md):")
+    for line in _estimates(p):
+        console.print(f"    {line}", markup=False)
     console.print(f"  cache: {p.cache_dir}   results: {out}/<run-id>/")
     for note in p.notes + ([p.reading] if p.reading else []):
         console.print(f"  note: {note}", markup=False)
@@ -259,6 +274,10 @@ def print_plan(p: Plan, out: str) -> None:
         console.print(f"  {line}", markup=False)
     _print_rendered_examples(p)
     console.print("dry run: no weights downloaded, nothing written (tokenizers only read, to render the example)")
+    if p.unavailable:
+        console.print(f"[bold]unavailable here[/bold] ({len(p.unavailable)} model(s); the run needs them):")
+        for why in p.unavailable.values():
+            console.print(f"  - {why}", markup=False)
 
 
 def planned_documents(p: Plan) -> dict[str, tuple[int | None, bool]]:
@@ -323,6 +342,9 @@ def _print_rendered_examples(p: Plan) -> None:
     rows, sandbox_models = found
     row = rows[0]
     for spec in [p.exp.target, *p.exp.sources]:
+        if spec.path in p.unavailable:
+            console.print(f"    {spec.name}: not shown: unavailable here (listed below)", markup=False)
+            continue
         try:
             tok = display_tokenizer(spec.path, sandbox_models, p.cache_dir, spec.trust_remote_code)
             ex = render_example(tok, row.prompt, row.reference, spec.chat_template, spec.name)
@@ -379,6 +401,15 @@ def _corpus_size(exp: Experiment) -> int | None:
         return len(json.loads(path.read_text(encoding="utf-8")))
     with open(path, "rb") as fh:
         return sum(1 for line in fh if line.strip())
+
+
+def _estimates(p: Plan) -> list[str]:
+    from harness.estimates import estimates
+
+    n_examples = p.exp.corpus.limit or _corpus_size(p.exp) or 1500
+    found = _first_example(p) if p.exp.sandbox is not None else None
+    sandbox_models = found[1] if isinstance(found, tuple) else None
+    return estimates(p, n_examples, sandbox_models)
 
 
 def _storage_estimate(p: Plan) -> str:
@@ -483,13 +514,14 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
     """Train (or resume, or reuse) the fused target in the cache; returns the folder of the final model."""
     from harness.models import load_model, load_tokenizer
     from harness.training.dataset import build_fusion_dataset, collate
-    from harness.training.loop import train
+    from harness.training.loop import ENGINE_FILE, train
 
     target = prepared.models[exp.target.name]
     procs = distributed.world_size()  # batch_size is per process: the global batch depends on it
     key = stable_hash(
         {
             **({"processes": procs} if procs > 1 else {}),  # single-process keys stay as they were
+            **({"engine": engine} if (engine := distributed.launch_engine()) else {}),  # sharded checkpoints differ
             "v": TRAIN_CODE_VERSION,
             "target": exp.target.model_dump(),
             "target_weights": _weights_identity(target, plan_.cache_dir),
@@ -526,6 +558,9 @@ def _train(exp: Experiment, plan_: Plan, prepared: Prepared, sets: dict[Any, Any
             _save_final(result, tok, final)
         else:
             console.print(f"train: reusing the trained model from the cache ({key})")
+    if (work / ENGINE_FILE).is_file():  # engine, processes and sharding of the training that made the model
+        manifest.data["training"] = json.loads((work / ENGINE_FILE).read_text())
+        manifest.save()
     log = work / "train_log.jsonl"
     if log.is_file() and distributed.is_main():
         shutil.copyfile(log, run_dir / "train_log.jsonl")
@@ -552,6 +587,11 @@ def _save_final(result: Any, tokenizer: Any, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         with writing(tmp):
             result.model.save_pretrained(tmp, state_dict=result.state_dict)
+            arch = type(result.model).__name__
+            if arch.startswith("FSDP"):  # FSDP2 names its sharded subclass FSDP<class>: an ordinary folder names <class>
+                config = json.loads((tmp / "config.json").read_text())
+                config["architectures"] = [arch[4:]]
+                atomic_write_json(tmp / "config.json", config)
             tokenizer.save_pretrained(tmp)
             seal(tmp)  # last: a folder without its checksums is never taken for a trained model
         shutil.rmtree(final, ignore_errors=True)  # a leftover without checksums
@@ -682,6 +722,7 @@ def run(
     """One fusion experiment end to end; returns the run directory. `variant`: the grid values that set this run
     apart from the other cells of a sweep (recorded in its summary, so tables keep the cells apart)."""
     plan_ = validated or plan(exp, out)
+    distributed.check_process_group()
     console.quiet = not distributed.is_main()  # one process speaks for a multi-process run
     for note in plan_.notes:
         console.print(f"[yellow]note:[/yellow] {note}")

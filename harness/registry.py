@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from harness.errors import HarnessError
-from methods.params import Parameter, type_text
+from methods.params import Parameter
 
 if TYPE_CHECKING:
     from methods.base import FusionMethod

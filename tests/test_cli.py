@@ -49,6 +49,16 @@ def test_bad_yaml_preset(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
+def test_a_launch_config_that_forms_no_process_group_is_one_line(tmp_path: Path) -> None:
+    """Before any process starts: a config of distributed type NO, and DeepSpeed where it cannot run."""
+    (tmp_path / "none.yaml").write_text("distributed_type: 'NO'\nnum_processes: 2\n")
+    for config, fragment in (("none.yaml", "forms no group of 2 processes"), ("zero3", "DeepSpeed")):
+        proc = _harness(["run", "--tasks", "sandbox", "--num-processes", "2", "--accelerate-config", config], tmp_path)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_help_has_examples(tmp_path: Path) -> None:
     for cmd in (["run"], ["ablate"], ["report"], ["plot"], ["eval"], ["methods"], ["tasks"], ["sandbox", "build"]):
         proc = _harness([*cmd, "--help"], tmp_path)

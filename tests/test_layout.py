@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = {"config", "registry", "store", "errors", "models", "chat", "distributed", "modes", "code_identity"}
-ORCHESTRATION = {"pipeline", "sweeps", "cli", "api", "launch", "__init__", "bench", "presets", "accelerate_configs"}
+ORCHESTRATION = {"pipeline", "sweeps", "cli", "api", "launch", "__init__", "bench", "presets", "accelerate_configs",
+                 "estimates"}  # estimates: the dry run's per-stage compute and memory, part of the plan
 # stage package -> the stage packages it may import (besides shared modules and itself)
 ALLOWED = {
     "sandbox": set(),

@@ -68,8 +68,8 @@ def _labels(run_dir: Path) -> list[str]:
 def estimate(path: Path, task: str | None = None) -> list[PairEstimate]:
     """Per task and pair of systems, the estimates from a finished run (every two of its rows) or a sweep folder
     (every two grid points, and each point against target-base, over their common seeds)."""
-    from harness.store import read_json_file
     from harness.analysis.stats import BASELINE_LABEL, load_samples
+    from harness.store import read_json_file
 
     path = Path(path)
     if (path / "sweep.json").is_file():

@@ -19,7 +19,7 @@ from harness.store import atomic_write_json, package_versions
 
 MODULES = (
     "harness.bench.align", "harness.bench.signals", "harness.bench.fusion_step", "harness.bench.real_pair",
-    "harness.bench.world_build", "harness.bench.generation",
+    "harness.bench.world_build", "harness.bench.generation", "harness.bench.extraction_memory",
 )
 
 

@@ -19,16 +19,24 @@ import numpy as np
 from harness.signals.alignment import DEFAULT, AlignmentStrategy, get_alignment
 from harness.signals.encoding import Encoded
 
+# Positions per LM-head chunk: about 2**24 logits (64 MB in float32) at a time, whatever the vocabulary
+# (64 positions for Gemma-3's 262,144 tokens, the whole batch for the sandbox's small vocabularies).
+CHUNK_LOGITS = 2**24
+
 
 @dataclass
 class TeacherPass:
-    """One model's view of its own response tokens: CE and the top-k distribution predicting each of them."""
+    """One model's view of its own response tokens: CE and the top-k distribution predicting each of them.
+
+    `own_logp` and `log_norm` ([n_response], NaN where nothing predicts the token) are the own token's
+    log-probability and the log-normaliser (logsumexp of the logits) at each position."""
 
     ce: float
     top_ids: np.ndarray  # [n_response, k] the model's own vocabulary ids
     top_logp: np.ndarray  # [n_response, k]
     predicted: np.ndarray  # [n_response] bool: False where no position precedes the token
     own_logp: np.ndarray | None = None  # [n_response] float32: log-probability of each token itself (NaN: not predicted)
+    log_norm: np.ndarray | None = None  # [n_response] float32: logsumexp of the logits (NaN: not predicted)
 
 
 def padded_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int = 0) -> Iterator[tuple[list[int], Any, Any]]:
@@ -53,31 +61,131 @@ def teacher_forced(
 ) -> list[TeacherPass]:
     """Batched teacher-forced passes (right padding, sorted by length); log-probabilities in float32.
 
-    Padding is told apart by the attention mask, never by its id: SmolLM2 pads with its EOS."""
+    Never holds a whole vocabulary for every position: the model runs once without its LM head, then the head
+    runs on the predicting positions only, `CHUNK_LOGITS // vocab` of them at a time, and each chunk keeps its
+    top-k, own-token log-probability and log-normaliser. Padding is told apart by the attention mask, never by
+    its id: SmolLM2 pads with its EOS."""
     import torch
 
     device = next(model.parameters()).device
+    head = LogitHead.of(model)
     out: list[TeacherPass | None] = [None] * len(examples)
     with torch.inference_mode():
         for idx, ids, mask in padded_batches(examples, batch_size, pad_id):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            for b, i in enumerate(idx):
-                out[i] = _rows(logits[b], ids[b].to(device), examples[i], k)
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = head.hidden(ids, mask)
+            spans = [_span(examples[i]) for i in idx]
+            rows = torch.cat([torch.arange(lo - 1, hi - 1, device=device) + b * ids.shape[1] for b, (lo, hi) in enumerate(spans)])
+            own_ids = torch.cat([ids[b, lo:hi] for b, (lo, hi) in enumerate(spans)])
+            if head.split and ids.numel() * head.vocab <= CHUNK_LOGITS:
+                # the whole batch's logits fit in one chunk: one head call over every position, exactly as the
+                # model's forward makes them (a GEMM's rounding can depend on its row count)
+                hidden = head.logits(hidden)
+                top_logp, top_ids, own, norm = head.topk(hidden.reshape(-1, hidden.shape[-1])[rows], own_ids, k, logits=True)
+            else:
+                top_logp, top_ids, own, norm = head.topk(hidden.reshape(-1, hidden.shape[-1])[rows], own_ids, k)
+            at = 0
+            for i, (lo, hi) in zip(idx, spans, strict=True):
+                m = hi - lo
+                out[i] = _pass(examples[i], k, top_ids[at : at + m], top_logp[at : at + m], own[at : at + m], norm[at : at + m])
+                at += m
     return [p for p in out if p is not None]
 
 
-def _rows(logits: Any, ids: Any, ex: Encoded, k: int) -> TeacherPass:
-    n, r = len(ex.ids), ex.resp_start
-    first = max(r, 1)  # a token at position 0 has nothing before it to predict it
-    rows = logits[first - 1 : n - 1].float()
-    # log-probabilities of the k best and of the own token only: x - logsumexp(x), without materialising a
-    # log-softmax over the whole vocabulary (262k entries per position for Gemma)
-    norm = rows.logsumexp(-1, keepdim=True)
-    kk = min(k, rows.shape[-1])
-    vals, top = rows.topk(kk, dim=-1)
-    vals = vals - norm
-    own = rows.gather(-1, ids[first:n, None])[:, 0] - norm[:, 0]
-    n_resp, skipped = n - r, first - r
+def _span(ex: Encoded) -> tuple[int, int]:
+    """[first, n): the response tokens that a position predicts (a token at position 0 has nothing before it)."""
+    return max(ex.resp_start, 1), len(ex.ids)
+
+
+class LogitHead:
+    """A causal LM split into its body (final hidden states) and its LM head, applied to chosen rows only.
+
+    The split is the model's own: `base_model` gives the normalised last hidden states, `get_output_embeddings`
+    the head, and Gemma's final logit soft-capping is applied as its forward does. A model whose forward does
+    more to its logits (checked once per model on four tokens) runs whole instead, its logits sliced."""
+
+    _checked: Any = None  # weakref.WeakKeyDictionary[model, bool], made on first use
+
+    def __init__(self, model: Any, split: bool) -> None:
+        self.model = model
+        self.split = split
+        self.cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+    @classmethod
+    def of(cls, model: Any) -> LogitHead:
+        import weakref
+
+        if cls._checked is None:
+            cls._checked = weakref.WeakKeyDictionary()
+        if model not in cls._checked:
+            cls._checked[model] = cls(model, True)._splits_like_forward()
+        return cls(model, cls._checked[model])
+
+    def _splits_like_forward(self) -> bool:
+        import torch
+
+        head = self.model.get_output_embeddings()
+        if head is None or self.model.base_model is self.model:
+            return False
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([[1, 2, 3, 4]], device=device) % head.weight.shape[0]
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            whole = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            split = self.logits(self.hidden(ids, mask)[0]).float()
+        tol = 1e-4 if head.weight.dtype == torch.float32 else 2e-2  # bf16 / fp16 heads round at 2^-8
+        return whole[0].shape == split.shape and bool(torch.allclose(whole[0], split, rtol=tol, atol=tol))
+
+    def hidden(self, ids: Any, mask: Any) -> Any:
+        """[B, T, H] final hidden states (or, for a model run whole, its [B, T, V] logits)."""
+        if not self.split:
+            return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    def logits(self, hidden: Any) -> Any:
+        import torch
+
+        logits = self.model.get_output_embeddings()(hidden)
+        if self.cap:
+            logits = torch.tanh(logits / self.cap) * self.cap
+        return logits
+
+    @property
+    def vocab(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def topk(self, hidden: Any, own_ids: Any, k: int, logits: bool = False) -> tuple[Any, Any, Any, Any]:
+        """For rows of hidden states (or of logits, `logits=True`): top-k log-probabilities and ids, own-token
+        log-probability, log-normaliser.
+
+        Each chunk's logits are freed before the next: x - logsumexp(x), never a log-softmax over the vocabulary."""
+        import torch
+
+        logits = logits or not self.split
+        n = hidden.shape[0]
+        vocab = hidden.shape[-1] if logits else self.vocab
+        kk = min(k, vocab)
+        step = max(1, CHUNK_LOGITS // max(vocab, 1))
+        top_logp = torch.empty((n, kk), dtype=torch.float32, device=hidden.device)
+        top_ids = torch.empty((n, kk), dtype=torch.long, device=hidden.device)
+        own = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        norm = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        for lo in range(0, n, step):
+            rows = (hidden[lo : lo + step] if logits else self.logits(hidden[lo : lo + step])).float()
+            z = rows.logsumexp(-1)
+            vals, ids = rows.topk(kk, dim=-1)
+            top_logp[lo : lo + step] = vals - z[:, None]
+            top_ids[lo : lo + step] = ids
+            own[lo : lo + step] = rows.gather(-1, own_ids[lo : lo + step, None])[:, 0] - z
+            norm[lo : lo + step] = z
+            del rows
+        return top_logp, top_ids, own, norm
+
+
+def _pass(ex: Encoded, k: int, top: Any, vals: Any, own: Any, norm: Any) -> TeacherPass:
+    first, n = _span(ex)
+    n_resp, skipped = n - ex.resp_start, first - ex.resp_start
+    kk = top.shape[1]
     top_ids = np.zeros((n_resp, k), dtype=np.int64)
     top_logp = np.full((n_resp, k), -np.inf, dtype=np.float32)
     top_ids[skipped:, :kk] = top.cpu().numpy()
@@ -85,9 +193,11 @@ def _rows(logits: Any, ids: Any, ex: Encoded, k: int) -> TeacherPass:
     predicted = np.ones(n_resp, dtype=bool)
     predicted[:skipped] = False
     own_logp = np.full(n_resp, np.nan, dtype=np.float32)
+    log_norm = np.full(n_resp, np.nan, dtype=np.float32)
     own_logp[skipped:] = own.cpu().numpy()
+    log_norm[skipped:] = norm.cpu().numpy()
     ce = float(-own.mean()) if len(own) else math.inf  # nothing predicted: never the MinCE choice
-    return TeacherPass(ce, top_ids, top_logp, predicted, own_logp)
+    return TeacherPass(ce, top_ids, top_logp, predicted, own_logp, log_norm)
 
 
 def merge_topk(

@@ -60,6 +60,7 @@ from methods.schedules import lr_factor
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
+ENGINE_FILE = "engine.json"  # distributed.engine(): engine, processes, sharding and checkpoint format
 KEEP_CHECKPOINTS = 2
 TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
 
@@ -302,6 +303,7 @@ def train(
         project_dir=str(out_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
+    distributed.fsdp_over_cpu_processes(accelerator)  # an FSDP launch over CPU processes shards, as on GPUs
     # its transformers (or PEFT) API: through nn.Module.__getattr__ mypy would type these `Tensor | Module`
     hf_model: Any = model
     if tokenizer is not None and len(tokenizer) > hf_model.get_input_embeddings().num_embeddings:
@@ -337,6 +339,9 @@ def train(
             optimizer, lambda s: lr_factor(s // procs, starts, total_steps, spec.warmup_ratio)
         )
     scheduler = accelerator.prepare(scheduler)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / ENGINE_FILE, distributed.engine(accelerator))
 
     log_path = out_dir / LOG_FILE
     state = _start_or_resume(accelerator, out_dir, resume, total_steps, seed)

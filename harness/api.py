@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from harness import registry
 from harness.config import MAX_TOP_K, Experiment, SandboxSpec, load_experiment, with_overrides
 from harness.errors import HarnessError
-from harness.registry import MethodInfo, Parameter, type_text
+from harness.registry import MethodInfo
+from methods.params import Parameter, type_text
 from methods.schedules import SCHEDULE_NAMES
 
 if TYPE_CHECKING:

@@ -121,6 +121,20 @@ def test_gold_runs_with_its_hybrid_distance(tmp_path: Path, session_cache: Path,
     assert "jsd_beta: 0.2" in (run / "config.yaml").read_text()
 
 
+def test_fusechat3_runs_sft_then_dpo_against_the_sft_model(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    proc = _harness(["run", "-m", "fusechat3", "-t", "sandbox", "--limit", "4", "--out", "r", "--set", "method.sft_share=0.5",
+                     "--set", "eval.compare_sources=false", *MICRO], tmp_path, session_cache, None)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list((tmp_path / "r").iterdir())
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [set(r["components"]) for r in log[:6]] == [{"sft"}] * 6
+    assert all(set(r["components"]) == {"dpo", "pairs", "reward_margin"} for r in log[6:]) and len(log) == 12
+    # the reference is the model at the switch: at the first DPO update policy and reference agree, loss = log 2
+    assert abs(log[6]["components"]["dpo"] - 0.693147) < 1e-4 and log[6]["components"]["pairs"] > 0
+    key = json.loads((run / "manifest.json").read_text())["cache_keys"]["train"]
+    assert (session_cache / "train" / key / "reference_logps.pt.sha256").is_file()
+
+
 def test_ablate_runs_each_schedule_and_writes_the_ablation_table(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
     args = ["ablate", "--method", "profuser", "--schedule", "progressive,reversed", "--tasks", "sandbox", "--limit", "4",
             "--seeds", "0,1", "--out", "r", "--set", "eval.compare_sources=false", *MICRO]  # fmt: skip

@@ -3,8 +3,10 @@ rule on judge scores, and the two stages."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -101,3 +103,57 @@ def test_pair_rule_on_judge_scores() -> None:
     assert rule(pairs="best-each", max_margin=0.5)("t", scores) == ["b"]
     assert rule()("t", {"t": 1.0, "a": 1.0}) == []  # no margin, no preference
     assert rule()("d", scores) == []
+
+
+def pair_items(n: int = 16) -> list[dict]:  # type: ignore[type-arg]
+    """Dataset items as harness/training/dataset.py yields them for fusechat3: a chosen response drawn from the test
+    teacher, a rejected one of uniform noise; the last item has no pair."""
+    from harness.training.dataset import ViewItem
+    from tests.test_train import VOCAB, _sequence
+
+    gen = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        chosen = _sequence(gen, 4, 6)
+        noise = torch.cat([chosen["input_ids"][:4], torch.randint(20, VOCAB, (6,), generator=gen)])
+        labels = noise.clone()
+        labels[: 4 if i < n - 1 else len(labels)] = -100
+        rejected = {**chosen, "input_ids": noise, "labels": labels}
+        items.append({v: ViewItem(x["input_ids"], x["labels"], x["topk_ids"], x["topk_logp"], i)
+                      for v, x in ((Signal.INFERENCE, chosen), (PairView.REJECTED, rejected))})  # fmt: skip
+    return items
+
+
+def test_two_stages_through_the_loop_resume_inside_dpo_and_read_the_cached_reference(tmp_path: Path) -> None:
+    from harness.config import TrainSpec
+    from harness.errors import HarnessError
+    from harness.training.dataset import collate
+    from harness.training.loop import train
+    from tests.test_train import tiny_model
+
+    spec = TrainSpec(max_steps=8, batch_size=4, lr=3e-3, warmup_ratio=0.1, checkpoint_every=2)
+
+    def fit(out, resume=False, on_step=None):  # type: ignore[no-untyped-def]
+        method = get_method("fusechat3")(MethodSpec(name="fusechat3", sft_share=0.5))
+        train(tiny_model(0), None, pair_items(), collate, method, spec, out, seed=0, resume=resume, progress=False, on_step=on_step)
+        return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+    full = fit(tmp_path / "full")
+    assert [set(r["components"]) for r in full] == [{"sft"}] * 4 + [{"dpo", "pairs", "reward_margin"}] * 4
+    assert full[4]["components"]["dpo"] == pytest.approx(math.log(2), abs=1e-6)  # reference = the model at the switch
+    assert full[-1]["components"]["dpo"] < full[4]["components"]["dpo"]
+
+    def stop(record):  # type: ignore[no-untyped-def]
+        if record["step"] == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "cut", on_step=stop)
+    resumed = fit(tmp_path / "cut", resume=True)
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full], abs=1e-6)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "lost", on_step=stop)
+    (tmp_path / "lost" / "reference_logps.pt").unlink()
+    with pytest.raises(HarnessError, match="reference log-probabilities"):
+        fit(tmp_path / "lost", resume=True)

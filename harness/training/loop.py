@@ -10,6 +10,9 @@ clipping, precision, checkpoints and logs; the method only turns a batch and the
   process / grad_accum) updates (the last one of an epoch may accumulate fewer micro-batches).
 - Steps: `step` given to the method is the 0-based index of the update being computed; `step` in the log
   and in `checkpoints/step-N` counts completed updates (1-based).
+- Stages: before the first update of each of the method's stages (`FusionMethod.stage_starts`), and when a run
+  resumes inside one, the loop calls `method.begin_stage` with the model lent for scoring (no gradients) and the
+  training cache folder (fusechat3 computes its DPO reference there).
 - Views: the method's active views at a step (`FusionMethod.views_at`) run in one forward pass, right-padded
   to a common length and concatenated along the batch, so DDP/FSDP/DeepSpeed see one forward per backward.
 - Precision: `auto` is bf16 autocast on a GPU that supports it (fp32 master weights), fp32 on CPU; under

@@ -128,9 +128,10 @@ def test_gold_adaptive_weights_are_the_matched_share_and_ce_is_added() -> None:
     torch.testing.assert_close(parts.total, (0.9 * ce + 0.1 * distance).squeeze(), atol=1e-9, rtol=1e-9)
 
 
-def test_gold_is_registered_with_its_parameters_validated() -> None:
+def test_gold_is_registered_with_its_parameters_validated_at_plan_time() -> None:
+    from harness import load_experiment, plan
+
     assert "gold" in available_methods() and get_method("gold").needs == {Signal.TRAINING}
-    with pytest.raises(HarnessError, match="matched_weight and unmatched_weight"):
-        get_method("gold")(MethodSpec(name="gold", matched_weight=0.5))
-    with pytest.raises(HarnessError, match="method.jsd_beta"):
-        get_method("gold")(MethodSpec(name="gold", jsd_beta=2.0))
+    for bad, message in (({"method.matched_weight": 0.5}, "matched_weight and unmatched_weight"), ({"method.jsd_beta": 2.0}, "jsd_beta")):
+        with pytest.raises(HarnessError, match=message):
+            plan(load_experiment("sandbox", {"method.name": "gold", **bad}))

@@ -66,8 +66,11 @@ class SeqBatch:
     index: torch.Tensor | None = None  # [B] long: each row's item in the dataset (its order is fixed)
 
     def to(self, device: torch.device | str) -> SeqBatch:
-        tensors = (self.input_ids, self.attention_mask, self.labels, self.topk_ids, self.topk_logp)
-        return SeqBatch(*(t.to(device) for t in tensors), None if self.index is None else self.index.to(device))
+        index = None if self.index is None else self.index.to(device)
+        return SeqBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.topk_ids.to(device),
+            self.topk_logp.to(device), index,
+        )
 
 
 @dataclass

@@ -128,7 +128,7 @@ class FuseChat3(FusionMethod):
                 "delete the run's training cache folder to train again", "train",
             )
         rows: dict[int, torch.Tensor] = {}
-        views = frozenset({Signal.INFERENCE, PairView.REJECTED})
+        views: frozenset[View] = frozenset({Signal.INFERENCE, PairView.REJECTED})
         for batch in context.batches():
             logits = context.score(batch, views)
             chosen, _ = sequence_logps(batch.views[Signal.INFERENCE], logits[Signal.INFERENCE])

@@ -34,7 +34,7 @@ import pydantic
 import torch
 
 from harness.registry import register_method
-from methods.base import FusionBatch, FusionMethod, LossParts, MethodParams, SeqBatch, Signal
+from methods.base import FusionBatch, FusionMethod, LossParts, MethodParams, SeqBatch, Signal, View
 from methods.losses import next_token_ce, score_view
 
 
@@ -117,7 +117,7 @@ class GOLD(FusionMethod):
     Params = GOLDParams
     params: GOLDParams
 
-    def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
+    def loss(self, batch: FusionBatch, student_logits: dict[View, torch.Tensor], step: int, total_steps: int) -> LossParts:
         p = self.params
         view, logits = batch.views[Signal.TRAINING], student_logits[Signal.TRAINING]
         ce = next_token_ce(score_view(view, logits))

@@ -98,7 +98,8 @@ class StageContext:
     is now, scored without gradients, and a folder of the run's training cache for what the method computes once."""
 
     batches: Callable[[], Iterable[FusionBatch]]  # the whole dataset in order, unshuffled, on the model's device
-    score: Callable[[FusionBatch, frozenset[View]], dict[View, torch.Tensor]]  # logits of views, no gradients
+    # the batch padded to its views' common length and their logits, without gradients (the loop's forward_views)
+    score: Callable[[FusionBatch, frozenset[View]], tuple[FusionBatch, dict[View, torch.Tensor]]]
     cache_dir: Path
     is_main: bool  # only the main process writes to cache_dir
     step: int  # the update about to be computed (0-based)

@@ -130,7 +130,7 @@ class FuseChat3(FusionMethod):
         rows: dict[int, torch.Tensor] = {}
         views: frozenset[View] = frozenset({Signal.INFERENCE, PairView.REJECTED})
         for batch in context.batches():
-            logits = context.score(batch, views)
+            batch, logits = context.score(batch, views)
             chosen, _ = sequence_logps(batch.views[Signal.INFERENCE], logits[Signal.INFERENCE])
             rejected, _ = sequence_logps(batch.views[PairView.REJECTED], logits[PairView.REJECTED])
             index = batch.views[Signal.INFERENCE].index

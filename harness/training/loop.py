@@ -258,12 +258,12 @@ def _stage_context(
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
         return (batch.to(accelerator.device) for batch in loader)
 
-    def score(batch: FusionBatch, views: frozenset[View]) -> dict[View, torch.Tensor]:
+    def score(batch: FusionBatch, views: frozenset[View]) -> tuple[FusionBatch, dict[View, torch.Tensor]]:
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), accelerator.autocast():
-                return forward_views(model, batch, views)[1]
+                return forward_views(model, batch, views)
         finally:
             model.train(was_training)
 

@@ -136,6 +136,10 @@ class FusionMethod(ABC):
         """The views whose logits `loss` uses at this step (default: all of `needs`); the loop runs only these."""
         return frozenset(self.needs)
 
+    def lr_scale(self, stage: int) -> float:
+        """The peak learning rate of stage `stage` of `stage_starts` as a share of train.lr (default: 1)."""
+        return 1.0
+
     def begin_stage(self, stage: int, context: StageContext) -> None:
         """Called by the loop before the first update of each stage of `stage_starts`, and when a run resumes
         inside a stage (default: nothing)."""

@@ -142,6 +142,8 @@ def test_two_stages_through_the_loop_resume_inside_dpo_and_read_the_cached_refer
     assert [set(r["components"]) for r in full] == [{"sft"}] * 4 + [{"dpo", "pairs", "reward_margin"}] * 4
     assert full[4]["components"]["dpo"] == pytest.approx(math.log(2), abs=1e-6)  # reference = the model at the switch
     assert full[-1]["components"]["dpo"] < full[4]["components"]["dpo"]
+    # the DPO stage warms up and decays again, peaking at dpo_lr_scale (0.16) of the SFT stage's peak
+    assert max(r["lr"] for r in full[4:]) == pytest.approx(0.16 * max(r["lr"] for r in full[:4]))
 
     def stop(record):  # type: ignore[no-untyped-def]
         if record["step"] == 6:

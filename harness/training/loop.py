@@ -362,7 +362,9 @@ def train(
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(spec.warmup_ratio * total_steps) * procs, total_steps * procs)
     else:  # a warm-up and a cosine decay per stage (ScheduleSpec.restart_warmup)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s // procs, starts, total_steps, spec.warmup_ratio)
+            optimizer,
+            lambda s: lr_factor(s // procs, starts, total_steps, spec.warmup_ratio)
+            * method.lr_scale(sum(start <= s // procs for start in starts) - 1),
         )
     scheduler = accelerator.prepare(scheduler)
     if accelerator.is_main_process:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "harness.methods"  # plugins in other packages (docs/plugins.md)
 # The built-in methods: imported on first use, each registering itself with @register_method. This list is the
 # only place they are registered (pyproject.toml declares no entry points for them).
-BUILTIN_MODULES = ("methods.profuser", "methods.fusellm", "methods.inference_only", "methods.averaging", "methods.uld")
+BUILTIN_MODULES = ("methods.profuser", "methods.fusellm", "methods.inference_only", "methods.averaging", "methods.uld",
+                   "methods.gold", "methods.fusechat3")
 
 C = TypeVar("C", bound=type)
 

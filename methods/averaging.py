@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from harness.registry import register_method
-from methods.base import FusionBatch, FusionMethod, LossParts, MethodParams, Signal, SourceTargets
+from methods.base import FusionBatch, FusionMethod, LossParts, MethodParams, Signal, SourceTargets, View
 from methods.fusellm import training_loss
 from methods.losses import teacher_logprobs
 
@@ -77,7 +77,7 @@ class Averaging(FusionMethod):
             topk_logp=torch.cat(logp, dim=-1),
         )
 
-    def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
+    def loss(self, batch: FusionBatch, student_logits: dict[View, torch.Tensor], step: int, total_steps: int) -> LossParts:
         # the sources were tempered before mixing (`combine`); the mixture is not tempered again
         untempered = self.spec.model_copy(update={"temperature": 1.0})
         return training_loss(untempered, batch.views[Signal.TRAINING], student_logits[Signal.TRAINING])

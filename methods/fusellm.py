@@ -13,7 +13,7 @@ import torch
 
 from harness.config import MethodSpec
 from harness.registry import register_method
-from methods.base import FusionBatch, FusionMethod, LossParts, SeqBatch, Signal
+from methods.base import FusionBatch, FusionMethod, LossParts, SeqBatch, Signal, View
 from methods.losses import fusion_term, next_token_ce, score_view
 
 
@@ -30,5 +30,5 @@ class FuseLLM(FusionMethod):
     description = "FuseLLM: CE on the reference plus CE to the MinCE source's top-k distribution (training mode)"
     needs = frozenset({Signal.TRAINING})
 
-    def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
+    def loss(self, batch: FusionBatch, student_logits: dict[View, torch.Tensor], step: int, total_steps: int) -> LossParts:
         return training_loss(self.spec, batch.views[Signal.TRAINING], student_logits[Signal.TRAINING])

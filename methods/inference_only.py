@@ -13,7 +13,7 @@ from pydantic import Field
 
 from harness.config import MethodSpec
 from harness.registry import register_method
-from methods.base import FusionBatch, FusionMethod, LossParts, MethodParams, SeqBatch, Signal
+from methods.base import FusionBatch, FusionMethod, LossParts, MethodParams, SeqBatch, Signal, View
 from methods.losses import next_token_ce, score_view, sparse_kl
 
 
@@ -36,5 +36,5 @@ class InferenceOnly(FusionMethod):
     Params = InferenceParams
     params: InferenceParams
 
-    def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
+    def loss(self, batch: FusionBatch, student_logits: dict[View, torch.Tensor], step: int, total_steps: int) -> LossParts:
         return inference_loss(self.spec, self.params.beta, batch.views[Signal.INFERENCE], student_logits[Signal.INFERENCE])

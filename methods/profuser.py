@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from harness.registry import register_method
-from methods.base import FusionBatch, FusionMethod, LossParts, Signal
+from methods.base import FusionBatch, FusionMethod, LossParts, Signal, View
 from methods.fusellm import training_loss
 from methods.inference_only import InferenceParams, inference_loss
 from methods.schedules import ScheduleSpec, stage_starts, weights
@@ -38,7 +38,7 @@ class ProFuser(FusionMethod):
         w_inf, w_train = weights(self.params.schedule, step, total_steps)
         return frozenset(v for v, w in ((Signal.INFERENCE, w_inf), (Signal.TRAINING, w_train)) if w > 0)
 
-    def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
+    def loss(self, batch: FusionBatch, student_logits: dict[View, torch.Tensor], step: int, total_steps: int) -> LossParts:
         w_inf, w_train = weights(self.params.schedule, step, total_steps)
         total: torch.Tensor | float = 0.0
         components: dict[str, torch.Tensor] = {}

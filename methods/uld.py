@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from harness.registry import register_method
-from methods.base import FusionBatch, FusionMethod, LossParts, SeqBatch, Signal
+from methods.base import FusionBatch, FusionMethod, LossParts, SeqBatch, Signal, View
 from methods.losses import next_token_ce, score_view
 
 
@@ -63,7 +63,7 @@ class ULD(FusionMethod):
     description = "ULD: CE on the reference plus the L1 distance of sorted top-k probabilities (no vocabulary alignment)"
     needs = frozenset({Signal.TRAINING})
 
-    def loss(self, batch: FusionBatch, student_logits: dict[Signal, torch.Tensor], step: int, total_steps: int) -> LossParts:
+    def loss(self, batch: FusionBatch, student_logits: dict[View, torch.Tensor], step: int, total_steps: int) -> LossParts:
         view, logits = batch.views[Signal.TRAINING], student_logits[Signal.TRAINING]
         ce = next_token_ce(score_view(view, logits))
         uld = sorted_distance(view, logits)

@@ -108,6 +108,33 @@ def test_other_methods_run(method: str, tmp_path: Path, session_cache: Path, mic
     assert summary["method"] == method and len(summary["tasks"]) == 3
 
 
+def test_gold_runs_with_its_hybrid_distance(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    proc = _harness(["run", "-m", "gold", "-t", "sandbox", "--limit", "4", "--out", "r", "--set", "method.jsd_beta=0.2",
+                     "--set", "eval.compare_sources=false", *MICRO], tmp_path, session_cache, None)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list((tmp_path / "r").iterdir())
+    assert json.loads((run / "summary.json").read_text())["method"] == "gold"
+    last = json.loads((run / "train_log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 12 and {"ce_train", "jsd_matched", "l1_other"} <= set(last["components"])
+    # span-matched and fallback tokens both occur on the sandbox's tokenizers (40-77% aligned, test above)
+    assert 0.2 < last["weights"]["w_matched"] < 0.9 and last["weights"]["w_ce"] == 0.9
+    assert "jsd_beta: 0.2" in (run / "config.yaml").read_text()
+
+
+def test_fusechat3_runs_sft_then_dpo_against_the_sft_model(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
+    proc = _harness(["run", "-m", "fusechat3", "-t", "sandbox", "--limit", "4", "--out", "r", "--set", "method.sft_share=0.5",
+                     "--set", "eval.compare_sources=false", *MICRO], tmp_path, session_cache, None)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list((tmp_path / "r").iterdir())
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [set(r["components"]) for r in log[:6]] == [{"sft"}] * 6
+    assert all(set(r["components"]) == {"dpo", "pairs", "reward_margin"} for r in log[6:]) and len(log) == 12
+    # the reference is the model at the switch: at the first DPO update policy and reference agree, loss = log 2
+    assert abs(log[6]["components"]["dpo"] - 0.693147) < 1e-4 and log[6]["components"]["pairs"] > 0
+    key = json.loads((run / "manifest.json").read_text())["cache_keys"]["train"]
+    assert (session_cache / "train" / key / "reference_logps.pt.sha256").is_file()
+
+
 def test_ablate_runs_each_schedule_and_writes_the_ablation_table(tmp_path: Path, session_cache: Path, micro_world) -> None:  # type: ignore[no-untyped-def]
     args = ["ablate", "--method", "profuser", "--schedule", "progressive,reversed", "--tasks", "sandbox", "--limit", "4",
             "--seeds", "0,1", "--out", "r", "--set", "eval.compare_sources=false", *MICRO]  # fmt: skip

@@ -5,6 +5,11 @@ teacher topk_ids / topk_logp [T, k] (-inf on the prompt and where absent). TRAIN
 with the teacher `method.combine`d from every candidate's store; INFERENCE is (prompt, judged best response)
 with the winner's teacher. Both views cover the same example ids: an example missing from a needed view, or
 whose view has no response token, is dropped and listed in `dataset.dropped` with the reason.
+
+A method with `needs_pairs` (fusechat3) gets one item per preference pair: the INFERENCE view is the chosen
+(judged best) response, the REJECTED view another candidate's response to the same prompt, as the method's
+`rejected` picks them from every candidate's judge score (the selection store's `scores`). An example with no
+pair is one item whose REJECTED view has no response token (labels all -100).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch.utils.data import Dataset
 from harness.errors import HarnessError
 from harness.signals.comparable_ce import comparable_ces
 from harness.signals.store import ExampleSignal, SignalReader, SignalSet
-from methods.base import FusionBatch, FusionMethod, SeqBatch, Signal, SourceTargets
+from methods.base import FusionBatch, FusionMethod, PairView, SeqBatch, Signal, SourceTargets, View
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +38,10 @@ class ViewItem:
     labels: torch.Tensor  # [T] long, -100 on the prompt
     topk_ids: torch.Tensor  # [T, k] long, the teacher for token i (predicted from position i-1)
     topk_logp: torch.Tensor  # [T, k] float32, -inf where absent
+    index: int = -1  # the item's position in the dataset
 
 
-FusionItem = dict[Signal, ViewItem]
+FusionItem = dict[View, ViewItem]
 
 
 def _full(ex: ExampleSignal, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +126,28 @@ class FusionDataset(Dataset[FusionItem]):
                 "no example has every signal view the method needs; check the corpus and max_length",
                 "signals",
             )
+        self.items: list[tuple[str, str | None]] = [(ex_id, None) for ex_id in self.ids]
+        self.candidates: dict[str, SignalReader] = {}
+        if method.needs_pairs:
+            self._pair_items(signal_sets[Signal.INFERENCE], cache_shards)
+
+    def _pair_items(self, sset: SignalSet, cache_shards: int) -> None:
+        """One item per (example, rejected candidate) that the method pairs with the judged winner."""
+        self.candidates = {n: SignalReader(s, cache_shards) for n, s in sset.stores().items()}
+        selection = sset.selection_store()
+        assert selection is not None
+        names = selection.meta.candidates
+        ids, winners, scores = (selection.column(c) for c in ("id", "winner", "scores"))
+        judged = {i: (w, dict(zip(names, sc, strict=True))) for i, w, sc in zip(ids, winners, scores, strict=True)}
+        self.items = []
+        for ex_id in self.ids:
+            winner, by_name = judged[ex_id]
+            usable = [
+                name for name in self.method.rejected(winner, by_name)
+                if name != winner and name in self.candidates and self._unusable(ex_id, {Signal.INFERENCE: [self.candidates[name]]}) is None
+            ]
+            self.items += [(ex_id, name) for name in usable] or [(ex_id, None)]
+        log.info("fusion data: %d preference pairs over %d examples", sum(r is not None for _, r in self.items), len(self.ids))
 
     def _unusable(self, ex_id: str, per_view: dict[Signal, list[SignalReader]]) -> str | None:
         for view, readers in per_view.items():
@@ -133,7 +161,7 @@ class FusionDataset(Dataset[FusionItem]):
         return None
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.items)
 
     def _length(self, ex: ExampleSignal) -> int:
         return len(ex.input_ids) if self.max_length is None else min(len(ex.input_ids), self.max_length)
@@ -163,13 +191,24 @@ class FusionDataset(Dataset[FusionItem]):
             labels[:] = -100
         return ViewItem(input_ids, labels, *_full(ex, length))
 
+    def _rejected_view(self, ex_id: str, name: str | None, chosen: ViewItem) -> ViewItem:
+        if name is None:  # no pair: the chosen tokens, none of them counted
+            return ViewItem(chosen.input_ids, torch.full_like(chosen.labels, -100), chosen.topk_ids, torch.full_like(chosen.topk_logp, float("-inf")))
+        ex = self.candidates[name].get(ex_id)
+        length = self._length(ex)
+        return ViewItem(*_tokens(ex, length), *_full(ex, length))
+
     def __getitem__(self, index: int) -> FusionItem:
-        ex_id = self.ids[index]
+        ex_id, rejected = self.items[index]
         item: FusionItem = {}
         if Signal.TRAINING in self.views:
             item[Signal.TRAINING] = self._training_view(ex_id)
         if Signal.INFERENCE in self.views:
             item[Signal.INFERENCE] = self._inference_view(ex_id)
+        if self.method.needs_pairs:
+            item[PairView.REJECTED] = self._rejected_view(ex_id, rejected, item[Signal.INFERENCE])
+        for view in item.values():
+            view.index = index
         return item
 
 
@@ -185,7 +224,7 @@ def build_fusion_dataset(
 
 def collate(items: Sequence[FusionItem]) -> FusionBatch:
     """Pad each view to its longest example and widest teacher: labels -100, topk_logp -inf, ids 0."""
-    views: dict[Signal, SeqBatch] = {}
+    views: dict[View, SeqBatch] = {}
     for view in items[0]:
         parts = [item[view] for item in items]
         b = len(parts)
@@ -203,5 +242,6 @@ def collate(items: Sequence[FusionItem]) -> FusionBatch:
             labels[i, :n] = p.labels
             topk_ids[i, :n, :kk] = p.topk_ids
             topk_logp[i, :n, :kk] = p.topk_logp
-        views[view] = SeqBatch(input_ids, attention, labels, topk_ids, topk_logp)
+        index = torch.tensor([p.index for p in parts], dtype=torch.long)
+        views[view] = SeqBatch(input_ids, attention, labels, topk_ids, topk_logp, index)
     return FusionBatch(views)

@@ -10,6 +10,9 @@ clipping, precision, checkpoints and logs; the method only turns a batch and the
   process / grad_accum) updates (the last one of an epoch may accumulate fewer micro-batches).
 - Steps: `step` given to the method is the 0-based index of the update being computed; `step` in the log
   and in `checkpoints/step-N` counts completed updates (1-based).
+- Stages: before the first update of each of the method's stages (`FusionMethod.stage_starts`), and when a run
+  resumes inside one, the loop calls `method.begin_stage` with the model lent for scoring (no gradients) and the
+  training cache folder (fusechat3 computes its DPO reference there).
 - Views: the method's active views at a step (`FusionMethod.views_at`) run in one forward pass, right-padded
   to a common length and concatenated along the batch, so DDP/FSDP/DeepSpeed see one forward per backward.
 - Precision: `auto` is bf16 autocast on a GPU that supports it (fp32 master weights), fp32 on CPU; under
@@ -54,7 +57,7 @@ from harness import distributed
 from harness.config import TrainSpec
 from harness.errors import HarnessError
 from harness.store import atomic_write_json, atomic_write_text, seal, verified, writing
-from methods.base import FusionBatch, FusionMethod, SeqBatch, Signal
+from methods.base import FusionBatch, FusionMethod, SeqBatch, StageContext, View
 from methods.schedules import lr_factor
 
 CHECKPOINTS = "checkpoints"
@@ -93,7 +96,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def forward_views(model: torch.nn.Module, batch: FusionBatch, views: frozenset[Signal]) -> tuple[FusionBatch, dict[Signal, torch.Tensor]]:
+def forward_views(model: torch.nn.Module, batch: FusionBatch, views: frozenset[View]) -> tuple[FusionBatch, dict[View, torch.Tensor]]:
     """Student logits for `views` in one forward pass; returns the batch padded to match them and the logits.
 
     Views are right-padded to a common length (`pad_views`) and concatenated along the batch; each view's
@@ -112,7 +115,7 @@ def forward_views(model: torch.nn.Module, batch: FusionBatch, views: frozenset[S
     return padded, dict(zip(order, parts, strict=True))
 
 
-def pad_views(batch: FusionBatch, views: frozenset[Signal]) -> FusionBatch:
+def pad_views(batch: FusionBatch, views: frozenset[View]) -> FusionBatch:
     """`views` right-padded to their common length: pad token 0, attention 0, labels -100, absent teacher entries."""
     length = max(batch.views[v].input_ids.shape[1] for v in views)
     return FusionBatch({**batch.views, **{v: _pad(batch.views[v], length) for v in views}})
@@ -128,10 +131,11 @@ def _pad(view: SeqBatch, length: int) -> SeqBatch:
         F.pad(view.labels, (0, extra), value=-100),
         F.pad(view.topk_ids, (0, 0, 0, extra), value=0),
         F.pad(view.topk_logp, (0, 0, 0, extra), value=float("-inf")),
+        view.index,
     )
 
 
-def counted_tokens(batch: FusionBatch, views: frozenset[Signal]) -> int:
+def counted_tokens(batch: FusionBatch, views: frozenset[View]) -> int:
     """Target tokens the losses count in `views` (labels != -100, excluding position 0)."""
     return int(sum((batch.views[v].labels[:, 1:] != -100).sum() for v in views))
 
@@ -244,6 +248,28 @@ def _intact_checkpoint(out_dir: Path) -> Path | None:
     return None
 
 
+def _stage_context(
+    accelerator: Accelerator, model: torch.nn.Module, dataset: Dataset, collate_fn: Callable[[list[Any]], FusionBatch],
+    batch_size: int, out_dir: Path, step: int, total_steps: int, first_update: bool,
+) -> StageContext:
+    """The model as it is now, lent to `FusionMethod.begin_stage`: the dataset in order, scored without gradients."""
+
+    def batches() -> Any:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+        return (batch.to(accelerator.device) for batch in loader)
+
+    def score(batch: FusionBatch, views: frozenset[View]) -> tuple[FusionBatch, dict[View, torch.Tensor]]:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), accelerator.autocast():
+                return forward_views(model, batch, views)
+        finally:
+            model.train(was_training)
+
+    return StageContext(batches, score, out_dir, accelerator.is_main_process, step, total_steps, first_update)
+
+
 def _start_or_resume(accelerator: Accelerator, out_dir: Path, resume: bool, total_steps: int, seed: int) -> dict[str, Any]:
     """Load the newest checkpoint (model, optimizer, schedule, RNG) and trim the log to it, or start clean."""
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "seconds": 0.0, "loss": None}
@@ -336,7 +362,9 @@ def train(
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(spec.warmup_ratio * total_steps) * procs, total_steps * procs)
     else:  # a warm-up and a cosine decay per stage (ScheduleSpec.restart_warmup)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s // procs, starts, total_steps, spec.warmup_ratio)
+            optimizer,
+            lambda s: lr_factor(s // procs, starts, total_steps, spec.warmup_ratio)
+            * method.lr_scale(sum(start <= s // procs for start in starts) - 1),
         )
     scheduler = accelerator.prepare(scheduler)
     if accelerator.is_main_process:
@@ -350,6 +378,7 @@ def train(
 
     step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
     tokens, final_loss = state["tokens"], state["loss"]
+    stage_now: int | None = None
     started = time.perf_counter()
     stats = _UpdateStats()
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"), TimeRemainingColumn())
@@ -361,6 +390,14 @@ def train(
             seen = skip
             for batch in batches:
                 seen += 1
+                if (stage := sum(s <= step for s in starts) - 1) != stage_now:
+                    # no update of the stage is done yet (checkpoints fall between updates, so this holds on resume too)
+                    first = step == starts[stage]
+                    context = _stage_context(
+                        accelerator, model, dataset, collate_fn, spec.batch_size, out_dir, step, total_steps, first
+                    )
+                    method.begin_stage(stage, context)
+                    stage_now = stage
                 views = method.views_at(step, total_steps)
                 with accelerator.accumulate(model):
                     batch, logits = forward_views(model, batch, views)

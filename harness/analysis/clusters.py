@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from harness.analysis.stats import doc_key
 from harness.errors import HarnessError
 
 
@@ -68,15 +69,7 @@ def read_clusters(run_dir: Path, label: str, task: str) -> dict[Any, str] | None
         row = json.loads(line)
         if "cluster" not in row:
             return None
-        key: Any
-        if "doc_hash" in row:
-            key, k = str(row["doc_hash"]), 1
-            while key in out:
-                k += 1
-                key = f"{row['doc_hash']}#{k}"
-        else:
-            key = int(row["doc_id"])
-        out[key] = str(row["cluster"])
+        out[doc_key(row, out)] = str(row["cluster"])
     return out
 
 

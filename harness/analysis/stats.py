@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -400,18 +400,23 @@ def load_samples(run_dir: Path, label: str, task: str, metric: str) -> dict[DocK
                 raise HarnessError(f"'{path}' line {lineno} is not a UTF-8 JSON line (cut or damaged?)", "stats") from None
             except (KeyError, TypeError, ValueError):
                 raise HarnessError(f"'{path}' line {lineno} lacks a numeric 'doc_id' or metric '{metric}'", "stats") from None
-            key: DocKey
-            if "doc_hash" in row:
-                key, k = str(row["doc_hash"]), 1
-                while key in out:
-                    k += 1
-                    key = f"{row['doc_hash']}#{k}"
-            else:
-                key = doc
-                if key in out:
-                    raise HarnessError(f"'{path}' has doc_id {key} twice", "stats")
+            key = doc_key(row, out)
+            if "doc_hash" not in row and key in out:
+                raise HarnessError(f"'{path}' has doc_id {doc} twice", "stats")
             out[key] = value
     return out
+
+
+def doc_key(row: Mapping[str, Any], taken: Container[DocKey]) -> DocKey:
+    """The key a per-sample row pairs on: its `doc_hash`, `hash#k` for the k-th occurrence of a document already
+    in `taken`; its `doc_id` in files written before doc hashes were recorded."""
+    if "doc_hash" not in row:
+        return int(row["doc_id"])
+    key, k = str(row["doc_hash"]), 1
+    while key in taken:
+        k += 1
+        key = f"{row['doc_hash']}#{k}"
+    return key
 
 
 def _is_binary(task_info: Mapping[str, Any], a: Mapping[DocKey, float], b: Mapping[DocKey, float]) -> bool:

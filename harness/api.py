@@ -223,7 +223,7 @@ def ablate(
         return _call_in_processes("ablate", kwargs, num_processes, accelerate_config)  # type: ignore[no-any-return]
     from harness.sweeps import plan_points, run_sweep
 
-    points = [({"method.schedule.name": e.method.schedule.name}, e) for e in exps]
+    points = [({"method.schedule.name": e.method.own_parameters()["schedule"].name}, e) for e in exps]
     folder = run_sweep(plan_points(points, seeds, Path(out), "ablation"), progress)
     return load_sweep(folder).runs
 

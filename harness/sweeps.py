@@ -55,7 +55,8 @@ class Cell:
         with the last part of each other field path (the whole path where two axes end alike)."""
         named = ("method.name", "method.schedule.name")  # shown by their values: `profuser reversed`
         lasts = [k.rsplit(".", 1)[-1] for k in self.values if k not in named]
-        parts = [self.exp.method.name] + ([self.exp.method.schedule.name] if named[1] in self.values else [])
+        schedule = self.exp.method.own_parameters().get("schedule")
+        parts = [self.exp.method.name] + ([schedule.name] if schedule is not None and named[1] in self.values else [])
         parts += [f"{k if lasts.count(k.rsplit('.', 1)[-1]) > 1 else k.rsplit('.', 1)[-1]}={_text(v)}"
                   for k, v in self.values.items() if k not in named]  # fmt: skip
         return " ".join(parts)

@@ -85,7 +85,7 @@ def _steps(setup: dict[str, Any], device: torch.device) -> dict[str, Callable[[]
     padded = pad_views(batch, both)  # the same tokens as the two-view forward, as one plain batch
     plain_concat = SeqBatch(*(torch.cat([getattr(v, f.name) for v in padded.views.values()]) for f in fields(SeqBatch)))
     fusellm = FuseLLM(MethodSpec(name="fusellm"))
-    profuser = ProFuser(MethodSpec(name="profuser", schedule=ScheduleSpec(name="simultaneous")))
+    profuser = ProFuser(MethodSpec.model_validate({"name": "profuser", "schedule": ScheduleSpec(name="simultaneous")}))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def update(loss: torch.Tensor) -> None:

@@ -75,7 +75,7 @@ def responses(model: Any, tokenizer: Any, prompts: list[str], new: list[list[int
     from harness.signals.generate import _decode_response, _eos_ids, finish_response
 
     eos = _eos_ids(model, tokenizer)
-    out = []
+    out: list[str] = []
     for prompt, ids in zip(prompts, new, strict=True):
         cut = next((j for j, t in enumerate(ids) if t in eos), len(ids))
         prompt_ids = list(tokenize_chat(tokenizer, render_prompt(tokenizer, prompt))["input_ids"])

@@ -230,7 +230,8 @@ def signal_rows(
         for name in AUDIT_COLUMNS:
             audits[name].append(audit[name])
     columns = {name: pa.array(np.asarray(v, dtype=np.float32)) for name, v in audits.items()}
-    columns["token_logp"] = pa.array([p.own_logp.tolist() for p in passes], pa.list_(pa.float32()))
+    own = [p.own_logp if p.own_logp is not None else np.full(len(p.predicted), np.nan) for p in passes]
+    columns["token_logp"] = pa.array([o.tolist() for o in own], pa.list_(pa.float32()))
     token_end = [s.response.spans[:, 1].tolist() for s in src]
     columns["token_end"] = pa.array(token_end, pa.list_(pa.int32()))
     columns["answer_cut"] = pa.array(

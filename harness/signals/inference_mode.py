@@ -27,7 +27,7 @@ from harness.store import stable_hash
 
 log = logging.getLogger("harness.signals")
 
-GenerateFn = Callable[..., list[str]]
+GenerateFn = Callable[..., Sequence[str]]
 # The built-in generator's identity in cache keys: the name it had when the first caches were written, so that
 # moving the module does not invalidate every generation store.
 BUILTIN_GENERATOR = "harness.generate.generate"

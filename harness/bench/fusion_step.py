@@ -83,7 +83,8 @@ def _steps(setup: dict[str, Any], device: torch.device) -> dict[str, Callable[[]
     batch = _batch(**setup).to(device)
     both = frozenset({Signal.TRAINING, Signal.INFERENCE})
     padded = pad_views(batch, both)  # the same tokens as the two-view forward, as one plain batch
-    plain_concat = SeqBatch(*(torch.cat([getattr(v, f.name) for v in padded.views.values()]) for f in fields(SeqBatch)))
+    plain_concat = SeqBatch(*(torch.cat([getattr(v, f.name) for v in padded.views.values()])
+                              for f in fields(SeqBatch) if f.name != "index"))  # fmt: skip
     fusellm = FuseLLM(MethodSpec(name="fusellm"))
     profuser = ProFuser(MethodSpec.model_validate({"name": "profuser", "schedule": ScheduleSpec(name="simultaneous")}))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

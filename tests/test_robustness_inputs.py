@@ -251,7 +251,7 @@ CASES += [
     ("report-failed-run", _report("status-failed"), "none of the 1 folder(s) is a finished run"),
     ("report-killed-run", _report("status-running"), "none of the 1 folder(s) is a finished run"),
     ("report-missing-folder", ["report", f"{F}/no-such-run"], "does not exist"),
-    ("report-bad-format", ["report", f"{F}/runs/good-a", "--format", "html"], "--format"),
+    ("report-bad-format", ["report", f"{F}/runs/good-a", "--format", "pdf"], "--format"),
     ("report-two-models-one-label", ["report", f"{F}/runs/eval-x", f"{F}/runs/eval-y"], "under one row label 'mine'"),
     ("versus-cut-line", ["report", f"{F}/runs/good-a", f"{F}/runs/versus-cut", "--versus", "profuser:fusellm"],
      "is not a UTF-8 JSON line"),

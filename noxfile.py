@@ -128,12 +128,18 @@ def demo_hetero(session: nox.Session) -> None:
     session.run("harness", "run", "--preset", "real-hetero", *session.posargs, env=_env())
 
 
+def _run_harness(session: nox.Session, commands: tuple[list[str], ...]) -> None:
+    """Install, then run each `harness` command in order (the session's arguments appended to each, e.g. --dry-run)."""
+    _install(session)
+    for args in commands:
+        session.run("harness", *args, *session.posargs, env=_env())
+
+
 @nox.session
 def study(session: nox.Session) -> None:
     """The published study (docs/results.md "Reproducing the whole study"): methods across the disagreement dial,
     the schedule ablation and the warm-up restart, 3 seeds, on the micro world; every stage cached and resumable."""
-    _install(session)
-    for args in (
+    _run_harness(session, (
         ["sweep", "--preset", "study", "--grid", "method.name=profuser,fusellm,inference-only,averaging",
          "--grid", "sandbox.disagreement=0,0.5", "--seeds", "0,1,2"],
         ["ablate", "--preset", "study", "--set", "sandbox.disagreement=0.5",
@@ -142,8 +148,7 @@ def study(session: nox.Session) -> None:
          "--schedule", "progressive,linear,cosine", "--seeds", "0,1,2"],
         ["sweep", "--preset", "study", "--set", "sandbox.disagreement=0.5",
          "--grid", "method.schedule.restart_warmup=false,true", "--seeds", "0,1,2"],
-    ):  # fmt: skip
-        session.run("harness", *args, *session.posargs, env=_env())
+    ))  # fmt: skip
 
 
 @nox.session
@@ -152,16 +157,14 @@ def study_default(session: nox.Session) -> None:
     disagreement dial, the schedule ablation at dial 0.5, and the inference-mode side under the reference judge and
     the world's learned reward models; 3 seeds, an estimated 3 to 4 hours on 2 cores from an empty cache; every
     stage cached and resumable."""
-    _install(session)
     reward_models = "judges.models=[sandbox-rm:0,sandbox-rm:1,sandbox-rm:2]"
-    for args in (
+    _run_harness(session, (
         ["sweep", "-t", "sandbox", "--grid", "method.name=profuser,fusellm",
          "--grid", "sandbox.disagreement=0,0.25,0.5", "--seeds", "0,1,2"],
         ["ablate", "-t", "sandbox", "--set", "sandbox.disagreement=0.5", "--seeds", "0,1,2"],
         ["sweep", "-t", "sandbox", "--grid", "method.name=profuser,inference-only",
          "--grid", "judges.kind=reference,reward-models", "--set", reward_models, "--seeds", "0,1,2"],
-    ):  # fmt: skip
-        session.run("harness", *args, *session.posargs, env=_env())
+    ))  # fmt: skip
 
 
 @nox.session

@@ -263,7 +263,7 @@ def test_simulated_t_test_over_seeds_at_its_reported_mde(k: int, sd: float, m: i
 
 def test_with_three_seeds_and_many_rows_the_seed_test_binds() -> None:
     """At k = 3 over 63 rows the critical t has 2 degrees of freedom at α/63: a 2-point seed SD needs 52 points,
-    and a binary metric's reach (100 points) ends near an SD of 3.5 points."""
+    and a binary metric's reach (100 points) ends near an SD of 3.8 points."""
     from harness.analysis.power import seeds_test_mde
 
     assert 0.5 < seeds_test_mde([0.0, 0.02, 0.04], comparisons=63, binary=True) < 0.7  # type: ignore[operator]

@@ -322,7 +322,8 @@ def versus(
     evaluated a task differently are refused unless `allow_mismatch` (then the documents both evaluated are
     paired, and the table says what differs). A row that is not significant names its minimum detectable
     difference. `metric` compares a secondary per-document metric instead (`margin`: the answer's log-probability
-    margin of multiple-choice tasks), continuous, with the sign-flip test."""
+    margin of multiple-choice tasks), continuous, with the sign-flip test. Several seeds of each method (one
+    configuration each) are paired by seed and tested over documents and over seeds, as a sweep's versus rows."""
     from harness.analysis.report import head_to_head, render_head_to_head
 
     if not (a and b) or a == b:

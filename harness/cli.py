@@ -435,7 +435,8 @@ def tasks(as_json: bool) -> None:
               help="html: the whole report as one self-contained page (tables, figures, run metadata, flips).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
 @click.option("--versus", default=None, metavar="A:B",
-              help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv).")
+              help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv). "
+                   "Several seeds of each are paired by seed and tested over documents and over seeds.")
 @click.option("--against", default=None, metavar="KEY=VALUE",
               help="Instead, for one sweep folder: every grid point against the point with KEY=VALUE and the same "
                    "other values, e.g. signals.alignment=span (tests over documents and seeds, Holm; md).")

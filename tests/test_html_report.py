@@ -155,6 +155,19 @@ def test_html_report_of_two_runs_holds_their_head_to_head(micro_sweep: Path, tmp
     assert code.exit_code == 2 and "--format html is the whole report" in code.output
 
 
+def test_html_report_pairs_seed_replicates_once(micro_sweep: Path) -> None:
+    """The sweep's cells named one by one: their head-to-head over both seeds is on the page; the sweep folder
+    named: its own head-to-head table is, and no second copy of it."""
+    runs = sorted((micro_sweep / "runs").iterdir())
+    page = parse(harness.compare(runs, "html"))
+    (over_seeds,) = md_tables(harness.versus(runs, "profuser", "fusellm"))
+    assert over_seeds[0][3] == "seeds" and over_seeds in page.tables
+    whole = parse(harness.compare([micro_sweep], "html"))
+    (own,) = md_tables((micro_sweep / "tables" / "versus.md").read_text())
+    assert sum(t[1:] == own[1:] for t in whole.tables) == 1  # its rows are the loose runs' over_seeds rows
+    assert own[1:] == over_seeds[1:]
+
+
 def test_runs_written_before_prompts_were_kept_and_schedules_apart(tmp_path: Path) -> None:
     # run folders laid out as older pipelines wrote them (no prompts file), two schedules of one method
     from tests.test_report import make_run

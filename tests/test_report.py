@@ -481,8 +481,69 @@ def test_head_to_head_pairs_two_methods_of_two_runs(tmp_path: Path) -> None:
     assert "**profuser vs fusellm**" in md and md.count("\n| ") == len(TASKS) + 1
     with pytest.raises(HarnessError, match="no run of method 'averaging'"):
         head_to_head([a, b], "profuser", "averaging")
-    with pytest.raises(HarnessError, match="2 runs of method 'profuser'"):
-        head_to_head([a, make_run(tmp_path, "pro2", seed=1), b], "profuser", "fusellm")
+    # a second seed of profuser without a fusellm partner: the one common seed is compared, and the table says so
+    more = head_to_head([a, make_run(tmp_path, "pro2", seed=1), b], "profuser", "fusellm")
+    pd.testing.assert_frame_equal(more, frame)
+    assert more.attrs["notes"] == ["profuser: seed(s) 1 left out (no run of the other method with that seed)"]
+    assert more.attrs["notes"][0] in render_head_to_head(more, "md")
+    with pytest.raises(HarnessError, match=r"runs of method 'profuser' in 2 configurations \(progressive; linear\)"):
+        head_to_head([a, make_run(tmp_path, "pro-lin", schedule="linear", seed=1), b], "profuser", "fusellm")
+    with pytest.raises(HarnessError, match=r"'fusellm' \(seeds 0\) share no seed"):
+        head_to_head([make_run(tmp_path, "p1", seed=1), make_run(tmp_path, "p2", seed=2), b], "profuser", "fusellm")
+
+
+def test_head_to_head_over_seeds_pairs_each_seed_and_tests_over_documents_and_seeds(tmp_path: Path) -> None:
+    """Several seeds per method: the rows a sweep gives its cells, recomputed here from the per-document files:
+    Δ the mean of the per-seed differences, the exact sign test of each document's difference summed over the
+    seeds, scipy's paired t-test of the per-seed means, Holm across the tasks of the larger p."""
+    from harness.analysis.report import head_to_head, render_head_to_head
+    from harness.analysis.stats import load_samples, signed_sum_test
+
+    seeds = (0, 1, 2)
+    pro = {s: make_run(tmp_path, f"pro{s}", method="profuser", seed=s) for s in seeds}
+    fuse = {s: make_run(tmp_path, f"fuse{s}", method="fusellm", schedule="reversed", seed=s) for s in seeds}
+    frame = head_to_head([*pro.values(), *fuse.values(), make_run(tmp_path, "fuse9", method="fusellm", schedule="reversed", seed=9)],
+                         "profuser", "fusellm")  # fmt: skip
+    assert frame.attrs["seeds"] == [0, 1, 2]
+    assert frame.attrs["notes"] == ["fusellm: seed(s) 9 left out (no run of the other method with that seed)"]
+    larger = []
+    for row in frame.to_dict("records"):
+        metric = TASKS[row["task"]][1]
+        diffs = []
+        for s in seeds:
+            xa, xb = load_samples(pro[s], "profuser", row["task"], metric), load_samples(fuse[s], "fusellm", row["task"], metric)
+            diffs.append({k: xa[k] - xb[k] for k in xa})
+        per_seed = [float(np.mean(list(d.values()))) for d in diffs]
+        assert list(row["per_seed"].values()) == pytest.approx(per_seed)
+        assert row["delta"] == pytest.approx(np.mean(per_seed)) and row["k"] == 3 and row["n"] == N_DOCS
+        assert row["p_seeds"] == pytest.approx(sps.ttest_rel(per_seed, [0.0] * 3).pvalue)
+        if TASKS[row["task"]][2]:
+            summed = [round(sum(d[k] for d in diffs)) for k in diffs[0]]
+            assert row["p_pooled"] == pytest.approx(signed_sum_test(summed))
+        assert row["ci_low"] < row["delta"] < row["ci_high"]
+        larger.append(max(row["p_pooled"], row["p_seeds"]))
+        assert row["mde"] > 0 and row["mde_seeds"] is None or row["mde_seeds"] > 0
+    assert list(frame["p_adjusted"]) == pytest.approx(holm(larger))
+    md = render_head_to_head(frame, "md")
+    assert md.startswith("**profuser vs fusellm** (paired by seed over seeds 0, 1, 2, Holm across tasks)")
+    assert md.count("| profuser | fusellm |") == len(TASKS) and frame.attrs["notes"][0] in md
+    back = pd.read_csv(io.StringIO(render_head_to_head(frame, "csv")))
+    assert list(back["delta"]) == pytest.approx(list(frame["delta"]), rel=1e-5)
+    for text, per_seed in zip(back["per_seed"], frame["per_seed"], strict=True):
+        assert json.loads(text) == per_seed
+
+
+def test_report_versus_on_a_sweep_folder_gives_the_sweeps_own_head_to_head(micro_sweep: Path) -> None:
+    """`harness report SWEEP --versus A:B` pairs the cells' seeds and reproduces the sweep's versus rows."""
+    code, out = _cli(["report", str(micro_sweep), "--versus", "profuser:fusellm", "--format", "csv"])
+    assert code == 0, out
+    got = pd.read_csv(io.StringIO(out[out.index("a,b,"):])).set_index("task")
+    rows = json.loads((micro_sweep / "summary.json").read_text())["versus"]
+    assert {r["task"] for r in rows} == set(got.index) and len(rows) == len(got)
+    for r in rows:
+        for key in ("delta", "p_pooled", "p_seeds", "p_adjusted", "mde"):
+            want = math.nan if r[key] is None else r[key]  # an MDE beyond reach: an empty csv cell
+            assert got.loc[r["task"], key] == pytest.approx(want, rel=1e-5, nan_ok=True), key
 
 
 def test_the_significance_legend_appears_only_where_something_was_tested(runs: dict[str, Path]) -> None:

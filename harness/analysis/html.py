@@ -23,6 +23,7 @@ from harness.analysis.flips import Flips, Side, find_flips, shorten
 from harness.analysis.report import (
     HolmScope,
     build_table,
+    config_key,
     head_to_head,
     load_summary,
     read_json_file,
@@ -108,17 +109,23 @@ def _meta(run: Path) -> RunMeta:
     )  # fmt: skip
 
 
-def _head_to_heads(runs: Sequence[Path], summaries: Sequence[dict[str, Any]], allow_mismatch: bool) -> list[str]:
-    """`report --versus` for every two methods that have one run each among `runs` (Markdown as HTML)."""
-    count: dict[str, int] = {}
-    for s in summaries:
+def _head_to_heads(
+    runs: Sequence[Path], summaries: Sequence[dict[str, Any]], allow_mismatch: bool, shown: Sequence[Path] = ()
+) -> list[str]:
+    """`report --versus` for every two methods that each ran in one configuration among `runs` (one run, or seed
+    replicates paired by seed; Markdown as HTML), except two whose runs all lie in the sweep folders `shown`,
+    whose own head-to-head table the page already holds."""
+    configs: dict[str, set[tuple[str, str, str, str]]] = {}
+    inside: dict[str, bool] = {}
+    for run, s in zip(runs, summaries, strict=True):
         if s.get("method"):
-            count[s["method"]] = count.get(s["method"], 0) + 1
-    methods = [m for m, k in count.items() if k == 1]
+            configs.setdefault(s["method"], set()).add(config_key(s))
+            inside[s["method"]] = inside.get(s["method"], True) and any(run.resolve().is_relative_to(f.resolve()) for f in shown)
+    methods = [m for m, keys in configs.items() if len(keys) == 1]
     out = []
     tasks = {s["method"]: set(s["tasks"]) for s in summaries if s.get("method") in methods}
     for a, b in itertools.combinations(methods, 2):
-        if not tasks[a] & tasks[b]:
+        if not tasks[a] & tasks[b] or (inside[a] and inside[b]):
             continue
         frame = head_to_head(runs, a, b, allow_mismatch=allow_mismatch)
         out.append(markdown_html(render_head_to_head(frame, "md")))
@@ -171,12 +178,15 @@ def render_html(
     summaries = [load_summary(r) for r in runs]
     table_md = render(build_table(runs, allow_mismatch=allow_mismatch, holm_scope=holm_scope), "md")
     sweeps = []
+    covered = []  # sweep folders whose head-to-head table the page shows
     for folder in map(Path, given):
         if not (folder / "sweep.json").is_file():
             continue
         tables = folder / "tables"
         grid = tables / "grid.md"
         versus = tables / "versus.md"
+        if versus.is_file():
+            covered.append(folder)
         sweeps.append(SweepSection(
             folder.name, markdown_html(grid.read_text(encoding="utf-8")) if grid.is_file() else "",
             markdown_html(versus.read_text(encoding="utf-8")) if versus.is_file() else None,
@@ -190,7 +200,8 @@ def render_html(
     env.filters["shorten"] = shorten
     return env.get_template(TEMPLATE).render(
         version=package_versions().get("fusion-harness") or "?", table=markdown_html(table_md), sweeps=sweeps,
-        head_to_heads=_head_to_heads(runs, summaries, allow_mismatch), figures=figures, flips=flips,
+        head_to_heads=_head_to_heads(runs, summaries, allow_mismatch, covered),
+        figures=figures, flips=flips,
         tasks=list(dict.fromkeys(f.task for f in flips)), pairs=list(dict.fromkeys(_pair(f) for f in flips)),
         pair=_pair, per_group=flips_per_group, metas=[_meta(r) for r in runs], skipped=list(skipped),
     )  # fmt: skip

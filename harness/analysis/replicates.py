@@ -77,7 +77,9 @@ def _point_scores(summaries: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {"scores": scores, "gain": gain}
 
 
-def _tests(a: str, b: str, task: str, info: dict[str, Any], runs: dict[Any, tuple[Path, Path]], seed: int) -> dict[str, Any]:
+def seeds_test_row(
+    a: str, b: str, task: str, info: dict[str, Any], runs: dict[Any, tuple[Path, Path]], seed: int = 0
+) -> dict[str, Any]:
     """compare_over_seeds of label `a` against label `b` on `task`; `runs`: seed -> (a's run, b's run)."""
     seeds = list(runs)
     pairs = [(load_samples(ra, a, task, info["metric"]), load_samples(rb, b, task, info["metric"])) for ra, rb in runs.values()]
@@ -88,7 +90,7 @@ def _tests(a: str, b: str, task: str, info: dict[str, Any], runs: dict[Any, tupl
             "_estimate": estimate_pair(task, a, b, pairs, binary)}  # fmt: skip
 
 
-def _holm_with_mde(rows: list[dict[str, Any]]) -> None:
+def holm_with_mde(rows: list[dict[str, Any]]) -> None:
     """Holm across `rows`, and each row's minimum detectable difference at Holm's first step over them (the
     documents test over its seeds, harness/analysis/power.py), so a row that is not significant says what it rules
     out."""
@@ -134,7 +136,7 @@ def summarise_points(points: Sequence[Point], *, seed: int = 0) -> dict[str, Any
         for task, info in first["tasks"].items():
             same = {s: (d, d) for s, d in by_seed[label].items()}  # both labels in each seed's run
             rows.append({"point": label, "task": task, "a": method, "b": BASELINE_LABEL,
-                         **_tests(method, BASELINE_LABEL, task, info, same, seed)})
+                         **seeds_test_row(method, BASELINE_LABEL, task, info, same, seed)})
     for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_adjusted"] = p_adj
         del row["_estimate"]
@@ -167,8 +169,8 @@ def _versus(points: list[dict[str, Any]], by_seed: dict[str, dict[Any, Path]], s
                     continue
                 runs = {s: (by_seed[pa["label"]][s], by_seed[pb["label"]][s]) for s in seeds}
                 rows.append({"a": pa["label"], "b": pb["label"], "task": task,
-                             **_tests(pa["method"], pb["method"], task, info, runs, seed)})
-    _holm_with_mde(rows)
+                             **seeds_test_row(pa["method"], pb["method"], task, info, runs, seed)})
+    holm_with_mde(rows)
     return rows
 
 
@@ -202,8 +204,8 @@ def against_reference(sweep_dir: Path, axis: str, reference: Any, *, seed: int =
         for task, info in first["tasks"].items():
             pairs = {k: (runs[p["label"]][k], runs[ref["label"]][k]) for k in seeds}
             rows.append({"a": p["label"], "b": ref["label"], "task": task,
-                         **_tests(p["method"], ref["method"], task, info, pairs, seed)})  # fmt: skip
-    _holm_with_mde(rows)
+                         **seeds_test_row(p["method"], ref["method"], task, info, pairs, seed)})  # fmt: skip
+    holm_with_mde(rows)
     return rows
 
 
@@ -216,12 +218,14 @@ MARKER_NOTE = (
 )
 
 
-def render_versus(rows: Sequence[dict[str, Any]]) -> str:
-    """A sweep's head-to-head rows as Markdown: difference in points, its t-interval over seeds, both tests."""
+def render_versus(rows: Sequence[dict[str, Any]], *, metric: str | None = None) -> str:
+    """A sweep's head-to-head rows as Markdown: difference in points (in the metric's units for a secondary
+    `metric` such as the margin), its t-interval over seeds, both tests."""
     def pct(v: float | None) -> str:
-        return "–" if v is None else f"{100 * v:+.1f}"
+        return "–" if v is None else (f"{v:+.3f}" if metric else f"{100 * v:+.1f}")
 
-    lines = ["| a | b | task | seeds | Δ (points) | 95% t-interval | p documents | p seeds | p_adj |",
+    unit = f"Δ ({metric})" if metric else "Δ (points)"
+    lines = [f"| a | b | task | seeds | {unit} | 95% t-interval | p documents | p seeds | p_adj |",
              "|:--|:--|:--|--:|--:|:--|--:|--:|--:|"]  # fmt: skip
     for r in rows:
         ci = "–" if r["ci_low"] is None else f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]"

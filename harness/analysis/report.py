@@ -261,11 +261,11 @@ def _replicate_key(summary: dict[str, Any]) -> tuple[Any, ...] | None:
     """What makes two runs the same replicate: configuration and seed of a fusion run, the row label of a plain
     evaluation; None when a run says too little to tell."""
     if summary.get("method"):
-        return None if summary.get("seed") is None else (*_config_key(summary), summary["seed"])
+        return None if summary.get("seed") is None else (*config_key(summary), summary["seed"])
     return ("eval", _run_label(summary))
 
 
-def _config_key(summary: dict[str, Any]) -> tuple[str, str, str, str]:
+def config_key(summary: dict[str, Any]) -> tuple[str, str, str, str]:
     """(method, schedule, target, variant): what a seed replicate shares; the variant is a sweep cell's other grid
     values (`harness sweep --grid`), '' for a plain run."""
     return (summary["method"], summary.get("schedule") or "", (summary.get("models") or {}).get("target") or "",
@@ -451,7 +451,7 @@ def _method_groups(
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for s in summaries:
         if s.get("method") and (method is None or s["method"] == method):
-            groups.setdefault(_config_key(s), []).append(s)
+            groups.setdefault(config_key(s), []).append(s)
     for key, members in groups.items():  # seeds, not folders: a repeated seed (a rerun) counts once, the last
         by_seed = {(m.get("seed") if m.get("seed") is not None else f"run:{i}"): m for i, m in enumerate(members)}
         groups[key] = list(by_seed.values())
@@ -829,15 +829,23 @@ def write_tables(
 # ------------------------------------------------------------------------------------ two methods head to head
 
 
-def _method_run(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> tuple[Path, dict[str, Any]]:
+def _method_runs(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> dict[Any, tuple[Path, dict[str, Any]]]:
+    """Method `name`'s runs by seed: one run, or the seed replicates of one configuration (as the main table groups
+    them); runs of the method in several configurations are ambiguous and refused."""
     found = [(d, s) for d, s in zip(dirs, summaries, strict=True)
              if s.get("method") == name or (s.get("method") is None and s.get("label") == name)]  # an eval-only run: its label
     if not found:
         have = sorted({str(s.get("method")) for s in summaries if s.get("method")})
         raise HarnessError(f"no run of method '{name}' among the run directories (have: {', '.join(have) or 'none'})", "report")
-    if len(found) > 1:
-        raise HarnessError(f"{len(found)} runs of method '{name}': give one run directory per method to compare", "report")
-    return found[0]
+    configs = list(dict.fromkeys(config_key(s) for _, s in found))
+    if len(configs) > 1:
+        differ = [i for i in (1, 2, 3) if len({key[i] for key in configs}) > 1]
+        shown = "; ".join(" ".join(key[i] or "default" for i in differ) for key in configs)
+        raise HarnessError(f"runs of method '{name}' in {len(configs)} configurations ({shown}): give the runs "
+                           "(seeds) of one configuration per method", "report")  # fmt: skip
+    if len(found) == 1:
+        return {found[0][1].get("seed"): found[0]}
+    return {s.get("seed"): (d, s) for d, s in found}  # select_runs kept one folder per seed
 
 
 def head_to_head(
@@ -846,35 +854,96 @@ def head_to_head(
     """Method `a` against method `b` on each task both runs evaluated: paired tests over the same documents (by
     document hash), Holm-adjusted across the tasks (harness.analysis.stats.compare_across_runs). One row per task,
     fractions not percent. Runs that evaluated a task differently are refused unless `allow_mismatch`; then the
-    documents both evaluated are paired and `frame.attrs["notes"]` says what differs."""
-    from harness.analysis.stats import compare_across_runs
+    documents both evaluated are paired and `frame.attrs["notes"]` says what differs.
 
+    Where a method has several seeds (one configuration's replicates, e.g. a sweep's cells), the two are paired by
+    seed over their common seeds and tested over documents and over seeds as a sweep's head-to-head rows are
+    (`head_to_head_over_seeds`)."""
     dirs = [Path(d) for d in run_dirs]
     summaries = [load_summary(d) for d in dirs]
-    (dir_a, sum_a), (dir_b, sum_b) = _method_run(summaries, dirs, a), _method_run(summaries, dirs, b)
-    tasks = {t: info for t, info in sum_a["tasks"].items() if t in sum_b["tasks"]}
-    if not tasks:
-        raise HarnessError(f"the runs of '{a}' and '{b}' share no task", "report")
+    runs_a, runs_b = _method_runs(summaries, dirs, a), _method_runs(summaries, dirs, b)
+    notes: list[str] = []
+    if len(runs_a) > 1 or len(runs_b) > 1:
+        seeds = [seed for seed in runs_a if seed in runs_b]
+        if not seeds:
+            raise HarnessError(f"the runs of '{a}' (seeds {_seed_list(runs_a)}) and '{b}' (seeds "
+                               f"{_seed_list(runs_b)}) share no seed to pair", "report")  # fmt: skip
+        left = {m: [s for s in runs if s not in seeds] for m, runs in ((a, runs_a), (b, runs_b))}
+        notes = [f"{m}: seed(s) {', '.join(map(str, s))} left out (no run of the other method with that seed)"
+                 for m, s in left.items() if s]  # fmt: skip
+        if len(seeds) > 1:
+            return head_to_head_over_seeds({s: runs_a[s] for s in seeds}, {s: runs_b[s] for s in seeds}, a, b,
+                                           allow_mismatch=allow_mismatch, metric=metric, notes=notes)  # fmt: skip
+        runs_a, runs_b = {seeds[0]: runs_a[seeds[0]]}, {seeds[0]: runs_b[seeds[0]]}
+    (dir_a, sum_a), (dir_b, sum_b) = next(iter(runs_a.values())), next(iter(runs_b.values()))
+    tasks = _shared_tasks(a, b, [sum_a], [sum_b])
     pair = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (sum_a, sum_b)]
-    notes = check_comparable(pair, tasks, allow_mismatch=allow_mismatch)
+    mismatch = check_comparable(pair, tasks, allow_mismatch=allow_mismatch)
     if metric is not None:  # a secondary per-document metric (`margin`): continuous, compared the same way
         tasks = _tasks_recording(metric, tasks, (dir_a, a), (dir_b, b))
-    rows = compare_across_runs((dir_a, a), (dir_b, b), tasks, common_only=bool(notes))
-    frame = pd.DataFrame.from_records(rows)
-    if metric is None:
-        frame.insert(3, a, [sum_a["tasks"][t]["value"] for t in frame["task"]])
-        frame.insert(4, b, [sum_b["tasks"][t]["value"] for t in frame["task"]])
-    else:
-        from harness.analysis.stats import load_samples
+    from harness.analysis.stats import compare_across_runs
 
-        for pos, (d, label) in ((3, (dir_a, a)), (4, (dir_b, b))):
-            frame.insert(pos, label, [_mean(load_samples(d, label, t, metric).values()) for t in frame["task"]])
+    rows = compare_across_runs((dir_a, a), (dir_b, b), tasks, common_only=bool(mismatch))
+    frame = pd.DataFrame.from_records(rows)
+    for pos, (d, summary, label) in ((3, (dir_a, sum_a, a)), (4, (dir_b, sum_b, b))):
+        frame.insert(pos, label, [_task_value(d, summary, label, t, metric) for t in frame["task"]])
     from harness.analysis.power_from_runs import annotate_head_to_head
 
     annotate_head_to_head(frame, (dir_a, a), (dir_b, b), tasks)
-    frame.attrs["notes"] = notes
+    frame.attrs["notes"] = [*mismatch, *notes]
     frame.attrs["metric"] = metric
     return frame
+
+
+def head_to_head_over_seeds(
+    runs_a: dict[Any, tuple[Path, dict[str, Any]]], runs_b: dict[Any, tuple[Path, dict[str, Any]]], a: str, b: str,
+    *, allow_mismatch: bool = False, metric: str | None = None, notes: Sequence[str] = (),
+) -> pd.DataFrame:
+    """`a` against `b` paired by seed (`runs_*`: seed -> run, the same seeds on both sides): per task, the test
+    over documents of the per-document differences summed over seeds and the paired t-test over the seeds, the
+    larger p Holm-adjusted across the tasks, each row with its MDE over documents and over seeds: the rows a
+    sweep's summary gives its cells (harness.analysis.replicates), for runs from anywhere."""
+    from harness.analysis.replicates import holm_with_mde, seeds_test_row
+
+    sums_a, sums_b = [s for _, s in runs_a.values()], [s for _, s in runs_b.values()]
+    tasks = _shared_tasks(a, b, sums_a, sums_b)
+    pairs = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (*sums_a, *sums_b)]
+    if check_comparable(pairs, tasks, allow_mismatch=allow_mismatch):
+        raise HarnessError("a comparison over seeds pairs every seed on the same documents; these runs evaluated a "
+                           "task differently (compare one seed's runs with --allow-mismatch instead)", "report")  # fmt: skip
+    if metric is not None:
+        tasks = _tasks_recording(metric, tasks, *((d, a) for d, _ in runs_a.values()), *((d, b) for d, _ in runs_b.values()))
+    rows = [{"a": a, "b": b, "task": task, **seeds_test_row(a, b, task, info,
+             {seed: (runs_a[seed][0], runs_b[seed][0]) for seed in runs_a})} for task, info in tasks.items()]  # fmt: skip
+    holm_with_mde(rows)
+    frame = pd.DataFrame.from_records(rows)
+    for pos, (runs, label) in ((3, (runs_a, a)), (4, (runs_b, b))):
+        frame.insert(pos, label, [_mean(_task_value(d, s, label, t, metric) for d, s in runs.values()) for t in frame["task"]])
+    frame.attrs["notes"] = list(notes)
+    frame.attrs["metric"] = metric
+    frame.attrs["seeds"] = list(runs_a)
+    return frame
+
+
+def _seed_list(runs: dict[Any, Any]) -> str:
+    return ", ".join(map(str, runs))
+
+
+def _shared_tasks(a: str, b: str, sums_a: Sequence[dict[str, Any]], sums_b: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The tasks every run of both sides evaluated, with the first run of `a`'s task entry."""
+    tasks = {t: info for t, info in sums_a[0]["tasks"].items() if all(t in s["tasks"] for s in (*sums_a, *sums_b))}
+    if not tasks:
+        raise HarnessError(f"the runs of '{a}' and '{b}' share no task", "report")
+    return tasks
+
+
+def _task_value(run_dir: Path, summary: dict[str, Any], label: str, task: str, metric: str | None) -> float:
+    """The run's score on `task`: the summary's value, or the mean of a secondary per-document `metric`."""
+    if metric is None:
+        return float(summary["tasks"][task]["value"])
+    from harness.analysis.stats import load_samples
+
+    return _mean(load_samples(run_dir, label, task, metric).values())
 
 
 def _tasks_recording(metric: str, tasks: dict[str, Any], *sides: tuple[Path, str]) -> dict[str, dict[str, Any]]:
@@ -903,14 +972,23 @@ def _mean(values: Iterable[float]) -> float:
 def render_head_to_head(frame: pd.DataFrame, fmt: str) -> str:
     """The head-to-head rows as `md` (percent points, 95% CI, Holm p) or `csv` (raw fractions)."""
     kind = FORMATS.get(fmt.lower())
+    over_seeds = "p_seeds" in frame.columns
     if kind == "csv":
         buf = io.StringIO()
-        frame.to_csv(buf, index=False, float_format="%.6g")
+        out = frame.assign(per_seed=frame["per_seed"].map(json.dumps)) if over_seeds else frame
+        out.to_csv(buf, index=False, float_format="%.6g")
         return buf.getvalue()
     if kind != "md":
         raise HarnessError("a head-to-head table is written as md or csv", "report")
     a, b = str(frame["a"].iloc[0]), str(frame["b"].iloc[0])
     metric = frame.attrs.get("metric")
+    if over_seeds:
+        from harness.analysis.replicates import render_versus
+
+        seeds = ", ".join(map(str, frame.attrs.get("seeds", [])))
+        title = f"**{a} vs {b}**{f' on {metric}' if metric else ''} (paired by seed over seeds {seeds}, Holm across tasks)"
+        return "\n".join([title, "", render_versus(frame.to_dict("records"), metric=metric).rstrip("\n"),
+                          *map(str, frame.attrs.get("notes", []))]) + "\n"  # fmt: skip
     scale, unit = (1.0, f"Δ ({metric})") if metric else (100.0, "Δ (points)")
     lines = [f"**{a} vs {b}**{f' on {metric}' if metric else ''} (paired over the same documents, Holm-adjusted "
              "across tasks)", "", f"| task | {a} | {b} | {unit} | 95% CI | p_adj | test |",

@@ -127,6 +127,19 @@ def _experiment_overrides(
     return overrides
 
 
+class RunsOrPoint(click.ParamType):
+    """A run or sweep folder, or `SWEEP:POINT`: the runs (seeds) of one grid point of a sweep folder."""
+
+    name = "folder"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from harness.analysis.report import split_point
+
+        if Path(value).is_dir() or split_point(value) is not None:
+            return str(value)
+        self.fail(f"'{value}' is neither a folder nor SWEEP:POINT (a sweep folder and one of its grid points)", param, ctx)
+
+
 class HarnessGroup(click.Group):
     """Turns every user error (ours and click's) into one line on stderr and exit code 2."""
 
@@ -430,7 +443,7 @@ def tasks(as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, type=RunsOrPoint())
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv", "html"]), default="md", show_default=True,
               help="html: the whole report as one self-contained page (tables, figures, run metadata, flips).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
@@ -459,6 +472,7 @@ def report(
       harness report results/run-a results/run-b --format latex --out table.tex
       harness report results/*/ --versus profuser:fusellm
       harness report results/*/ --versus profuser:fusellm --metric margin
+      harness report "sweep-a:profuser judges=reward-models" "sweep-b:fusellm disagreement=0" --versus profuser:fusellm
       harness report results/*/ --holm table
       harness report results/sweep-0123456789 --against signals.alignment=span
       harness report results/*/ --format html --out report.html

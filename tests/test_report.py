@@ -544,6 +544,14 @@ def test_report_versus_on_a_sweep_folder_gives_the_sweeps_own_head_to_head(micro
         for key in ("delta", "p_pooled", "p_seeds", "p_adjusted", "mde"):
             want = math.nan if r[key] is None else r[key]  # an MDE beyond reach: an empty csv cell
             assert got.loc[r["task"], key] == pytest.approx(want, rel=1e-5, nan_ok=True), key
+    # the two grid points named as SWEEP:POINT, as from two different sweeps: the same rows
+    code, named = _cli(["report", f"{micro_sweep}:profuser", f"{micro_sweep}:fusellm", "--versus", "profuser:fusellm",
+                        "--format", "csv"])  # fmt: skip
+    assert code == 0 and named == out
+    code, wrong = _cli(["report", f"{micro_sweep}:averaging", "--versus", "profuser:fusellm"])
+    assert code == 2 and f"sweep '{micro_sweep.name}' has no grid point 'averaging' (have: " in wrong
+    code, neither = _cli(["report", f"{micro_sweep}-missing:profuser"])
+    assert code == 2 and "is neither a folder nor SWEEP:POINT" in neither
 
 
 def test_the_significance_legend_appears_only_where_something_was_tested(runs: dict[str, Path]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.analysis.report import load_summary, read_json_file
+from harness.analysis.report import load_summary, sweep_point_runs, sweep_points
 from harness.analysis.stats import BASELINE_LABEL, compare_across_runs
 from harness.errors import HarnessError
 
@@ -179,10 +179,7 @@ def resolve_side(spec: str) -> Side:
 
 def _sweep_side(folder: Path, wanted: str | None) -> Side:
     """A grid point's fused model at one seed of a sweep folder (its summary.json lists points and their runs)."""
-    summary = read_json_file(folder / "summary.json") if (folder / "summary.json").is_file() else None
-    points = summary.get("points") if isinstance(summary, dict) else None
-    if not isinstance(points, list):
-        raise HarnessError(f"'{folder}' is not a finished sweep (no summary.json with its points)", "flips")
+    points = sweep_points(folder, "flips")
     labels = [str(p.get("label")) for p in points]
     point_label, _, seed_text = (wanted or "").rpartition("@") if "@" in (wanted or "") else (wanted, "", "")
     if not point_label:
@@ -190,10 +187,7 @@ def _sweep_side(folder: Path, wanted: str | None) -> Side:
             raise HarnessError(f"sweep '{folder.name}' has {len(points)} grid points; name one: "
                                + ", ".join(f"'{folder}:{lab}@SEED'" for lab in labels), "flips")  # fmt: skip
         point_label = labels[0]
-    if point_label not in labels:
-        raise HarnessError(f"sweep '{folder.name}' has no grid point '{point_label}' (have: {', '.join(labels)})", "flips")
-    point = points[labels.index(point_label)]
-    runs: dict[str, str] = point.get("runs") or {}
+    runs = sweep_point_runs(folder, point_label, "flips")
     if not seed_text:
         if len(runs) != 1:
             raise HarnessError(f"grid point '{point_label}' has seeds {', '.join(runs)}; choose one: "
@@ -201,7 +195,7 @@ def _sweep_side(folder: Path, wanted: str | None) -> Side:
         seed_text = next(iter(runs))
     if seed_text not in runs:
         raise HarnessError(f"grid point '{point_label}' has no seed {seed_text} (have: {', '.join(runs)})", "flips")
-    run = folder / "runs" / runs[seed_text]
+    run = runs[seed_text]
     method = load_summary(run).get("method")
     if not method:
         raise HarnessError(f"'{run}' is no fusion run", "flips")

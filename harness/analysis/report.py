@@ -242,11 +242,41 @@ def select_runs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[str]]:
     return out, skipped
 
 
+def sweep_points(folder: Path, where: str = "report") -> list[dict[str, Any]]:
+    """The grid points a finished sweep folder's summary.json lists (label, values, runs by seed)."""
+    summary = read_json_file(folder / "summary.json") if (folder / "summary.json").is_file() else None
+    points = summary.get("points") if isinstance(summary, dict) else None
+    if not isinstance(points, list):
+        raise HarnessError(f"'{folder}' is not a finished sweep (no summary.json with its points)", where)
+    return points
+
+
+def sweep_point_runs(folder: Path, label: str, where: str = "report") -> dict[str, Path]:
+    """The run directories, by seed, of the grid point `label` of a finished sweep folder."""
+    points = sweep_points(folder, where)
+    labels = [str(p.get("label")) for p in points]
+    if label not in labels:
+        raise HarnessError(f"sweep '{folder.name}' has no grid point '{label}' (have: {', '.join(labels)})", where)
+    return {str(seed): folder / "runs" / name for seed, name in (points[labels.index(label)].get("runs") or {}).items()}
+
+
+def split_point(spec: str | Path) -> tuple[Path, str] | None:
+    """`SWEEP:POINT` (a sweep folder and one of its grid points' labels) as its two parts; None for a folder."""
+    text = str(spec)
+    head, sep, label = text.rpartition(":")
+    if Path(text).is_dir() or not sep or not label or not (Path(head) / "sweep.json").is_file():
+        return None
+    return Path(head), label
+
+
 def expand_sweeps(dirs: Iterable[Path]) -> list[Path]:
     """Run directories, with each sweep folder (one holding sweep.json: `harness sweep`, `run --seeds`, `ablate`)
-    replaced by the run directories of its cells."""
+    replaced by the run directories of its cells, and each `SWEEP:POINT` by the runs of that grid point."""
     out: list[Path] = []
     for d in dirs:
+        if (point := split_point(d)) is not None:
+            out += sweep_point_runs(*point).values()
+            continue
         listing = Path(d) / "sweep.json"
         if not listing.is_file():
             out.append(Path(d))
@@ -842,7 +872,7 @@ def _method_runs(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name
         differ = [i for i in (1, 2, 3) if len({key[i] for key in configs}) > 1]
         shown = "; ".join(" ".join(key[i] or "default" for i in differ) for key in configs)
         raise HarnessError(f"runs of method '{name}' in {len(configs)} configurations ({shown}): give the runs "
-                           "(seeds) of one configuration per method", "report")  # fmt: skip
+                           "(seeds) of one configuration per method, e.g. a sweep's grid point as SWEEP:POINT", "report")  # fmt: skip
     if len(found) == 1:
         return {found[0][1].get("seed"): found[0]}
     return {s.get("seed"): (d, s) for d, s in found}  # select_runs kept one folder per seed

@@ -527,6 +527,16 @@ def test_head_to_head_over_seeds_pairs_each_seed_and_tests_over_documents_and_se
     md = render_head_to_head(frame, "md")
     assert md.startswith("**profuser vs fusellm** (paired by seed over seeds 0, 1, 2, Holm across tasks)")
     assert md.count("| profuser | fusellm |") == len(TASKS) and frame.attrs["notes"][0] in md
+    # a model evaluated once (no method, no seed) stands beside every seed, as the unfused target does in a sweep
+    evaluated = make_run(tmp_path, "plain", method=None)
+    (evaluated / "eval" / "target-base").rename(evaluated / "eval" / "plain-model")  # where `harness eval` writes it
+    plain = head_to_head([*pro.values(), evaluated], "profuser", "plain-model")
+    assert plain.attrs["seeds"] == [0, 1, 2] and not plain.attrs["notes"]
+    for row in plain.to_dict("records"):
+        metric = TASKS[row["task"]][1]
+        base = np.mean(list(load_samples(evaluated, "plain-model", row["task"], metric).values()))
+        means = [np.mean(list(load_samples(pro[s], "profuser", row["task"], metric).values())) for s in seeds]
+        assert row["delta"] == pytest.approx(np.mean(means) - base)
     back = pd.read_csv(io.StringIO(render_head_to_head(frame, "csv")))
     assert list(back["delta"]) == pytest.approx(list(frame["delta"]), rel=1e-5)
     for text, per_seed in zip(back["per_seed"], frame["per_seed"], strict=True):

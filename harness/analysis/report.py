@@ -892,6 +892,7 @@ def head_to_head(
     dirs = [Path(d) for d in run_dirs]
     summaries = [load_summary(d) for d in dirs]
     runs_a, runs_b = _method_runs(summaries, dirs, a), _method_runs(summaries, dirs, b)
+    runs_a, runs_b = _every_seed(runs_a, runs_b), _every_seed(runs_b, runs_a)
     notes: list[str] = []
     if len(runs_a) > 1 or len(runs_b) > 1:
         seeds = [seed for seed in runs_a if seed in runs_b]
@@ -953,6 +954,15 @@ def head_to_head_over_seeds(
     frame.attrs["metric"] = metric
     frame.attrs["seeds"] = list(runs_a)
     return frame
+
+
+def _every_seed(side: dict[Any, tuple[Path, dict[str, Any]]], other: dict[Any, Any]) -> dict[Any, tuple[Path, dict[str, Any]]]:
+    """A plain evaluation (no method, no seed: one model scored once) stands beside every seed of the other side,
+    as the unfused target does in a sweep's comparisons."""
+    (only, *more) = side.values()
+    if more or only[1].get("method") or len(other) < 2:
+        return side
+    return {seed: only for seed in other}
 
 
 def _seed_list(runs: dict[Any, Any]) -> str:

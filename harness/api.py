@@ -301,7 +301,8 @@ def compare(
     `html` gives the whole report as one self-contained page: the table, the head-to-head tables, each sweep's grid
     table and figures, the figures, the runs' metadata and a flips browser (harness/analysis/html.py).
 
-    Only finished runs count (see `finished`); a seed repeated by several folders counts once.
+    `runs`: run folders, sweep folders (their cells) or `SWEEP:POINT` (one grid point's seeds). Only finished runs
+    count (see `finished`); a seed repeated by several folders counts once.
     Runs that evaluated a task differently (data, task version, shots, limit, metric) are refused unless
     `allow_mismatch`, and then the table says what differs. `holm` "run" keeps each run's own Holm family (its
     tasks × (method + sources)); "table" adjusts across every comparison the table shows."""

@@ -354,7 +354,8 @@ def against(sweep: Sweep | PathLike, axis: str, reference: Any) -> str:
     """A sweep's grid points against the point with `axis` = `reference` and the same other values (e.g.
     `against(s, "signals.alignment", "span")`), task by task over their common seeds, Holm across the table
     (harness.analysis.replicates.against_reference), as Markdown."""
-    from harness.analysis.replicates import against_reference, render_versus
+    from harness.analysis.over_seeds import render_versus
+    from harness.analysis.replicates import against_reference
 
     folder = sweep.dir if isinstance(sweep, Sweep) else Path(sweep)
     if not (folder / "sweep.json").is_file() or not (folder / "summary.json").is_file():

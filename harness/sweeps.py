@@ -300,7 +300,8 @@ def write_outputs(p: SweepPlan, done: dict[int, Path]) -> dict[str, Any]:
     """summary.json, the grid's table (md, tex, csv, and on stdout) and its figures; for an ablation also
     ablation.md and runs.json, as `harness ablate` always wrote them."""
     from harness.analysis import plots
-    from harness.analysis.replicates import MARKER_NOTE, render_versus, summarise_points
+    from harness.analysis.over_seeds import render_versus
+    from harness.analysis.replicates import MARKER_NOTE, summarise_points
     from harness.analysis.report import build_ablation_table, build_grid_table, render, to_rich
 
     groups = _groups(p, done)

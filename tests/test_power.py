@@ -223,7 +223,8 @@ def test_the_dry_run_prints_each_task_s_documents_and_mde(tmp_path: Path) -> Non
 
 
 def test_a_sweep_s_head_to_head_rows_carry_their_mde(tmp_path: Path) -> None:
-    from harness.analysis.replicates import render_versus, summarise_points
+    from harness.analysis.over_seeds import render_versus
+    from harness.analysis.replicates import summarise_points
     from tests.test_report import make_run
 
     pro = [make_run(tmp_path, f"pro{s}", schedule="progressive", seed=s) for s in (0, 1)]

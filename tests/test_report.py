@@ -642,8 +642,9 @@ def test_holm_across_the_table_adjusts_every_comparison_it_shows(tmp_path: Path)
 
 
 def test_a_grid_summary_table_and_figure_from_seed_runs(runs: dict[str, Path], tmp_path: Path) -> None:
+    from harness.analysis.over_seeds import render_versus
     from harness.analysis.plots import plot_grid
-    from harness.analysis.replicates import render_versus, summarise_points
+    from harness.analysis.replicates import summarise_points
     from harness.analysis.report import build_grid_table
     from harness.analysis.stats import compare_across_runs
 

@@ -934,7 +934,7 @@ def head_to_head_over_seeds(
     over documents of the per-document differences summed over seeds and the paired t-test over the seeds, the
     larger p Holm-adjusted across the tasks, each row with its MDE over documents and over seeds: the rows a
     sweep's summary gives its cells (harness.analysis.replicates), for runs from anywhere."""
-    from harness.analysis.replicates import holm_with_mde, seeds_test_row
+    from harness.analysis.over_seeds import holm_with_mde, seeds_test_row
 
     sums_a, sums_b = [s for _, s in runs_a.values()], [s for _, s in runs_b.values()]
     tasks = _shared_tasks(a, b, sums_a, sums_b)
@@ -1023,7 +1023,7 @@ def render_head_to_head(frame: pd.DataFrame, fmt: str) -> str:
     a, b = str(frame["a"].iloc[0]), str(frame["b"].iloc[0])
     metric = frame.attrs.get("metric")
     if over_seeds:
-        from harness.analysis.replicates import render_versus
+        from harness.analysis.over_seeds import render_versus
 
         seeds = ", ".join(map(str, frame.attrs.get("seeds", [])))
         title = f"**{a} vs {b}**{f' on {metric}' if metric else ''} (paired by seed over seeds {seeds}, Holm across tasks)"

@@ -137,7 +137,10 @@ class RunsOrPoint(click.ParamType):
 
         if Path(value).is_dir() or split_point(value) is not None:
             return str(value)
-        self.fail(f"'{value}' is neither a folder nor SWEEP:POINT (a sweep folder and one of its grid points)", param, ctx)
+        if Path(value).exists():
+            self.fail(f"'{value}' is a file, not a run or sweep folder", param, ctx)
+        self.fail(f"'{value}' does not exist (give a run or sweep folder, or SWEEP:POINT: a sweep folder and one of "
+                  "its grid points)", param, ctx)  # fmt: skip
 
 
 class HarnessGroup(click.Group):

@@ -561,7 +561,7 @@ def test_report_versus_on_a_sweep_folder_gives_the_sweeps_own_head_to_head(micro
     code, wrong = _cli(["report", f"{micro_sweep}:averaging", "--versus", "profuser:fusellm"])
     assert code == 2 and f"sweep '{micro_sweep.name}' has no grid point 'averaging' (have: " in wrong
     code, neither = _cli(["report", f"{micro_sweep}-missing:profuser"])
-    assert code == 2 and "is neither a folder nor SWEEP:POINT" in neither
+    assert code == 2 and "does not exist (give a run or sweep folder, or SWEEP:POINT" in neither
 
 
 def test_the_significance_legend_appears_only_where_something_was_tested(runs: dict[str, Path]) -> None:

@@ -155,8 +155,8 @@ def study(session: nox.Session) -> None:
 def study_default(session: nox.Session) -> None:
     """The default-world study (docs/results.md "The study on the default world"): ProFuser against FuseLLM across the
     disagreement dial, the schedule ablation at dial 0.5, and the inference-mode side under the reference judge and
-    the world's learned reward models; 3 seeds, an estimated 3 to 4 hours on 2 cores from an empty cache; every
-    stage cached and resumable."""
+    the world's learned reward models (at dial 0 and at 0.5); 3 seeds, an estimated 4 to 5 hours on 2 cores from
+    an empty cache; every stage cached and resumable."""
     reward_models = "judges.models=[sandbox-rm:0,sandbox-rm:1,sandbox-rm:2]"
     _run_harness(session, (
         ["sweep", "-t", "sandbox", "--grid", "method.name=profuser,fusellm",
@@ -164,6 +164,9 @@ def study_default(session: nox.Session) -> None:
         ["ablate", "-t", "sandbox", "--set", "sandbox.disagreement=0.5", "--seeds", "0,1,2"],
         ["sweep", "-t", "sandbox", "--grid", "method.name=profuser,inference-only",
          "--grid", "judges.kind=reference,reward-models", "--set", reward_models, "--seeds", "0,1,2"],
+        ["sweep", "-t", "sandbox", "--set", "sandbox.disagreement=0.5", "--grid",
+         "method.name=profuser,inference-only,fusellm", "--set", "judges.kind=reward-models", "--set", reward_models,
+         "--seeds", "0,1,2"],
     ))  # fmt: skip
 
 

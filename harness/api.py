@@ -323,12 +323,14 @@ def versus(
     evaluated a task differently are refused unless `allow_mismatch` (then the documents both evaluated are
     paired, and the table says what differs). A row that is not significant names its minimum detectable
     difference. `metric` compares a secondary per-document metric instead (`margin`: the answer's log-probability
-    margin of multiple-choice tasks), continuous, with the sign-flip test. Several seeds of each method (one
-    configuration each) are paired by seed and tested over documents and over seeds, as a sweep's versus rows."""
+    margin of multiple-choice tasks), continuous, with the sign-flip test. `a` and `b` are methods, or the main
+    table's row labels where a method ran in several configurations (`profuser (disagreement=0.5)`). Several seeds
+    of each (one configuration each) are paired by seed and tested over documents and over seeds, as a sweep's
+    versus rows."""
     from harness.analysis.report import head_to_head, render_head_to_head
 
     if not (a and b) or a == b:
-        raise HarnessError(f"versus needs two different methods, got '{a}' and '{b}'", "cli")
+        raise HarnessError(f"versus needs two different sides (methods or table row labels), got '{a}' and '{b}'", "cli")
     return render_head_to_head(head_to_head(finished(runs), a, b, allow_mismatch=allow_mismatch, metric=metric), fmt)
 
 

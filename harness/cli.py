@@ -451,8 +451,10 @@ def tasks(as_json: bool) -> None:
               help="html: the whole report as one self-contained page (tables, figures, run metadata, flips).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the table to a file.")
 @click.option("--versus", default=None, metavar="A:B",
-              help="Instead: method A against method B task by task (paired tests, Holm across tasks; md or csv). "
-                   "Several seeds of each are paired by seed and tested over documents and over seeds.")
+              help="Instead: A against B task by task (paired tests, Holm across tasks; md or csv). A and B are "
+                   "methods, or the table's row labels where a method ran in several configurations, e.g. "
+                   "'profuser:profuser (disagreement=0.5)'. Several seeds of each are paired by seed and tested "
+                   "over documents and over seeds.")
 @click.option("--against", default=None, metavar="KEY=VALUE",
               help="Instead, for one sweep folder: every grid point against the point with KEY=VALUE and the same "
                    "other values, e.g. signals.alignment=span (tests over documents and seeds, Holm; md).")
@@ -495,7 +497,7 @@ def report(
     elif versus is not None:
         a, sep, b = versus.partition(":")
         if not (a and sep and b) or a == b:
-            raise HarnessError(f"--versus expects A:B with two different methods, got '{versus}'", "cli")
+            raise HarnessError(f"--versus expects A:B with two different methods or table row labels, got '{versus}'", "cli")
         if holm != "run":
             raise HarnessError("--holm applies to the main table; --versus is Holm-adjusted across its tasks", "cli")
         text = api.versus(run_dirs, a, b, fmt, allow_mismatch=allow_mismatch, metric=metric)

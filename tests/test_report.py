@@ -479,15 +479,27 @@ def test_head_to_head_pairs_two_methods_of_two_runs(tmp_path: Path) -> None:
     assert abs(gains.loc["facts_qa", "delta"]) < 0.05  # knowledge: neither method gains
     md = render_head_to_head(frame, "md")
     assert "**profuser vs fusellm**" in md and md.count("\n| ") == len(TASKS) + 1
-    with pytest.raises(HarnessError, match="no run of method 'averaging'"):
+    with pytest.raises(HarnessError, match="no run of 'averaging'"):
         head_to_head([a, b], "profuser", "averaging")
     # a second seed of profuser without a fusellm partner: the one common seed is compared, and the table says so
     more = head_to_head([a, make_run(tmp_path, "pro2", seed=1), b], "profuser", "fusellm")
     pd.testing.assert_frame_equal(more, frame)
-    assert more.attrs["notes"] == ["profuser: seed(s) 1 left out (no run of the other method with that seed)"]
+    assert more.attrs["notes"] == ["profuser: seed(s) 1 left out (no run of the other side with that seed)"]
     assert more.attrs["notes"][0] in render_head_to_head(more, "md")
-    with pytest.raises(HarnessError, match=r"runs of method 'profuser' in 2 configurations \(progressive; linear\)"):
-        head_to_head([a, make_run(tmp_path, "pro-lin", schedule="linear", seed=1), b], "profuser", "fusellm")
+    linear = make_run(tmp_path, "pro-lin", schedule="linear")
+    with pytest.raises(HarnessError, match=r"runs of method 'profuser' in 2 configurations: name one as the table "
+                                           r"labels it \('profuser \(progressive\)', 'profuser \(linear\)'\)"):
+        head_to_head([a, linear, b], "profuser", "fusellm")
+    # two configurations of one method, named as the table labels them: the same rows as two methods would give
+    mine = head_to_head([a, linear, b], "profuser (linear)", "profuser (progressive)")
+    assert list(mine[["a", "b"]].iloc[0]) == ["profuser (linear)", "profuser (progressive)"]
+    renamed = make_run(tmp_path, "lin-as-fusellm", method="fusellm", schedule="linear")
+    for task in TASKS:
+        (renamed / "eval" / "fusellm" / f"{task}.jsonl").write_text((linear / "eval" / "profuser" / f"{task}.jsonl").read_text())
+    as_methods = head_to_head([a, renamed], "fusellm", "profuser")
+    for key in ("delta", "ci_low", "ci_high", "p_value", "p_adjusted", "mde"):
+        assert list(mine[key]) == pytest.approx(list(as_methods[key]), nan_ok=True), key
+    assert "profuser (linear)" in render_head_to_head(mine, "md").splitlines()[2]
     with pytest.raises(HarnessError, match=r"'fusellm' \(seeds 0\) share no seed"):
         head_to_head([make_run(tmp_path, "p1", seed=1), make_run(tmp_path, "p2", seed=2), b], "profuser", "fusellm")
 
@@ -505,7 +517,7 @@ def test_head_to_head_over_seeds_pairs_each_seed_and_tests_over_documents_and_se
     frame = head_to_head([*pro.values(), *fuse.values(), make_run(tmp_path, "fuse9", method="fusellm", schedule="reversed", seed=9)],
                          "profuser", "fusellm")  # fmt: skip
     assert frame.attrs["seeds"] == [0, 1, 2]
-    assert frame.attrs["notes"] == ["fusellm: seed(s) 9 left out (no run of the other method with that seed)"]
+    assert frame.attrs["notes"] == ["fusellm: seed(s) 9 left out (no run of the other side with that seed)"]
     larger = []
     for row in frame.to_dict("records"):
         metric = TASKS[row["task"]][1]

@@ -263,7 +263,7 @@ CASES += [
      "lacks a numeric 'doc_id'"),
     ("versus-one-method", ["report", f"{F}/runs/good-a", "--versus", "profuser"], "--versus expects A:B"),
     ("versus-same-method", ["report", f"{F}/runs/good-a", "--versus", "profuser:profuser"], "--versus expects A:B"),
-    ("versus-absent-method", ["report", f"{F}/runs/good-a", "--versus", "profuser:averaging"], "no run of method 'averaging'"),
+    ("versus-absent-method", ["report", f"{F}/runs/good-a", "--versus", "profuser:averaging"], "no run of 'averaging'"),
     ("plot-failed-run", ["plot", f"{F}/runs/status-failed"], "none of the 1 folder(s)"),
     ("inspect-no-selection", ["signals", "inspect", f"{F}/empty-folder"], "no signals/selection.json"),
     ("inspect-bad-json", ["signals", "inspect", f"{F}/runs/selection-badjson"], "not valid JSON"),

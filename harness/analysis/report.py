@@ -859,39 +859,51 @@ def write_tables(
 # ------------------------------------------------------------------------------------ two methods head to head
 
 
-def _method_runs(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> dict[Any, tuple[Path, dict[str, Any]]]:
-    """Method `name`'s runs by seed: one run, or the seed replicates of one configuration (as the main table groups
-    them); runs of the method in several configurations are ambiguous and refused."""
-    found = [(d, s) for d, s in zip(dirs, summaries, strict=True)
-             if s.get("method") == name or (s.get("method") is None and s.get("label") == name)]  # an eval-only run: its label
+Side = dict[Any, tuple[Path, dict[str, Any]]]  # seed -> (run directory, summary)
+
+
+def _versus_side(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> tuple[str, Side]:
+    """The runs a `--versus` side names, by seed, and the eval/ label that holds their results. `name` is a row
+    label of the main table (a method, or a method with what tells its configurations apart, e.g. `profuser
+    (disagreement=0.5)`), a method with one configuration among the runs, or an evaluated model's label."""
+    groups: dict[tuple[str, str, str, str], list[tuple[Path, dict[str, Any]]]] = {}
+    for d, s in zip(dirs, summaries, strict=True):
+        if s.get("method"):
+            groups.setdefault(config_key(s), []).append((d, s))
+    labels = {_group_label(key, groups, key[0]): key for key in groups}
+    if name in labels:
+        found = groups[labels[name]]
+    else:
+        found = [(d, s) for d, s in zip(dirs, summaries, strict=True)
+                 if s.get("method") == name or (s.get("method") is None and s.get("label") == name)]  # fmt: skip
     if not found:
-        have = sorted({str(s.get("method")) for s in summaries if s.get("method")})
-        raise HarnessError(f"no run of method '{name}' among the run directories (have: {', '.join(have) or 'none'})", "report")
+        have = [*labels, *(str(s["label"]) for s in summaries if not s.get("method") and s.get("label"))]
+        raise HarnessError(f"no run of '{name}' among the run directories (have: {', '.join(have) or 'none'})", "report")
     configs = list(dict.fromkeys(config_key(s) for _, s in found))
     if len(configs) > 1:
-        differ = [i for i in (1, 2, 3) if len({key[i] for key in configs}) > 1]
-        shown = "; ".join(" ".join(key[i] or "default" for i in differ) for key in configs)
-        raise HarnessError(f"runs of method '{name}' in {len(configs)} configurations ({shown}): give the runs "
-                           "(seeds) of one configuration per method, e.g. a sweep's grid point as SWEEP:POINT", "report")  # fmt: skip
-    if len(found) == 1:
-        return {found[0][1].get("seed"): found[0]}
-    return {s.get("seed"): (d, s) for d, s in found}  # select_runs kept one folder per seed
+        shown = ", ".join(f"'{label}'" for label, key in labels.items() if key in configs)
+        raise HarnessError(f"runs of method '{name}' in {len(configs)} configurations: name one as the table labels "
+                           f"it ({shown}), or give the runs (seeds) of one, e.g. a sweep's grid point as "
+                           "SWEEP:POINT", "report")  # fmt: skip
+    summary = found[0][1]
+    return str(summary.get("method") or summary.get("label")), {s.get("seed"): (d, s) for d, s in found}
 
 
 def head_to_head(
     run_dirs: Sequence[Path], a: str, b: str, *, allow_mismatch: bool = False, metric: str | None = None
 ) -> pd.DataFrame:
-    """Method `a` against method `b` on each task both runs evaluated: paired tests over the same documents (by
-    document hash), Holm-adjusted across the tasks (harness.analysis.stats.compare_across_runs). One row per task,
-    fractions not percent. Runs that evaluated a task differently are refused unless `allow_mismatch`; then the
-    documents both evaluated are paired and `frame.attrs["notes"]` says what differs.
+    """`a` against `b` on each task both evaluated: paired tests over the same documents (by document hash),
+    Holm-adjusted across the tasks (harness.analysis.stats.compare_across_runs). One row per task, fractions not
+    percent. `a` and `b` are methods, or row labels of the main table where a method ran in several configurations
+    (`profuser (disagreement=0.5)`), or evaluated models. Runs that evaluated a task differently are refused unless
+    `allow_mismatch`; then the documents both evaluated are paired and `frame.attrs["notes"]` says what differs.
 
-    Where a method has several seeds (one configuration's replicates, e.g. a sweep's cells), the two are paired by
+    Where a side has several seeds (one configuration's replicates, e.g. a sweep's cells), the two are paired by
     seed over their common seeds and tested over documents and over seeds as a sweep's head-to-head rows are
-    (`head_to_head_over_seeds`)."""
+    (`head_to_head_over_seeds`); a model evaluated once stands beside every seed."""
     dirs = [Path(d) for d in run_dirs]
     summaries = [load_summary(d) for d in dirs]
-    runs_a, runs_b = _method_runs(summaries, dirs, a), _method_runs(summaries, dirs, b)
+    (la, runs_a), (lb, runs_b) = _versus_side(summaries, dirs, a), _versus_side(summaries, dirs, b)
     runs_a, runs_b = _every_seed(runs_a, runs_b), _every_seed(runs_b, runs_a)
     notes: list[str] = []
     if len(runs_a) > 1 or len(runs_b) > 1:
@@ -900,63 +912,65 @@ def head_to_head(
             raise HarnessError(f"the runs of '{a}' (seeds {_seed_list(runs_a)}) and '{b}' (seeds "
                                f"{_seed_list(runs_b)}) share no seed to pair", "report")  # fmt: skip
         left = {m: [s for s in runs if s not in seeds] for m, runs in ((a, runs_a), (b, runs_b))}
-        notes = [f"{m}: seed(s) {', '.join(map(str, s))} left out (no run of the other method with that seed)"
+        notes = [f"{m}: seed(s) {', '.join(map(str, s))} left out (no run of the other side with that seed)"
                  for m, s in left.items() if s]  # fmt: skip
         if len(seeds) > 1:
-            return head_to_head_over_seeds({s: runs_a[s] for s in seeds}, {s: runs_b[s] for s in seeds}, a, b,
-                                           allow_mismatch=allow_mismatch, metric=metric, notes=notes)  # fmt: skip
+            return head_to_head_over_seeds({s: runs_a[s] for s in seeds}, {s: runs_b[s] for s in seeds}, (a, la),
+                                           (b, lb), allow_mismatch=allow_mismatch, metric=metric, notes=notes)  # fmt: skip
         runs_a, runs_b = {seeds[0]: runs_a[seeds[0]]}, {seeds[0]: runs_b[seeds[0]]}
     (dir_a, sum_a), (dir_b, sum_b) = next(iter(runs_a.values())), next(iter(runs_b.values()))
     tasks = _shared_tasks(a, b, [sum_a], [sum_b])
     pair = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (sum_a, sum_b)]
     mismatch = check_comparable(pair, tasks, allow_mismatch=allow_mismatch)
     if metric is not None:  # a secondary per-document metric (`margin`): continuous, compared the same way
-        tasks = _tasks_recording(metric, tasks, (dir_a, a), (dir_b, b))
+        tasks = _tasks_recording(metric, tasks, (dir_a, la), (dir_b, lb))
     from harness.analysis.stats import compare_across_runs
 
-    rows = compare_across_runs((dir_a, a), (dir_b, b), tasks, common_only=bool(mismatch))
-    frame = pd.DataFrame.from_records(rows)
-    for pos, (d, summary, label) in ((3, (dir_a, sum_a, a)), (4, (dir_b, sum_b, b))):
-        frame.insert(pos, label, [_task_value(d, summary, label, t, metric) for t in frame["task"]])
+    rows = compare_across_runs((dir_a, la), (dir_b, lb), tasks, common_only=bool(mismatch))
+    frame = pd.DataFrame.from_records(rows).assign(a=a, b=b)
+    for pos, (d, summary, label, shown) in ((3, (dir_a, sum_a, la, a)), (4, (dir_b, sum_b, lb, b))):
+        frame.insert(pos, shown, [_task_value(d, summary, label, t, metric) for t in frame["task"]])
     from harness.analysis.power_from_runs import annotate_head_to_head
 
-    annotate_head_to_head(frame, (dir_a, a), (dir_b, b), tasks)
+    annotate_head_to_head(frame, (dir_a, la), (dir_b, lb), tasks)
     frame.attrs["notes"] = [*mismatch, *notes]
     frame.attrs["metric"] = metric
     return frame
 
 
 def head_to_head_over_seeds(
-    runs_a: dict[Any, tuple[Path, dict[str, Any]]], runs_b: dict[Any, tuple[Path, dict[str, Any]]], a: str, b: str,
-    *, allow_mismatch: bool = False, metric: str | None = None, notes: Sequence[str] = (),
+    runs_a: Side, runs_b: Side, a: tuple[str, str], b: tuple[str, str], *, allow_mismatch: bool = False,
+    metric: str | None = None, notes: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """`a` against `b` paired by seed (`runs_*`: seed -> run, the same seeds on both sides): per task, the test
-    over documents of the per-document differences summed over seeds and the paired t-test over the seeds, the
-    larger p Holm-adjusted across the tasks, each row with its MDE over documents and over seeds: the rows a
-    sweep's summary gives its cells (harness.analysis.replicates), for runs from anywhere."""
+    """`a` against `b` paired by seed (`runs_*`: seed -> run, the same seeds on both sides; `a`, `b`: the name shown
+    and the eval/ label of the results): per task, the test over documents of the per-document differences summed
+    over seeds and the paired t-test over the seeds, the larger p Holm-adjusted across the tasks, each row with its
+    MDE over documents and over seeds: the rows a sweep's summary gives its cells (harness.analysis.over_seeds),
+    for runs from anywhere."""
     from harness.analysis.over_seeds import holm_with_mde, seeds_test_row
 
+    (a_shown, la), (b_shown, lb) = a, b
     sums_a, sums_b = [s for _, s in runs_a.values()], [s for _, s in runs_b.values()]
-    tasks = _shared_tasks(a, b, sums_a, sums_b)
+    tasks = _shared_tasks(a_shown, b_shown, sums_a, sums_b)
     pairs = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (*sums_a, *sums_b)]
     if check_comparable(pairs, tasks, allow_mismatch=allow_mismatch):
         raise HarnessError("a comparison over seeds pairs every seed on the same documents; these runs evaluated a "
                            "task differently (compare one seed's runs with --allow-mismatch instead)", "report")  # fmt: skip
     if metric is not None:
-        tasks = _tasks_recording(metric, tasks, *((d, a) for d, _ in runs_a.values()), *((d, b) for d, _ in runs_b.values()))
-    rows = [{"a": a, "b": b, "task": task, **seeds_test_row(a, b, task, info,
+        tasks = _tasks_recording(metric, tasks, *((d, la) for d, _ in runs_a.values()), *((d, lb) for d, _ in runs_b.values()))
+    rows = [{"a": a_shown, "b": b_shown, "task": task, **seeds_test_row(la, lb, task, info,
              {seed: (runs_a[seed][0], runs_b[seed][0]) for seed in runs_a})} for task, info in tasks.items()]  # fmt: skip
     holm_with_mde(rows)
     frame = pd.DataFrame.from_records(rows)
-    for pos, (runs, label) in ((3, (runs_a, a)), (4, (runs_b, b))):
-        frame.insert(pos, label, [_mean(_task_value(d, s, label, t, metric) for d, s in runs.values()) for t in frame["task"]])
+    for pos, (runs, label, shown) in ((3, (runs_a, la, a_shown)), (4, (runs_b, lb, b_shown))):
+        frame.insert(pos, shown, [_mean(_task_value(d, s, label, t, metric) for d, s in runs.values()) for t in frame["task"]])
     frame.attrs["notes"] = list(notes)
     frame.attrs["metric"] = metric
     frame.attrs["seeds"] = list(runs_a)
     return frame
 
 
-def _every_seed(side: dict[Any, tuple[Path, dict[str, Any]]], other: dict[Any, Any]) -> dict[Any, tuple[Path, dict[str, Any]]]:
+def _every_seed(side: Side, other: Side) -> Side:
     """A plain evaluation (no method, no seed: one model scored once) stands beside every seed of the other side,
     as the unfused target does in a sweep's comparisons."""
     (only, *more) = side.values()

@@ -859,10 +859,10 @@ def write_tables(
 # ------------------------------------------------------------------------------------ two methods head to head
 
 
-Side = dict[Any, tuple[Path, dict[str, Any]]]  # seed -> (run directory, summary)
+SeedRuns = dict[Any, tuple[Path, dict[str, Any]]]  # one --versus side: seed -> (run directory, summary)
 
 
-def _versus_side(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> tuple[str, Side]:
+def _versus_side(summaries: Sequence[dict[str, Any]], dirs: Sequence[Path], name: str) -> tuple[str, SeedRuns]:
     """The runs a `--versus` side names, by seed, and the eval/ label that holds their results. `name` is a row
     label of the main table (a method, or a method with what tells its configurations apart, e.g. `profuser
     (disagreement=0.5)`), a method with one configuration among the runs, or an evaluated model's label."""
@@ -920,8 +920,7 @@ def head_to_head(
         runs_a, runs_b = {seeds[0]: runs_a[seeds[0]]}, {seeds[0]: runs_b[seeds[0]]}
     (dir_a, sum_a), (dir_b, sum_b) = next(iter(runs_a.values())), next(iter(runs_b.values()))
     tasks = _shared_tasks(a, b, [sum_a], [sum_b])
-    pair = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (sum_a, sum_b)]
-    mismatch = check_comparable(pair, tasks, allow_mismatch=allow_mismatch)
+    mismatch = _task_mismatch([sum_a, sum_b], tasks, allow_mismatch)
     if metric is not None:  # a secondary per-document metric (`margin`): continuous, compared the same way
         tasks = _tasks_recording(metric, tasks, (dir_a, la), (dir_b, lb))
     from harness.analysis.stats import compare_across_runs
@@ -939,7 +938,7 @@ def head_to_head(
 
 
 def head_to_head_over_seeds(
-    runs_a: Side, runs_b: Side, a: tuple[str, str], b: tuple[str, str], *, allow_mismatch: bool = False,
+    runs_a: SeedRuns, runs_b: SeedRuns, a: tuple[str, str], b: tuple[str, str], *, allow_mismatch: bool = False,
     metric: str | None = None, notes: Sequence[str] = (),
 ) -> pd.DataFrame:
     """`a` against `b` paired by seed (`runs_*`: seed -> run, the same seeds on both sides; `a`, `b`: the name shown
@@ -952,8 +951,7 @@ def head_to_head_over_seeds(
     (a_shown, la), (b_shown, lb) = a, b
     sums_a, sums_b = [s for _, s in runs_a.values()], [s for _, s in runs_b.values()]
     tasks = _shared_tasks(a_shown, b_shown, sums_a, sums_b)
-    pairs = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in (*sums_a, *sums_b)]
-    if check_comparable(pairs, tasks, allow_mismatch=allow_mismatch):
+    if _task_mismatch([*sums_a, *sums_b], tasks, allow_mismatch):
         raise HarnessError("a comparison over seeds pairs every seed on the same documents; these runs evaluated a "
                            "task differently (compare one seed's runs with --allow-mismatch instead)", "report")  # fmt: skip
     if metric is not None:
@@ -970,7 +968,7 @@ def head_to_head_over_seeds(
     return frame
 
 
-def _every_seed(side: Side, other: Side) -> Side:
+def _every_seed(side: SeedRuns, other: SeedRuns) -> SeedRuns:
     """A plain evaluation (no method, no seed: one model scored once) stands beside every seed of the other side,
     as the unfused target does in a sweep's comparisons."""
     (only, *more) = side.values()
@@ -989,6 +987,12 @@ def _shared_tasks(a: str, b: str, sums_a: Sequence[dict[str, Any]], sums_b: Sequ
     if not tasks:
         raise HarnessError(f"the runs of '{a}' and '{b}' share no task", "report")
     return tasks
+
+
+def _task_mismatch(summaries: Sequence[dict[str, Any]], tasks: dict[str, Any], allow_mismatch: bool) -> list[str]:
+    """check_comparable over the compared models' `tasks` alone (not their targets' or sources' entries)."""
+    only = [{**s, "tasks": {t: s["tasks"][t] for t in tasks}, "baseline": {}, "sources": {}} for s in summaries]
+    return check_comparable(only, tasks, allow_mismatch=allow_mismatch)
 
 
 def _task_value(run_dir: Path, summary: dict[str, Any], label: str, task: str, metric: str | None) -> float:
